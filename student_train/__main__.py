@@ -1,0 +1,5 @@
+import sys
+
+from student_train.cli import main
+
+sys.exit(main())

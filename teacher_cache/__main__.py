@@ -1,0 +1,5 @@
+import sys
+
+from teacher_cache.cli import main
+
+sys.exit(main())
