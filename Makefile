@@ -13,6 +13,7 @@ EVAL ?= runs/eval
 CACHE_ARGS ?=
 TRAIN_ARGS ?=
 EVAL_ARGS ?=
+BENCH ?=
 
 .PHONY: venv cache train eval test bench teacher lint format clean
 
@@ -39,7 +40,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 teacher: $(STAMP)
 	$(PY) -m teacher_cache.embedded.train_teacher

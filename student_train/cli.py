@@ -1,8 +1,8 @@
 """`student-train`: phase two. Train a few-step student from a teacher cache alone.
 
-    student-train run --cache STORE --method M --student full|lora --out DIR ...
-    student-train eval --cache STORE --student DIR --out DIR
-    student-train sample --student DIR --prompt "..." --steps K --out FILE.png
+student-train run --cache STORE --method M --student full|lora --out DIR ...
+student-train eval --cache STORE --student DIR --out DIR
+student-train sample --student DIR --prompt "..." --steps K --out FILE.png
 """
 
 import sys

@@ -1,0 +1,356 @@
+"""Cached vs online training (phase two): step time and peak memory, same loss, student and batch.
+
+    make bench BENCH=train                      # = python -m bench train: every variant, table, figures
+    python -m bench.bench_train --variant lcm-online --store runs/bench/train_cache   # one measurement
+
+The online variants do what the in-loop recipes do, then call the very same loss object as the
+cached ones (student_train.losses): only where the teacher tensors come from differs.
+
+  cache           `teacher-cache run` of the bench store: seconds per cached row (the price of the cache)
+  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*)
+  lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py: text-encode the prompts,
+                  VAE-encode real images (shared.digits), noise them to t_n, teacher cond + uncond
+                  passes at x_t; the loss then takes its DDIM solver step from those outputs
+  direct-cached   the direct loss on (noise, final_latents, cond.*) from the store
+  direct-online   the teacher's S-step CFG sampling of each batch inside the loop, then the same loss
+
+Each variant runs in its own subprocess, so `ru_maxrss` is that variant's own peak; the RSS right
+after the imports is reported too (peak minus it = what the variant itself added). Step time is the
+median over the timed steps, after warm-up steps.
+"""
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+VARIANTS = ("lcm-cached", "lcm-online", "direct-cached", "direct-online")
+BENCH_STORE = Path("runs/bench/train_cache")
+STUDENTS_PER_CACHE = 3  # "three students trained from one cache"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """One measurement; the CLI flags of `python -m bench.bench_train` map 1:1 onto the fields."""
+
+    variant: str = "lcm-cached"
+    store: str = str(BENCH_STORE)
+    student: str = "full"  # full | lora, as student-train run --student
+    batch_size: int = 16  # student-train run's default
+    warmup_steps: int = 2
+    timed_steps: int = 8
+    seed: int = 0
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- one variant (in its own process)
+
+
+def train_config(settings: BenchSettings, method: str):
+    from student_train.config import TrainConfig
+
+    return TrainConfig(
+        cache=settings.store,
+        out="unused",
+        method=method,
+        student=settings.student,
+        batch_size=settings.batch_size,
+    )
+
+
+def cached_batches(settings: BenchSettings, config, reader, device):
+    """Batches the way student-train run makes them: the split loaded once, rows per micro-step."""
+    from student_train.batches import load_training_data, rows_for_micro_step
+    from student_train.losses import get_method
+
+    data = load_training_data(reader, get_method(config.method).fields, split="all")
+
+    def batch_at(step: int):
+        return data.batch(rows_for_micro_step(len(data), settings.batch_size, settings.seed, step), device)
+
+    return batch_at
+
+
+def online_prompts(step: int, batch_size: int, seed: int) -> list[str]:
+    import numpy as np
+
+    from shared.digits import train_prompts
+
+    pool = train_prompts()
+    rng = np.random.default_rng([seed, step])
+    return [pool[i] for i in rng.integers(len(pool), size=batch_size)]
+
+
+def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
+    """Per step, what the diffusers LCM script computes with the teacher in memory, laid out as the
+    cached fields the lcm loss reads (trajectory / out_cond / out_uncond at the point n it draws)."""
+    import torch
+
+    from shared.digits import make_images
+    from student_train.batches import Batch
+    from student_train.randomness import SampleRandom
+    from student_train.sampling import cached_grid
+
+    grid = torch.tensor(cached_grid(reader.settings, schedule), device=device)  # (S + 1,)
+    num_steps = len(grid) - 1
+    scaling = pipe.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def batch_at(step: int):
+        prompts = online_prompts(step, settings.batch_size, settings.seed)
+        images, _ = make_images(
+            settings.batch_size, seed=step, split="train", prompts=prompts
+        )  # uint8 [B, 32, 32, 3]
+        sample_ids = [f"online-{step}-{j}" for j in range(settings.batch_size)]
+        # The loss draws n first from this same per-sample generator: the twin gives the same n.
+        n = SampleRandom(settings.seed, step, sample_ids, device).randint(0, num_steps)  # (B,)
+        cond, uncond = pipe.encode_prompt(prompts, device, 1, True, negative_prompt=[""] * len(prompts))
+        pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 32, 32]
+        latents = pipe.vae.encode(pixels).latent_dist.sample() * scaling  # [B, C, h, w]
+        t = grid[n]
+        alpha, sigma = (v.view(-1, 1, 1, 1) for v in schedule.alpha_sigma(t))
+        x_t = alpha * latents + sigma * torch.randn_like(latents)  # noised real images at t_n
+        both = pipe.unet(
+            torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])
+        )
+        out_uncond, out_cond = both.sample.chunk(2)
+        rows = torch.arange(settings.batch_size, device=device)
+        fields = {
+            "trajectory": x_t.new_zeros(settings.batch_size, num_steps + 1, *x_t.shape[1:]),
+            "out_cond": x_t.new_zeros(settings.batch_size, num_steps, *x_t.shape[1:]),
+            "out_uncond": x_t.new_zeros(settings.batch_size, num_steps, *x_t.shape[1:]),
+        }
+        fields["trajectory"][rows, n], fields["out_cond"][rows, n], fields["out_uncond"][rows, n] = (
+            x_t,
+            out_cond,
+            out_uncond,
+        )
+        return Batch(fields, {"encoder_hidden_states": cond}, sample_ids)
+
+    return batch_at
+
+
+def online_direct_batches(settings: BenchSettings, reader, pipe, device):
+    """Per step, the teacher's S-step CFG sampling of the batch from fresh seeded noise (as the cache)."""
+    import torch
+
+    from student_train.batches import Batch
+    from student_train.teacher_baseline import sample_with_cfg
+    from teacher_cache.noise import initial_noise
+
+    steps, guidance = int(reader.settings["num_inference_steps"]), float(reader.settings["guidance_scale"])
+    latent_shape = tuple(reader.settings["latent_shape"])
+
+    @torch.no_grad()
+    def batch_at(step: int):
+        prompts = online_prompts(step, settings.batch_size, settings.seed)
+        seeds = [step * settings.batch_size + j for j in range(settings.batch_size)]
+        noise = initial_noise(seeds, latent_shape, device, torch.float32)  # [B, C, h, w]
+        cond, uncond = pipe.encode_prompt(prompts, device, 1, True, negative_prompt=[""] * len(prompts))
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        final = sample_with_cfg(
+            pipe.unet,
+            scheduler,
+            noise,
+            {"encoder_hidden_states": cond},
+            {"encoder_hidden_states": uncond},
+            guidance,
+            steps,
+        )
+        ids = [f"online-{seed}" for seed in seeds]
+        return Batch({"noise": noise, "final_latents": final}, {"encoder_hidden_states": cond}, ids)
+
+    return batch_at
+
+
+def measure(settings: BenchSettings) -> dict:
+    """Train `warmup + timed` steps of one variant; returns step times and memory."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from shared.schedule import NoiseSchedule
+    from shared.store import StoreReader
+    from student_train.denoiser import load_denoiser
+    from student_train.losses import get_method
+    from student_train.randomness import SampleRandom
+    from student_train.students import build_student
+
+    rss_after_imports = peak_rss_mib()
+    method, source = settings.variant.split("-")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reader = StoreReader(settings.store)
+    config = train_config(settings, method)
+    schedule = NoiseSchedule.from_scheduler_config(
+        reader.settings["scheduler"]["config"], reader.settings["scheduler"]["class"]
+    )
+    spec = get_method(method)
+    loss_fn = spec.build(config, reader.settings, schedule)
+    teacher_source = reader.fingerprint["source"]
+    if source == "cached":  # the denoiser's weights only, as student-train run
+        denoiser = load_denoiser(teacher_source, reader.settings.get("denoiser", "unet"))
+        student = build_student(config.student, denoiser.to(device), config, spec.w_conditioned)
+        del denoiser
+        batch_at = cached_batches(settings, config, reader, device)
+    else:  # the whole teacher pipeline in memory, run in the loop
+        pipe = DiffusionPipeline.from_pretrained(teacher_source).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.unet.requires_grad_(False).eval()
+        student = build_student(config.student, pipe.unet, config, spec.w_conditioned)
+        if method == "lcm":
+            batch_at = online_lcm_batches(settings, reader, pipe, schedule, device)
+        else:
+            batch_at = online_direct_batches(settings, reader, pipe, device)
+    student.model.to(device)
+    if student.ema is not None:
+        student.ema.to(device)
+    optimizer = torch.optim.AdamW(student.trainable_parameters(), lr=config.lr)
+
+    seconds = []
+    for step in range(settings.warmup_steps + settings.timed_steps):
+        started = time.perf_counter()
+        batch = batch_at(step)
+        random = SampleRandom(settings.seed, step, batch.sample_ids, device)
+        loss = loss_fn(student, batch, random, step).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        student.update_ema()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= settings.warmup_steps:
+            seconds.append(time.perf_counter() - started)
+    figures = {
+        "variant": settings.variant,
+        "student": settings.student,
+        "batch_size": settings.batch_size,
+        "device": device.type,
+        "step_seconds_median": statistics.median(seconds),
+        "step_seconds": seconds,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_after_imports_mib": rss_after_imports,
+        "loss": float(loss),
+    }
+    if device.type == "cuda":
+        figures["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return figures
+
+
+def time_cache(store: Path, rows: int) -> dict:
+    """`teacher-cache run` of `rows` rows of the default prompts into a fresh store: seconds per row."""
+    from teacher_cache.config import CaptureConfig
+    from teacher_cache.runner import run
+
+    if store.exists():
+        shutil.rmtree(store)
+    started = time.perf_counter()
+    summary = run(CaptureConfig(out=str(store), limit=rows, progress=False))
+    seconds = time.perf_counter() - started
+    return {"rows": summary.written, "seconds": seconds, "seconds_per_row": seconds / max(summary.written, 1)}
+
+
+# ---------------------------------------------------------------- orchestration (make bench)
+
+
+def run_variant(settings: BenchSettings) -> dict:
+    """One variant in a fresh interpreter: its last stdout line is its figures as JSON."""
+    command = [sys.executable, "-m", "bench.bench_train"]
+    for name, value in asdict(settings).items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"bench variant {settings.variant} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def default_scenario() -> dict:
+    """`make cache` + `make train` defaults: rows in the default cache, updates and batch of one run."""
+    from shared.digits import train_prompts
+    from student_train.config import TrainConfig
+    from teacher_cache.config import CaptureConfig
+
+    return {
+        "cache_rows": len(train_prompts()) * CaptureConfig(out="").seeds_per_prompt,
+        "train_steps": TrainConfig(cache="", out="").train_steps,
+    }
+
+
+def summarize(cache: dict, runs: dict[str, dict], scenario: dict) -> dict:
+    """The README figures: lcm speed-up and memory ratio; direct three-students-from-one-cache cost."""
+    lcm_cached, lcm_online = runs["lcm-cached"], runs["lcm-online"]
+    direct_cached, direct_online = runs["direct-cached"], runs["direct-online"]
+    three_cached = (
+        scenario["cache_rows"] * cache["seconds_per_row"]
+        + STUDENTS_PER_CACHE * scenario["train_steps"] * direct_cached["step_seconds_median"]
+    )
+    three_online = STUDENTS_PER_CACHE * scenario["train_steps"] * direct_online["step_seconds_median"]
+
+    def added(run: dict) -> float:
+        return run["peak_rss_mib"] - run["rss_after_imports_mib"]
+
+    return {
+        "lcm_speedup": lcm_online["step_seconds_median"] / lcm_cached["step_seconds_median"],
+        "lcm_peak_rss_ratio": lcm_cached["peak_rss_mib"] / lcm_online["peak_rss_mib"],
+        "lcm_added_rss_ratio": added(lcm_cached) / added(lcm_online),
+        "direct_step_speedup": direct_online["step_seconds_median"] / direct_cached["step_seconds_median"],
+        "direct_three_students_cached_seconds": three_cached,
+        "direct_three_students_online_seconds": three_online,
+        "direct_three_students_cost_ratio": three_online / three_cached,
+        "scenario": scenario,
+        "cache_seconds_per_row": cache["seconds_per_row"],
+    }
+
+
+def print_table(runs: dict[str, dict], summary: dict) -> None:
+    print("| variant | step (s, median) | peak RSS (MiB) | RSS added after imports (MiB) |")
+    print("|---|---:|---:|---:|")
+    for name, run in runs.items():
+        added = run["peak_rss_mib"] - run["rss_after_imports_mib"]
+        print(f"| {name} | {run['step_seconds_median']:.3f} | {run['peak_rss_mib']:.0f} | {added:.0f} |")
+    print(
+        f"lcm: online / cached step time {summary['lcm_speedup']:.2f}x (target >= 1.5x); cached / online peak RSS "
+        f"{summary['lcm_peak_rss_ratio']:.2f} (added: {summary['lcm_added_rss_ratio']:.2f}; target <= 0.6)"
+    )
+    scenario = summary["scenario"]
+    print(
+        f"direct: three students of {scenario['train_steps']} steps from one cache of {scenario['cache_rows']} rows "
+        f"({summary['cache_seconds_per_row']:.3f} s/row) = {summary['direct_three_students_cached_seconds']:.0f} s; "
+        f"three online runs = {summary['direct_three_students_online_seconds']:.0f} s: "
+        f"{summary['direct_three_students_cost_ratio']:.1f}x cheaper (target >= 3x)"
+    )
+
+
+def main(store: Path = BENCH_STORE, cache_rows: int = 64, student: str = "full") -> dict:
+    """Build the bench store (timed), measure every variant in its own process, print and return figures."""
+    cache = time_cache(store, cache_rows)
+    runs = {
+        variant: run_variant(BenchSettings(variant=variant, store=str(store), student=student))
+        for variant in VARIANTS
+    }
+    summary = summarize(cache, runs, default_scenario())
+    print_table(runs, summary)
+    return {"cache": cache, "runs": runs, "summary": summary}
+
+
+def parse_settings(argv: list[str]) -> BenchSettings:
+    defaults = BenchSettings()
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__.splitlines()[0])
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=value)
+    args = parser.parse_args(argv)
+    if args.variant not in VARIANTS:
+        parser.error(f"--variant {args.variant!r}: choose from {', '.join(VARIANTS)}")
+    return BenchSettings(**vars(args))
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(parse_settings(sys.argv[1:]))))

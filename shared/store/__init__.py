@@ -1,0 +1,34 @@
+"""The store format v1, shared by both phases: one module per job.
+
+    schema.py       FieldSpec, safe names          dtypes.py     storage dtypes (bfloat16 as uint16 bits)
+    paths.py        local folder or fsspec URL     format.py     store.json: version, fingerprint, settings, fields
+    arrays.py       Zarr layout, codecs, reads     manifest.py   Parquet manifest files (the commit record)
+    checksum.py     CRC-32C per row and field      ids.py        sample_id_for, split_for
+    fingerprint.py  teacher digests                writer.py     StoreWriter
+    reader.py       StoreReader                    verify.py     verify_store
+    batches.py      random (sample, step) training examples from whole chunks
+
+See DESIGN.md ("The store") for the layout and docs/contracts.md for the API.
+"""
+
+from shared.store.batches import example_batches
+from shared.store.fingerprint import fingerprint_digest, state_dict_digest
+from shared.store.format import FORMAT_VERSION
+from shared.store.ids import sample_id_for, split_for
+from shared.store.reader import StoreReader
+from shared.store.schema import FieldSpec
+from shared.store.verify import verify_store
+from shared.store.writer import StoreWriter
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FieldSpec",
+    "StoreReader",
+    "StoreWriter",
+    "example_batches",
+    "fingerprint_digest",
+    "sample_id_for",
+    "split_for",
+    "state_dict_digest",
+    "verify_store",
+]

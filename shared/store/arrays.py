@@ -1,0 +1,173 @@
+"""The Zarr v3 arrays of the store: one group per writer, `groups/<writer>/<field>`, row axis first.
+
+Layout (DESIGN.md: chunk for the reads training does, shard for the writes):
+- a sample of at least 64 KiB is its own inner chunk, whole (a trajectory's 51 steps together), and is
+  split along its first axis (steps) only above 4 MiB; smaller samples share a chunk of ~256 KiB;
+- a shard holds `shard_rows` rows (the first commit's batch size). Every commit starts on a fresh
+  shard, so a shard is written once, by one writer, in one commit: a crash can only leave behind the
+  shards of the batch in flight, and no two processes ever write the same file.
+
+Reads go through `gather` in one event-loop round trip. Rows are read as slices of contiguous runs:
+Zarr's per-call overhead (~1 ms) and its integer-array indexing, not bandwidth, are what make a
+naive per-sample loader slow.
+
+The metadata of every array is vetted before Zarr sees it (format 3, the field's dtype and shape,
+known codecs only), so a store cannot make the reader run a codec such as numcodecs.pickle.
+"""
+
+import asyncio
+import json
+import math
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+from zarr.api import asynchronous as zarr_async
+from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
+
+from shared.errors import DistillCacheError
+from shared.store.dtypes import storage_dtype
+from shared.store.paths import StoreLocation
+from shared.store.schema import FieldSpec
+
+GROUPS = "groups"
+OWN_CHUNK_BYTES = 64 * 1024  # a sample at least this big gets a chunk of its own
+SHARED_CHUNK_BYTES = 256 * 1024  # smaller samples are packed to about this much per chunk
+MAX_CHUNK_BYTES = 4 * 1024 * 1024  # above this a sample is split along its first axis
+SAFE_CODECS = frozenset({"bytes", "blosc", "zstd", "gzip", "crc32c", "transpose", "sharding_indexed"})
+COMPRESSORS = ("zstd", "lz4", "none")
+
+
+@dataclass(frozen=True)
+class Compression:
+    """Blosc with byte shuffle and the named compressor, or none."""
+
+    name: str = "zstd"
+    level: int = 3
+
+    def __post_init__(self) -> None:
+        if self.name not in COMPRESSORS:
+            raise DistillCacheError(f"compressor {self.name!r} is unknown; use one of {', '.join(COMPRESSORS)}")
+        if not isinstance(self.level, int) or not 0 <= self.level <= 9:
+            raise DistillCacheError(f"compression level {self.level!r} must be an integer from 0 to 9")
+
+    def codecs(self, itemsize: int) -> list[BloscCodec]:
+        if self.name == "none":
+            return []
+        return [BloscCodec(cname=self.name, clevel=self.level, shuffle="shuffle", typesize=itemsize)]
+
+
+def array_path(writer: str, field: str) -> str:
+    return f"{GROUPS}/{writer}/{field}"
+
+
+def chunk_layout(spec: FieldSpec, shard_rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(inner chunk shape, shard shape), both with the row axis first."""
+    sample_bytes = spec.sample_nbytes
+    if sample_bytes > MAX_CHUNK_BYTES and spec.shape:
+        step_bytes = sample_bytes // spec.shape[0]
+        steps_per_chunk = max(1, MAX_CHUNK_BYTES // step_bytes)
+        shard_steps = math.ceil(spec.shape[0] / steps_per_chunk) * steps_per_chunk
+        return (1, steps_per_chunk, *spec.shape[1:]), (shard_rows, shard_steps, *spec.shape[1:])
+    if sample_bytes >= OWN_CHUNK_BYTES:
+        return (1, *spec.shape), (shard_rows, *spec.shape)
+    wanted_rows = max(1, SHARED_CHUNK_BYTES // sample_bytes)
+    chunk_rows = max(rows for rows in range(1, shard_rows + 1) if shard_rows % rows == 0 and rows <= wanted_rows)
+    return (chunk_rows, *spec.shape), (shard_rows, *spec.shape)
+
+
+def create_array(store, writer: str, field: str, spec: FieldSpec, shard_rows: int, compression: Compression):
+    chunks, shards = chunk_layout(spec, shard_rows)
+    dtype = storage_dtype(spec.dtype)
+    return sync(
+        zarr_async.create_array(
+            store,
+            name=array_path(writer, field),
+            shape=(0, *spec.shape),
+            dtype=dtype,
+            chunks=chunks,
+            shards=shards,
+            compressors=compression.codecs(dtype.itemsize),
+            fill_value=0,
+            zarr_format=3,
+            attributes={"dtype": spec.dtype},
+        )
+    )
+
+
+def open_array(location: StoreLocation, store, writer: str, field: str, spec: FieldSpec):
+    """The field's array in `writer`'s group, after vetting its metadata; None if it does not exist."""
+    path = array_path(writer, field)
+    if not location.exists(f"{path}/zarr.json"):
+        return None
+    location.check_inside(path)
+    try:
+        metadata = json.loads(location.read_bytes(f"{path}/zarr.json"))
+    except ValueError:
+        raise DistillCacheError(f"{location.url}/{path}/zarr.json is not valid JSON; the store is damaged") from None
+    vet_metadata(metadata, spec, f"{location.url}/{path}")
+    return sync(zarr_async.open_array(store=store, path=path, zarr_format=3))
+
+
+def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
+    expected_dtype = storage_dtype(spec.dtype).name
+    problem = None
+    if not isinstance(metadata, dict) or metadata.get("zarr_format") != 3 or metadata.get("node_type") != "array":
+        problem = "it is not a Zarr v3 array"
+    elif metadata.get("data_type") != expected_dtype:
+        problem = f"its dtype is {metadata.get('data_type')!r}, store.json says {expected_dtype!r}"
+    elif not isinstance(metadata.get("shape"), list) or tuple(metadata["shape"][1:]) != spec.shape:
+        problem = f"its shape {metadata.get('shape')!r} does not end in {list(spec.shape)} as store.json says"
+    elif metadata.get("storage_transformers"):
+        problem = "it uses storage transformers"
+    else:
+        unknown = sorted(codec_names(metadata.get("codecs")) - SAFE_CODECS)
+        if unknown:
+            problem = f"it uses codecs {unknown}; a store may only use {sorted(SAFE_CODECS)}"
+    if problem:
+        raise DistillCacheError(f"{where} is refused: {problem}; the store is damaged or was not written by distillcache")
+
+
+def codec_names(codecs: object) -> set[str]:
+    """Every codec name in a codec list, the ones nested inside sharding included."""
+    if not isinstance(codecs, list):
+        return {"<missing codecs>"}
+    names = set()
+    for codec in codecs:
+        if isinstance(codec, str):
+            names.add(codec)
+            continue
+        if not isinstance(codec, dict):
+            names.add(repr(codec))
+            continue
+        names.add(str(codec.get("name")))
+        configuration = codec.get("configuration") or {}
+        for nested in ("codecs", "index_codecs"):
+            if nested in configuration:
+                names |= codec_names(configuration[nested])
+    return names
+
+
+def gather(awaitables: Sequence[Awaitable]) -> list:
+    """Run Zarr coroutines concurrently, in one round trip to Zarr's event loop."""
+
+    async def run_all() -> list:
+        return await asyncio.gather(*awaitables)
+
+    return sync(run_all())
+
+
+def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, stop), ...] covering sorted unique row numbers with as few slices as possible."""
+    if len(sorted_rows) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(sorted_rows)]])
+    return [(int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1) for a, b in zip(starts, stops)]
+
+
+def shard_rows_of(array: zarr.AsyncArray) -> int:
+    return int(array.metadata.chunk_grid.chunk_shape[0])

@@ -1,0 +1,24 @@
+"""Deterministic sample ids (the dedupe key) and the train/val split drawn from them.
+
+    sample_id_for(fingerprint, "a red seven on blue", "", seed=3, guidance_scale=4.0)  # 32 hex chars
+    split_for(sample_id, val_fraction=0.1)                                              # "train" | "val"
+
+The id depends on the teacher fingerprint, prompt, negative prompt, seed and guidance only, so the
+same job gets the same id in any process, batch or run: that is what makes resume and multi-writer
+stores dedupe. The split is a hash of the id, so it never changes as the store grows.
+"""
+
+import hashlib
+
+from shared.store.fingerprint import canonical_json, fingerprint_digest
+
+
+def sample_id_for(fingerprint: dict, prompt: str, negative_prompt: str | None, seed: int, guidance_scale: float) -> str:
+    key = [fingerprint_digest(fingerprint), prompt, negative_prompt or "", int(seed), float(guidance_scale)]
+    return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:32]
+
+
+def split_for(sample_id: str, val_fraction: float) -> str:
+    """"val" for a `val_fraction` share of ids (uniform hash), else "train"."""
+    position = int.from_bytes(hashlib.sha256(f"split:{sample_id}".encode()).digest()[:8], "big") / 2**64
+    return "val" if position < val_fraction else "train"

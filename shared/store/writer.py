@@ -1,0 +1,134 @@
+"""StoreWriter: commit batches of rows to a store, atomically, beside any number of other writers.
+
+    writer = StoreWriter("runs/cache", fingerprint=fp, settings=settings,
+                         fields={"trajectory": FieldSpec("float16", (51, 4, 64, 64)), ...})
+    todo = [job for job in jobs if job.sample_id not in writer.committed_ids]   # resume
+    writer.commit(rows, {"trajectory": tensor_of_shape_(B, 51, 4, 64, 64), ...})
+
+A commit: (1) validate everything (nothing is written before), (2) create store.json if this is the
+store's first commit, (3) write the arrays into this writer's own group on fresh shards,
+(4) publish the batch's manifest file. Rows are visible only after (4): a crash before it leaves
+unreferenced shards and no half sample. Each writer owns its group and its manifest files, so
+writers on one store need no locks. Constructing a writer writes nothing; it refuses a store made
+with another fingerprint, other settings or other fields.
+"""
+
+import math
+import os
+import uuid
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from shared.errors import DistillCacheError
+from shared.store import arrays as zarr_arrays
+from shared.store.checksum import row_checksums
+from shared.store.dtypes import to_storage
+from shared.store.format import StoreMetadata, read_metadata, refuse_mismatch, write_metadata
+from shared.store.manifest import check_rows, commit_table, manifest_file, publish, read_manifest
+from shared.store.paths import StoreLocation
+from shared.store.schema import FieldSpec, check_name
+
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def new_writer_id() -> str:
+    """A group name no other writer will pick: pid for the reader of a listing, random for uniqueness."""
+    return f"w{os.getpid()}-{uuid.uuid4().hex[:10]}"
+
+
+class StoreWriter:
+    def __init__(
+        self,
+        url: str | os.PathLike,
+        *,
+        fingerprint: dict,
+        settings: dict,
+        fields: dict[str, FieldSpec],
+        writer_id: str | None = None,
+        compressor: str = "zstd",
+        clevel: int = 3,
+    ):
+        self.location = StoreLocation.open(url)
+        self.metadata = StoreMetadata.create(fingerprint, settings, fields)
+        self.fields = self.metadata.fields
+        self.writer_id = check_name(writer_id or new_writer_id(), "writer id")
+        self.compression = zarr_arrays.Compression(compressor, clevel)
+        self.val_fraction = float(self.metadata.settings.get("val_fraction", DEFAULT_VAL_FRACTION))
+        existing = read_metadata(self.location)
+        if existing is not None:
+            refuse_mismatch(existing, self.metadata, self.location.url)
+        self._store_json_written = existing is not None
+        self._arrays: dict = {}
+        self._next_row = 0
+        self._committed_here: set[str] = set()
+
+    @property
+    def committed_ids(self) -> set[str]:
+        """sample_ids committed by any writer of this store (read fresh from the manifest)."""
+        if not self.location.exists("store.json"):
+            return set(self._committed_here)
+        table = read_manifest(self.location, list(self.fields))
+        return set(table.column("sample_id").to_pylist()) | self._committed_here
+
+    def commit(self, rows: list[dict], arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Make `rows` visible together with their arrays, or (on any failure) not at all."""
+        check_rows(rows)
+        stored = self._stored_arrays(arrays, len(rows))
+        self._ensure_store_json()
+        self._ensure_arrays(shard_rows_hint=len(rows))
+        first_row, stop = self._next_row, self._next_row + len(rows)
+        handles = [self._arrays[name] for name in self.fields]
+        zarr_arrays.gather([handle.resize((stop, *handle.shape[1:])) for handle in handles])
+        zarr_arrays.gather([self._arrays[name].setitem(slice(first_row, stop), stored[name]) for name in self.fields])
+        checksums = {name: row_checksums(values) for name, values in stored.items()}
+        table = commit_table(rows, self.writer_id, first_row, checksums, self.val_fraction)
+        self._publish_manifest(table, manifest_file(self.writer_id, first_row))
+        shard_rows = zarr_arrays.shard_rows_of(handles[0])
+        self._next_row = math.ceil(stop / shard_rows) * shard_rows
+        self._committed_here.update(row["sample_id"] for row in rows)
+
+    def _publish_manifest(self, table, relative: str) -> None:
+        """The commit point (a method of its own so that crash tests can stop a writer right before it)."""
+        publish(self.location, table, relative)
+
+    def _stored_arrays(self, arrays: Mapping, num_rows: int) -> dict[str, np.ndarray]:
+        missing, extra = sorted(set(self.fields) - set(arrays)), sorted(set(arrays) - set(self.fields))
+        if missing or extra:
+            raise DistillCacheError(f"commit arrays must match the store's fields: missing {missing}, unknown {extra}")
+        stored = {}
+        for name, spec in self.fields.items():
+            shape = tuple(arrays[name].shape)
+            if shape != (num_rows, *spec.shape):
+                raise DistillCacheError(
+                    f"field {name}: array of shape {shape}, expected {(num_rows, *spec.shape)} (rows, *field shape)"
+                )
+            stored[name] = to_storage(arrays[name], spec.dtype)
+        return stored
+
+    def _ensure_store_json(self) -> None:
+        """First commit to a new store: publish store.json, then re-read it (another writer may have won)."""
+        if self._store_json_written:
+            return
+        if read_metadata(self.location) is None:
+            write_metadata(self.location, self.metadata)
+        refuse_mismatch(read_metadata(self.location), self.metadata, self.location.url)
+        self._store_json_written = True
+
+    def _ensure_arrays(self, shard_rows_hint: int) -> None:
+        """Open (or create) this writer's arrays; the next commit starts after every shard already there."""
+        if self._arrays:
+            return
+        store = self.location.zarr_store(read_only=False)
+        for name, spec in self.fields.items():
+            self._arrays[name] = zarr_arrays.open_array(self.location, store, self.writer_id, name, spec)
+        existing = [handle for handle in self._arrays.values() if handle is not None]
+        shard_rows = zarr_arrays.shard_rows_of(existing[0]) if existing else max(1, shard_rows_hint)
+        for name, spec in self.fields.items():
+            if self._arrays[name] is None:
+                self._arrays[name] = zarr_arrays.create_array(
+                    store, self.writer_id, name, spec, shard_rows, self.compression
+                )
+        used_rows = max(handle.shape[0] for handle in self._arrays.values())
+        self._next_row = math.ceil(used_rows / shard_rows) * shard_rows

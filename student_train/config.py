@@ -1,0 +1,69 @@
+"""TrainConfig: every setting of `student-train run`, one frozen dataclass. CLI flags map 1:1 onto its
+fields (`--lora-rank` -> lora_rank); the resolved settings are written beside the outputs
+(OUT/train_config.json) and into the exported student's distill.json.
+
+The defaults are the run `make train` does on the embedded teacher (chosen by experiment, see
+README "students"); the reference recipes' values for Stable Diffusion are in the field comments.
+"""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+
+def option(default, help: str, required: bool = False):
+    """A TrainConfig field with its --flag help text (run_command.py builds the parser from these)."""
+    if required:
+        return field(metadata={"help": help, "required": True})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    cache: str = option(None, "the store (path or fsspec URL)", required=True)
+    out: str = option(None, "output folder: the exported student + logs + checkpoints", required=True)
+    method: str = option("lcm", "direct | lcm | progressive")
+    student: str = option("full", "full | lora")
+    teacher: str = option("", "the denoiser's source; default: the store fingerprint's source")
+    num_student_steps: int = option(
+        4, "K: the student's sampling steps (direct trains them; recommended for all)"
+    )
+    train_steps: int = option(1000, "optimizer updates")
+    batch_size: int = option(16, "samples per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer update")
+    lr: float = option(1e-4, "LCM: 1e-6 full / 1e-4 LoRA (SD); Direct Distill: 1e-5 full / 1e-4 LoRA")
+    lr_warmup_steps: int = option(0, "linear warm-up of the learning rate over N updates")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    loss: str = option("huber", "l2 | huber (pseudo-Huber)")
+    huber_c: float = option(0.001, "pseudo-Huber c (LCM scripts: 0.001)")
+    ema_decay: float = option(0.95, "full students' EMA (the LCM target)")
+    lora_rank: int = option(64, "LoRA rank r (LCM-LoRA: 64)")
+    lora_alpha: int = option(64, "LoRA alpha (LCM-LoRA: 64)")
+    w_min: float = option(5.0, "lcm: w ~ U[w_min, w_max], Imagen convention (pipeline scale - 1); SD: 5..15")
+    w_max: float = option(15.0, "lcm: upper end of the guidance range")
+    time_cond_proj_dim: int = option(256, "lcm full students' w-embedding; 0: none")
+    timestep_scaling: float = option(10.0, "lcm boundary conditions")
+    weighting: str = option("truncated_snr", "progressive: truncated_snr | snr_plus_one")
+    gradient_checkpointing: bool = option(False, "direct: recompute each student step in the backward pass")
+    mixed_precision: str = option("no", "no | fp16 | bf16 (accelerate)")
+    cpu: bool = option(False, "force CPU even when a GPU is visible")
+    seed: int = option(0, "seed of the data order and of every per-sample draw")
+    split: str = option("train", 'manifest split to train on ("all": every row)')
+    max_samples: int = option(0, "0: every row of the split")
+    checkpoint_every: int = option(0, "save a resumable checkpoint every N updates; 0: only at the end")
+    resume: bool = option(
+        False, "continue from the newest checkpoint in OUT/checkpoints (if any) of this same run"
+    )
+    log_every: int = option(10, "log the loss every N updates (CSV + TensorBoard)")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def run_digest(self) -> str:
+        """What makes two runs the same run (a checkpoint may only resume its own): everything but
+        where the output goes and the resume / logging switches."""
+        ignored = {"out", "resume", "log_every", "checkpoint_every"}
+        identity = {k: v for k, v in self.to_json().items() if k not in ignored}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

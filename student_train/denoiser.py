@@ -1,0 +1,102 @@
+"""The teacher's denoiser, alone: load its weights and call it with replayed conditioning.
+
+Phase two loads only the denoiser (`unet/` or `transformer/` of the teacher folder named in the
+store's fingerprint) — never the text encoders, the VAE or the pipeline. Conditioning comes from the
+store (`cond.encoder_hidden_states`, `cond.added_cond_kwargs.text_embeds`, ...), nested back into the
+kwargs the pipeline passed:
+
+    model = load_denoiser(source, "unet")
+    output = call_denoiser(model, x_t, timesteps, cond, guidance_w=None)   # (B, C, H, W)
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from shared.errors import DistillCacheError
+
+
+def load_denoiser(source: str, subfolder: str = "unet", revision: str | None = None) -> torch.nn.Module:
+    """Load only `source/subfolder` (a local folder or a Hub id) with the class its config names."""
+    import diffusers
+
+    config_path = Path(source) / subfolder / "config.json"
+    if Path(source).exists() and not config_path.exists():
+        raise DistillCacheError(
+            f"{config_path} not found: the store's teacher folder has no {subfolder}/; pass --teacher "
+            "with the teacher's diffusers folder"
+        )
+    try:
+        if config_path.exists():
+            class_name = json.loads(config_path.read_text())["_class_name"]
+            model_class = getattr(diffusers, class_name)
+        else:  # a Hub id: AutoModel reads the class from the subfolder's config
+            model_class = diffusers.AutoModel
+        model = model_class.from_pretrained(source, subfolder=subfolder, revision=revision)
+    except OSError as error:
+        raise DistillCacheError(
+            f"cannot load the teacher denoiser from {source!r} ({error}); pass --teacher PATH_OR_ID"
+        ) from error
+    return model.float().eval().requires_grad_(False)
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of the guidance w (B,) -> (B, embedding_dim), as diffusers' LCM pipelines
+    compute it (`get_guidance_scale_embedding`, after VDM): the `timestep_cond` of a w-conditioned UNet."""
+    w = w.float() * 1000.0
+    half_dim = embedding_dim // 2
+    frequencies = torch.exp(
+        torch.arange(half_dim, dtype=torch.float32, device=w.device)
+        * -(torch.log(torch.tensor(10000.0)) / (half_dim - 1))
+    )
+    angles = w[:, None] * frequencies[None, :]  # (B, half_dim)
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if embedding_dim % 2 == 1:
+        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    return embedding
+
+
+def nest_conditioning(flat: dict[str, torch.Tensor]) -> dict:
+    """{"encoder_hidden_states": t, "added_cond_kwargs.text_embeds": u} -> the kwargs dict, nested."""
+    kwargs: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = kwargs
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return kwargs
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP / compile wrapper (its `.config` is what we need)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def call_denoiser(
+    model: torch.nn.Module,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: dict,
+    guidance_w: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Raw model output (eps / v / x0 / velocity) for x_t (B, C, H, W) at timesteps (B,).
+
+    `cond` holds the nested conditioning kwargs; a w-conditioned UNet (`time_cond_proj_dim`) gets
+    `timestep_cond` = the embedding of guidance_w (B,) in the Imagen convention (pipeline scale - 1).
+    """
+    config = unwrap(model).config
+    kwargs = dict(cond)
+    embedding_dim = getattr(config, "time_cond_proj_dim", None)
+    if embedding_dim:
+        assert guidance_w is not None, "a w-conditioned denoiser needs guidance_w"
+        kwargs["timestep_cond"] = guidance_scale_embedding(guidance_w, embedding_dim).to(x_t.dtype)
+    if "encoder_hidden_states" in kwargs:
+        kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"].to(x_t.dtype)
+    if isinstance(unwrap(model), UNet2DConditionModel):
+        return model(x_t, timesteps, **kwargs, return_dict=False)[0]
+    return model(hidden_states=x_t, timestep=timesteps, **kwargs, return_dict=False)[0]  # transformers

@@ -1,0 +1,143 @@
+"""The student folder (DESIGN.md), loadable with stock diffusers:
+
+    STUDENT/
+      unet/                               full students: UNet2DConditionModel.from_pretrained(STUDENT, subfolder="unet")
+      pytorch_lora_weights.safetensors    lora students, diffusers keys: pipe.load_lora_weights(STUDENT)
+      scheduler/scheduler_config.json     the few-step scheduler (LCMScheduler for lcm, DDIM / Euler otherwise)
+      distill.json                        method, teacher, store, recommended steps / guidance / timesteps, settings
+
+    export_student(student, config, reader, out_dir, train_summary)
+    model, distill = load_exported_student(out_dir)       # the student's denoiser alone, for eval
+    pipe.scheduler = load_student_scheduler(out_dir)
+
+Samplers: `distill.json["sampling"]` gives the sampler (ddim | lcm) and the exact timesteps the
+student was trained at for 1, 2, 4 and 8 steps; a stock pipeline reproduces them with
+`pipe(..., timesteps=distill["recommended"]["timesteps"])` (LCM / Euler schedulers take custom timesteps).
+"""
+
+import json
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
+
+from student_train.denoiser import load_denoiser, unwrap
+from student_train.sampling import SAMPLER_OF_METHOD, student_timesteps
+
+FORMAT_VERSION = 1
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+EXPORTED_STEP_COUNTS = (1, 2, 4, 8)
+
+
+def student_scheduler(
+    method: str, scheduler_settings: dict, num_grid_steps: int, timestep_scaling: float = 10.0
+):
+    """The diffusers scheduler a student of `method` samples with, on the teacher's noise schedule."""
+    config = {k: v for k, v in scheduler_settings["config"].items() if not k.startswith("_")}
+    if scheduler_settings["class"].startswith("FlowMatch"):
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
+    if method == "lcm":
+        return LCMScheduler.from_config(
+            config, original_inference_steps=num_grid_steps, timestep_scaling=timestep_scaling
+        )
+    if method == "direct":  # trailing: the first step starts at t = T - 1, from pure noise
+        return DDIMScheduler.from_config(config, timestep_spacing="trailing")
+    return EulerDiscreteScheduler.from_config(config)  # progressive: custom timesteps on the cached grid
+
+
+def recommended_guidance_w(student_w_conditioned: bool, config, settings: dict) -> float | None:
+    """w for a w-conditioned student: the store's guidance (Imagen convention), within [w_min, w_max]."""
+    if not student_w_conditioned:
+        return None
+    return float(min(max(float(settings["guidance_scale"]) - 1.0, config.w_min), config.w_max))
+
+
+def json_timesteps(timesteps: list[float]) -> list[int | float]:
+    return [int(t) if float(t).is_integer() else float(t) for t in timesteps]
+
+
+def distill_record(student, config, reader, train_summary: dict) -> dict:
+    settings = reader.settings
+    guidance_w = recommended_guidance_w(student.w_conditioned, config, settings)
+    steps = {
+        str(k): json_timesteps(student_timesteps(config.method, k, settings)) for k in EXPORTED_STEP_COUNTS
+    }
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": config.method,
+        "student": config.student,
+        "teacher": {
+            "source": config.teacher or reader.fingerprint.get("source"),
+            "fingerprint": reader.fingerprint,
+        },
+        "store": {"url": config.cache, "fingerprint": reader.fingerprint},
+        "denoiser": settings.get("denoiser", "unet"),
+        "recommended": {
+            "num_inference_steps": config.num_student_steps,
+            # the stock pipeline's scale: 1 = no CFG; a w-conditioned student gets w + 1 (embedded, one pass)
+            "guidance_scale": 1.0 if guidance_w is None else guidance_w + 1.0,
+            "timesteps": json_timesteps(student_timesteps(config.method, config.num_student_steps, settings)),
+        },
+        "sampling": {
+            "sampler": SAMPLER_OF_METHOD[config.method],
+            "prediction_type": settings["prediction_type"],
+            "guidance_w": guidance_w,
+            "timestep_scaling": config.timestep_scaling,
+            "timesteps": steps,
+        },
+        "settings": config.to_json(),
+        "train": train_summary,
+    }
+
+
+def export_student(student, config, reader, out_dir: str | Path, train_summary: dict) -> Path:
+    """Write the student folder; returns its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = unwrap(student.model)
+    denoiser_name = reader.settings.get("denoiser", "unet")
+    if student.kind == "lora":
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        pipeline_class = getattr(diffusers, reader.fingerprint.get("pipeline_class", ""), None)
+        if not hasattr(pipeline_class, "save_lora_weights"):
+            pipeline_class = diffusers.StableDiffusionPipeline
+        pipeline_class.save_lora_weights(
+            out_dir, **{f"{denoiser_name}_lora_layers": lora_layers}, weight_name=LORA_WEIGHT_NAME
+        )
+    else:
+        model.save_pretrained(out_dir / denoiser_name)
+    scheduler = student_scheduler(
+        config.method,
+        reader.settings["scheduler"],
+        len(reader.settings["timesteps"]),
+        config.timestep_scaling,
+    )
+    scheduler.save_pretrained(out_dir / "scheduler")
+    record = distill_record(student, config, reader, train_summary)
+    (out_dir / "distill.json").write_text(json.dumps(record, indent=2))
+    return out_dir
+
+
+def load_student_scheduler(student_dir: str | Path):
+    config = json.loads((Path(student_dir) / "scheduler" / "scheduler_config.json").read_text())
+    return getattr(diffusers, config["_class_name"]).from_pretrained(student_dir, subfolder="scheduler")
+
+
+def load_exported_student(
+    student_dir: str | Path, teacher: str | None = None
+) -> tuple[torch.nn.Module, dict]:
+    """The student's denoiser (eval mode) and its distill.json, without text encoder or VAE.
+    A LoRA student is its teacher's denoiser (`teacher` or distill.json's source) plus the adapter."""
+    student_dir = Path(student_dir)
+    distill = json.loads((student_dir / "distill.json").read_text())
+    denoiser_name = distill.get("denoiser", "unet")
+    if distill["student"] == "lora":
+        model = load_denoiser(teacher or distill["teacher"]["source"], denoiser_name)
+        model.load_lora_adapter(str(student_dir), prefix=denoiser_name, weight_name=LORA_WEIGHT_NAME)
+    else:
+        model = load_denoiser(str(student_dir), denoiser_name)
+    return model.eval().requires_grad_(False), distill

@@ -1,0 +1,85 @@
+"""lcm: latent consistency distillation (Luo et al. 2023), as diffusers'
+examples/consistency_distillation/train_lcm_distill_sd_wds.py, with the teacher replaced by the cache.
+
+For each sample: a cached trajectory point n (t = grid[n]) is x_t; w ~ U[w_min, w_max] (Imagen
+convention: guided = cond + w (cond - uncond), i.e. pipeline scale w + 1); the cached cond / uncond
+outputs at that point, guided with w, give one DDIM solver step to s = grid[n + 1] (skip k = one
+step of the cached grid: 20 train steps for 50 of 1000, the script's default); the loss is
+
+    d( f_student(x_t, t, w),  f_target(x_s, s, w) )     f = c_skip x + c_out x0_hat (consistency.py)
+
+with f_target the EMA copy (full students) or the student itself under no_grad (LoRA). NB the
+starting points lie on trajectories the teacher made at the store's guidance, not on noised data.
+"""
+
+import torch
+
+from shared.schedule import NoiseSchedule
+from student_train.consistency import consistency_output
+from student_train.losses.distance import Distance
+
+FIELDS = ("trajectory", "out_cond", "out_uncond")
+
+
+def pick_steps(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, S, ...) per-step tensor, (B,) step indices -> (B, ...)."""
+    return tensor[torch.arange(tensor.shape[0], device=tensor.device), index.to(tensor.device)]
+
+
+class LcmLoss:
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        grid: list[float],
+        prediction_type: str,
+        distance: Distance,
+        w_min: float = 5.0,
+        w_max: float = 15.0,
+        timestep_scaling: float = 10.0,
+    ):
+        self.schedule = schedule
+        self.grid = torch.tensor(grid)  # (S + 1,): the time of each trajectory point, then the end
+        self.prediction_type = prediction_type
+        self.distance = distance
+        self.w_min, self.w_max = w_min, w_max
+        self.timestep_scaling = timestep_scaling
+
+    def guided_solver_step(self, x_t, t, s, out_cond, out_uncond, w) -> torch.Tensor:
+        """One DDIM step t -> s of the teacher guided with w, from its cached outputs. (B, C, H, W)."""
+        x0_cond, eps_cond = self.schedule.to_x0_eps(out_cond, x_t, t, self.prediction_type)
+        x0_uncond, eps_uncond = self.schedule.to_x0_eps(out_uncond, x_t, t, self.prediction_type)
+        w = w.view(-1, 1, 1, 1)
+        guided_x0 = x0_cond + w * (x0_cond - x0_uncond)
+        guided_eps = eps_cond + w * (eps_cond - eps_uncond)
+        return self.schedule.ddim_step(guided_x0, guided_eps, s)
+
+    def __call__(self, student, batch, random, step: int) -> torch.Tensor:
+        trajectory = batch.fields["trajectory"]  # (B, S + 1, C, H, W)
+        num_grid_steps = trajectory.shape[1] - 1
+        n = random.randint(0, num_grid_steps)  # (B,) start point index
+        t = self.grid.to(trajectory.device)[n]  # (B,)
+        s = self.grid.to(trajectory.device)[n + 1]  # (B,)
+        w = random.uniform(self.w_min, self.w_max)  # (B,)
+        x_t = pick_steps(trajectory, n)
+        x_s = self.guided_solver_step(
+            x_t, t, s, pick_steps(batch.fields["out_cond"], n), pick_steps(batch.fields["out_uncond"], n), w
+        )
+        student_w = w if student.w_conditioned else None
+        online = consistency_output(
+            self.schedule,
+            student.denoise(x_t, t, batch.cond, student_w),
+            x_t,
+            t,
+            self.prediction_type,
+            self.timestep_scaling,
+        )
+        with torch.no_grad():
+            target = consistency_output(
+                self.schedule,
+                student.target_denoise(x_s, s, batch.cond, student_w),
+                x_s,
+                s,
+                self.prediction_type,
+                self.timestep_scaling,
+            )
+        return self.distance(online, target)  # (B,)

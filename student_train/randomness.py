@@ -1,0 +1,34 @@
+"""Per-sample randomness: one generator per (run seed, step, sample id), as EDM's
+StackedRandomGenerator does per image, so a draw never depends on batch size, rank or a resume.
+
+    random = SampleRandom(seed=0, step=12, sample_ids=["a1", "b2"], device)
+    w = random.uniform(3.0, 15.0)          # (B,)
+    n = random.randint(0, 50)              # (B,) int64
+    z = random.normal((4, 8, 8))           # (B, 4, 8, 8)
+"""
+
+import hashlib
+
+import torch
+
+
+def sample_seed(seed: int, step: int, sample_id: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{step}/{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class SampleRandom:
+    def __init__(self, seed: int, step: int, sample_ids: list[str], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.generators = [torch.Generator().manual_seed(sample_seed(seed, step, sid)) for sid in sample_ids]
+
+    def uniform(self, low: float, high: float) -> torch.Tensor:
+        draws = torch.stack([torch.rand((), generator=g) for g in self.generators])
+        return (low + (high - low) * draws).to(self.device)
+
+    def randint(self, low: int, high: int) -> torch.Tensor:
+        draws = [torch.randint(low, high, (), generator=g) for g in self.generators]
+        return torch.stack(draws).to(self.device)
+
+    def normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g) for g in self.generators]).to(self.device)

@@ -1,0 +1,165 @@
+"""`student-train sample`: one image from a student folder, with stock diffusers only.
+
+    student-train sample --student runs/student --prompt "a red seven on blue" --steps 4 --out seven.png
+
+The teacher pipeline named in distill.json supplies the text encoder, tokenizer and VAE; the
+student replaces its denoiser (`unet/` of a full student: `from_pretrained(DIR, subfolder="unet")`)
+or adds its adapter (`pipe.load_lora_weights(DIR)`), and `DIR/scheduler` replaces the scheduler.
+The initial noise is made from --seed exactly as phase one makes a row's noise, so `--seed S`
+gives the student's image for the store rows of seed S.
+"""
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import DistillCacheError
+
+HELP = "generate one image with a student folder (stock diffusers pipeline + the student)"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Settings of one `student-train sample`; CLI flags map 1:1 onto the fields."""
+
+    student: str  # the student folder
+    prompt: str
+    out: str  # the image file
+    steps: int = 0  # 0 = distill.json's recommended num_inference_steps
+    guidance: float | None = None  # pipeline guidance_scale; None = distill.json's recommended
+    seed: int = 0
+    teacher: str = ""  # the teacher pipeline; "" = the source distill.json names
+    device: str = "auto"  # auto = cuda if available, else cpu
+    dtype: str = "auto"  # auto = float16 on cuda, float32 on cpu
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = SampleConfig(student="", prompt="", out="")
+    parser.add_argument("--student", required=True, help="the student folder (student-train run --out)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--out", required=True, help="the image file to write (.png, .jpg, .webp)")
+    parser.add_argument(
+        "--steps", type=int, default=defaults.steps, help="0 = the student's recommended count"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=defaults.guidance, help="default: the recommended one"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="noise seed, as the store's rows")
+    parser.add_argument("--teacher", default=defaults.teacher, help="default: the teacher distill.json names")
+    parser.add_argument("--device", default=defaults.device, help="auto = cuda if available, else cpu")
+    parser.add_argument("--dtype", default=defaults.dtype, help="auto = float16 on cuda, float32 on cpu")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = SampleConfig(
+        student=args.student,
+        prompt=args.prompt,
+        out=args.out,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        teacher=args.teacher,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    run(config)
+    return 0
+
+
+def read_student_folder(config: SampleConfig) -> dict:
+    """distill.json of a complete student folder; raises DistillCacheError naming what is missing."""
+    from student_train.export import LORA_WEIGHT_NAME
+
+    folder = Path(config.student)
+    if not (folder / "distill.json").is_file():
+        raise DistillCacheError(
+            f"--student {folder} has no distill.json; give a folder from student-train run"
+        )
+    distill = json.loads((folder / "distill.json").read_text())
+    denoiser_name = distill.get("denoiser", "unet")
+    if not (folder / denoiser_name).is_dir() and not (folder / LORA_WEIGHT_NAME).is_file():
+        raise DistillCacheError(f"--student {folder} has neither {denoiser_name}/ nor {LORA_WEIGHT_NAME}")
+    if not (folder / "scheduler" / "scheduler_config.json").is_file():
+        raise DistillCacheError(f"--student {folder} has no scheduler/scheduler_config.json")
+    return distill
+
+
+def check_config(config: SampleConfig) -> None:
+    if not config.prompt.strip():
+        raise DistillCacheError("--prompt is empty; give the text to draw")
+    if config.steps < 0:
+        raise DistillCacheError(f"--steps must be >= 1 (or 0 for the recommended count), not {config.steps}")
+    if Path(config.out).suffix.lower() not in IMAGE_SUFFIXES:
+        raise DistillCacheError(
+            f"--out {config.out}: name an image file ending in {', '.join(IMAGE_SUFFIXES)}"
+        )
+    if Path(config.out).is_dir():
+        raise DistillCacheError(f"--out {config.out} is a folder; name an image file")
+
+
+def custom_timesteps(pipe, distill: dict, steps: int) -> list[int | float] | None:
+    """The exact timesteps the student was trained at, when its scheduler takes custom timesteps."""
+    import inspect
+
+    trained = distill.get("sampling", {}).get("timesteps", {}).get(str(steps))
+    accepts = "timesteps" in inspect.signature(pipe.scheduler.set_timesteps).parameters
+    return trained if trained is not None and accepts else None
+
+
+def student_pipeline(config: SampleConfig, distill: dict):
+    """The teacher pipeline with the student's denoiser (or adapter) and scheduler, on the device."""
+    from student_train.denoiser import load_denoiser
+    from student_train.evaluation import resolve_device
+    from student_train.export import load_student_scheduler
+    from teacher_cache.teacher_loading import load_teacher, resolve_dtype
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    recorded = distill.get("teacher", {})
+    source = config.teacher or recorded.get("source")
+    teacher = load_teacher(source, recorded.get("fingerprint", {}).get("revision"), device, dtype)
+    expected_hash = recorded.get("fingerprint", {}).get("weights_hash")
+    if expected_hash and teacher.fingerprint["weights_hash"] != expected_hash:
+        print(
+            f"student-train: warning: the weights of {source} differ from the teacher the student was distilled from"
+        )
+    pipe, denoiser_name = teacher.pipe, teacher.denoiser_name
+    if (Path(config.student) / denoiser_name).is_dir():
+        setattr(pipe, denoiser_name, load_denoiser(config.student, denoiser_name).to(device, dtype))
+    else:
+        pipe.load_lora_weights(config.student)
+    pipe.scheduler = load_student_scheduler(config.student)
+    return pipe, device, dtype
+
+
+def run(config: SampleConfig) -> Path:
+    """Write one image; returns its path."""
+    from teacher_cache.noise import initial_noise
+
+    check_config(config)
+    distill = read_student_folder(config)
+    pipe, device, dtype = student_pipeline(config, distill)
+    recommended = distill.get("recommended", {})
+    steps = config.steps or int(recommended.get("num_inference_steps", 4))
+    guidance = (
+        config.guidance if config.guidance is not None else float(recommended.get("guidance_scale", 1.0))
+    )
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    size = denoiser.config.sample_size  # latent height = width
+    noise = initial_noise(
+        [config.seed], (denoiser.config.in_channels, size, size), device, dtype
+    )  # [1, C, h, w]
+    image = pipe(
+        config.prompt,
+        num_inference_steps=steps,
+        timesteps=custom_timesteps(pipe, distill, steps),
+        guidance_scale=guidance,
+        latents=noise,
+    ).images[0]
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    print(f"wrote {out} ({steps} steps, guidance {guidance:g}, seed {config.seed})")
+    return out

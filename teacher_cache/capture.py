@@ -1,0 +1,188 @@
+"""Generic capture of one diffusers pipeline call: hooks on the denoiser and the step-end callback.
+
+    with CaptureHooks(denoiser, feature_modules, feature_steps, feature_dtype) as hooks:
+        hooks.start(batch_size, cfg)
+        pipe(..., latents=noise, callback_on_step_end=hooks.on_step_end)
+        record = hooks.finish(initial_latents)        # a StepRecord of stacked tensors
+
+Nothing here knows a model family. The pipeline is observed, never forked:
+- a forward hook with kwargs on `pipe.unet` / `pipe.transformer` sees the exact arguments of every
+  denoiser call and its output; under CFG its batch is [uncond; cond] (diffusers' `chunk(2)` order);
+- forward hooks on the chosen submodules keep their output (cond half) at the feature steps;
+- `callback_on_step_end` keeps the latents after every step and advances the step counter.
+Tensors stay on the teacher's device until the batch ends (no per-step host sync).
+"""
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from shared.errors import DistillCacheError
+
+TIMESTEP_ARGUMENT = "timestep"
+
+
+@dataclass
+class StepRecord:
+    """What one pipeline call computed, for a batch of B samples; S steps, latents (C, H, W)."""
+
+    timesteps: list[float]  # S values passed to the denoiser
+    trajectory: torch.Tensor  # (B, S + 1, C, H, W); [:, 0] = latents entering step 0
+    out_cond: torch.Tensor  # (B, S, C, H, W) raw denoiser output, cond half
+    out_uncond: torch.Tensor | None  # (B, S, C, H, W) uncond half; None without CFG
+    cond: dict[str, torch.Tensor]  # kwarg name -> (B, ...) at step 0, cond half
+    uncond: dict[str, torch.Tensor]  # same names, uncond half; empty without CFG
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> (B, F, ...)
+
+
+def first_tensor(output) -> torch.Tensor:
+    """The main tensor of a module's output: itself, element 0 of a tuple, or `.sample`."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return first_tensor(output[0])
+    if hasattr(output, "sample"):
+        return output.sample
+    raise DistillCacheError(f"cannot find a tensor in a module output of type {type(output).__name__}")
+
+
+def flat_tensor_kwargs(arguments: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors among the arguments, nested dicts flattened with dots: 'added_cond_kwargs.time_ids'."""
+    flat: dict[str, torch.Tensor] = {}
+    for name, value in arguments.items():
+        if isinstance(value, torch.Tensor):
+            flat[prefix + name] = value
+        elif isinstance(value, dict):
+            flat.update(flat_tensor_kwargs(value, prefix=f"{prefix}{name}."))
+    return flat
+
+
+def forward_parameter_names(module: nn.Module) -> list[str]:
+    """Names of the module's forward parameters, in order (without self)."""
+    return [name for name in inspect.signature(type(module).forward).parameters if name != "self"]
+
+
+class CaptureHooks:
+    """Installs the hooks for its `with` block; records one pipeline call between start() and finish()."""
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        feature_modules: dict[str, nn.Module] | None = None,
+        feature_steps: tuple[int, ...] = (),
+        feature_dtype: torch.dtype = torch.float16,
+    ):
+        self.denoiser = denoiser
+        self.parameter_names = forward_parameter_names(denoiser)
+        self.latent_argument = self.parameter_names[0]  # `sample` (UNet) / `hidden_states` (transformer)
+        self.feature_modules = feature_modules or {}
+        self.feature_steps = tuple(feature_steps)
+        self.feature_dtype = feature_dtype
+        self._handles: list = []
+        self.batch_size = 0
+
+    def __enter__(self) -> "CaptureHooks":
+        self._handles.append(self.denoiser.register_forward_hook(self._on_denoiser, with_kwargs=True))
+        for name, module in self.feature_modules.items():
+            self._handles.append(module.register_forward_hook(self._feature_hook(name)))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def start(self, batch_size: int, cfg: bool) -> None:
+        """Get ready for one pipeline call on `batch_size` prompts (the denoiser sees 2x under CFG)."""
+        self.batch_size, self.cfg = batch_size, cfg
+        self.step, self.calls_this_step = 0, 0
+        self.timesteps: list[torch.Tensor] = []
+        self.latents_after_step: list[torch.Tensor] = []  # S x (B, C, H, W)
+        self.outputs: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # S x (cond, uncond)
+        self.cond: dict[str, torch.Tensor] = {}
+        self.uncond: dict[str, torch.Tensor] = {}
+        self.feature_outputs: dict[str, list[torch.Tensor]] = {name: [] for name in self.feature_modules}
+
+    def _halves(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond, uncond) halves of a denoiser-batch tensor: [uncond; cond] under CFG."""
+        if not self.cfg:
+            return tensor, None
+        return tensor[self.batch_size :], tensor[: self.batch_size]
+
+    def _denoiser_batch(self) -> int:
+        return 2 * self.batch_size if self.cfg else self.batch_size
+
+    def _on_denoiser(self, module, args, kwargs, output) -> None:
+        self.calls_this_step += 1
+        if self.calls_this_step > 1:
+            raise DistillCacheError(
+                f"the pipeline called {type(module).__name__} twice in step {self.step}; capture supports "
+                f"pipelines with one denoiser call per step (no skip-layer guidance, no 2nd-order schedulers)"
+            )
+        arguments = dict(zip(self.parameter_names, args)) | kwargs
+        out = first_tensor(output)  # (B or 2B, C, H, W)
+        if out.shape[0] != self._denoiser_batch():
+            raise DistillCacheError(
+                f"the denoiser saw a batch of {out.shape[0]} for {self.batch_size} prompts "
+                f"({'with' if self.cfg else 'without'} CFG); expected {self._denoiser_batch()}"
+            )
+        timestep = arguments.get(TIMESTEP_ARGUMENT)
+        self.timesteps.append(torch.as_tensor(timestep).detach().flatten()[0].clone())
+        cond_out, uncond_out = self._halves(out.detach())
+        self.outputs.append((cond_out.clone(), None if uncond_out is None else uncond_out.clone()))
+        if self.step == 0:
+            self._record_conditioning(arguments)
+
+    def _record_conditioning(self, arguments: dict) -> None:
+        """Both halves of every batched tensor kwarg except the latents and the timestep."""
+        skip = {self.latent_argument, TIMESTEP_ARGUMENT}
+        tensors = flat_tensor_kwargs({k: v for k, v in arguments.items() if k not in skip})
+        for name, tensor in tensors.items():
+            if tensor.ndim == 0 or tensor.shape[0] != self._denoiser_batch():
+                continue  # not per-sample (e.g. shared position ids): not part of a row
+            cond, uncond = self._halves(tensor.detach())
+            self.cond[name] = cond.clone()
+            if uncond is not None:
+                self.uncond[name] = uncond.clone()
+
+    def _feature_hook(self, name: str):
+        def on_feature(module, args, output) -> None:
+            if self.step in self.feature_steps and self.calls_this_step == 0:
+                cond, _ = self._halves(first_tensor(output).detach())
+                self.feature_outputs[name].append(cond.to(self.feature_dtype, copy=True))
+
+        return on_feature
+
+    def on_step_end(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        """`callback_on_step_end`: keep the latents after this step; change nothing."""
+        if self.calls_this_step != 1:
+            raise DistillCacheError(f"step {step} made {self.calls_this_step} denoiser calls; expected one")
+        self.latents_after_step.append(callback_kwargs["latents"].detach().clone())
+        self.step, self.calls_this_step = self.step + 1, 0
+        return {}
+
+    def finish(self, initial_latents: torch.Tensor) -> StepRecord:
+        """Stack what was recorded; `initial_latents` (B, C, H, W) are the latents entering step 0."""
+        if not self.latents_after_step:
+            raise DistillCacheError("the pipeline ran no denoising step; check --steps")
+        trajectory = torch.stack([initial_latents, *self.latents_after_step], dim=1)  # (B, S+1, C, H, W)
+        out_cond = torch.stack([cond for cond, _ in self.outputs], dim=1)  # (B, S, C, H, W)
+        out_uncond = torch.stack([uncond for _, uncond in self.outputs], dim=1) if self.cfg else None
+        for name, outputs in self.feature_outputs.items():
+            if len(outputs) != len(self.feature_steps):
+                raise DistillCacheError(
+                    f"features of {name} were seen at {len(outputs)} of the {len(self.feature_steps)} "
+                    f"--feature-steps {list(self.feature_steps)}; give steps below the pipeline's step count"
+                )
+        features = {name: torch.stack(outputs, dim=1) for name, outputs in self.feature_outputs.items()}
+        return StepRecord(
+            timesteps=[float(t) for t in torch.stack(self.timesteps).float().cpu()],
+            trajectory=trajectory,
+            out_cond=out_cond,
+            out_uncond=out_uncond,
+            cond=self.cond,
+            uncond=self.uncond,
+            features=features,
+        )

@@ -1,0 +1,116 @@
+"""`CaptureConfig`: every setting of `teacher-cache run`, one frozen dataclass.
+
+The command line maps 1:1 onto its fields (`run_command.py`); `run(config)` (`runner.py`) is the
+only consumer. The settings that define the data (steps, guidance, fields, features, dtypes ...)
+are written into the store's store.json by the runner; the ones that only shape one run (batch
+size, device, which prompt file, rank) are not, so a store can be resumed or extended with others.
+"""
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from shared.errors import DistillCacheError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+EMBEDDED_TEACHER = PACKAGE_DIR / "embedded" / "default_teacher"
+BUNDLED_PROMPTS = PACKAGE_DIR / "prompts"
+DEFAULT_TRAIN_PROMPTS = BUNDLED_PROMPTS / "default_train.txt"
+DEFAULT_UNSEEN_PROMPTS = BUNDLED_PROMPTS / "default_unseen.txt"
+
+# What can be kept (`--fields`): a group name stands for one or more store fields.
+FIELD_GROUPS: dict[str, str] = {
+    "noise": "initial noise, passed to the pipeline as latents=",
+    "trajectory": "latents entering step 0 and after every step",
+    "final_latents": "the teacher's output latents",
+    "out": "denoiser output at every step: out_cond (and out_uncond under CFG)",
+    "cond": "denoiser conditioning at step 0: cond.* (and uncond.* under CFG)",
+    "features": "outputs of the --features modules (cond half) at the --feature-steps",
+    "preview": "small decoded image, uint8",
+}
+ALL_FIELD_GROUPS: tuple[str, ...] = tuple(FIELD_GROUPS)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+FEATURE_DTYPES = ("float16", "bfloat16", "float32")
+DEFAULT_FEATURE_STEP_COUNT = 4
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Settings of one `teacher-cache run`; defaults build the embedded teacher's training cache."""
+
+    out: str  # the store: a folder or an fsspec URL
+    teacher: str = str(EMBEDDED_TEACHER)  # a diffusers pipeline folder or a Hub id
+    revision: str | None = None  # Hub revision (branch, tag or commit)
+    prompts: str = str(DEFAULT_TRAIN_PROMPTS)  # .txt, .csv, .parquet or .jsonl
+    seeds_per_prompt: int = 4  # for prompt rows without their own seed
+    steps: int = 50  # num_inference_steps
+    guidance: float = 5.0  # guidance_scale for rows without their own; <= 1 means no CFG
+    negative_prompt: str = ""  # for rows without their own
+    height: int | None = None  # image height in pixels; None = the pipeline's default
+    width: int | None = None
+    fields: tuple[str, ...] = ALL_FIELD_GROUPS  # groups of FIELD_GROUPS to keep
+    features: tuple[str, ...] = ()  # module globs of the denoiser, e.g. ("down_blocks.*", "mid_block")
+    feature_steps: tuple[int, ...] | None = None  # step indices; None = 4 evenly spaced steps
+    feature_dtype: str = "float16"
+    preview_size: int = 32  # longest side of the stored previews, in pixels (never upscaled)
+    batch_size: int = 8  # prompts per pipeline call (the denoiser sees twice as many under CFG)
+    device: str = "auto"  # auto = this rank's accelerator (cuda if available) else cpu
+    dtype: str = "auto"  # the teacher's compute dtype; auto = float16 on cuda, float32 on cpu
+    val_fraction: float = 0.05  # rows whose sample_id hashes below this form the val split
+    limit: int = 0  # keep only the first N jobs of the list (0 = all); for quick tries
+    progress: bool = True  # tqdm progress bar
+
+    @property
+    def resolved_feature_steps(self) -> tuple[int, ...]:
+        """The steps at which features are kept: as given, or 4 evenly spaced over [0, steps)."""
+        if not self.features:
+            return ()
+        if self.feature_steps is not None:
+            return tuple(self.feature_steps)
+        return evenly_spaced_steps(self.steps, DEFAULT_FEATURE_STEP_COUNT)
+
+
+def evenly_spaced_steps(steps: int, count: int) -> tuple[int, ...]:
+    """`count` step indices spread over [0, steps), first and last included: (0, 16, 33, 49) for 50."""
+    if steps <= count:
+        return tuple(range(steps))
+    return tuple(sorted({round(i * (steps - 1) / (count - 1)) for i in range(count)}))
+
+
+def config_field_names() -> list[str]:
+    return [field.name for field in fields(CaptureConfig)]
+
+
+def check_config(config: CaptureConfig) -> None:
+    """Raise DistillCacheError for settings that cannot work; touches no file and no model."""
+    if config.steps <= 0:
+        raise DistillCacheError(f"--steps must be a positive number of inference steps, not {config.steps}")
+    if config.seeds_per_prompt <= 0:
+        raise DistillCacheError(f"--seeds-per-prompt must be at least 1, not {config.seeds_per_prompt}")
+    if config.batch_size <= 0:
+        raise DistillCacheError(f"--batch-size must be at least 1, not {config.batch_size}")
+    if config.limit < 0:
+        raise DistillCacheError(f"--limit must be 0 (all jobs) or a positive count, not {config.limit}")
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise DistillCacheError(f"--val-fraction must be in [0, 1), not {config.val_fraction}")
+    if config.preview_size < 0:
+        raise DistillCacheError(f"--preview-size must be >= 0 pixels, not {config.preview_size}")
+    for size_name in ("height", "width"):
+        size = getattr(config, size_name)
+        if size is not None and size <= 0:
+            raise DistillCacheError(f"--{size_name} must be a positive number of pixels, not {size}")
+    unknown = [name for name in config.fields if name not in FIELD_GROUPS]
+    if unknown or not config.fields:
+        raise DistillCacheError(
+            f"--fields {','.join(config.fields)!r}: unknown or empty; choose from {', '.join(FIELD_GROUPS)}"
+        )
+    if config.dtype not in DTYPES:
+        raise DistillCacheError(f"--dtype {config.dtype!r} is not one of {', '.join(DTYPES)}")
+    if config.feature_dtype not in FEATURE_DTYPES:
+        raise DistillCacheError(
+            f"--feature-dtype {config.feature_dtype!r} is not one of {', '.join(FEATURE_DTYPES)}"
+        )
+    bad_steps = [step for step in config.resolved_feature_steps if not 0 <= step < config.steps]
+    if bad_steps:
+        raise DistillCacheError(
+            f"--feature-steps {bad_steps} outside [0, {config.steps}); give step indices below --steps"
+        )

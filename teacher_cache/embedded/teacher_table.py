@@ -1,0 +1,165 @@
+"""Measure the embedded teacher: the few-step gap that distillation must close.
+
+    python -m teacher_cache.embedded.teacher_table [--teacher DIR] [--n-prompts 560] [--out-dir docs]
+
+Samples one image per prompt (every digit x colour combination, seed = prompt index) with DDIM at
+50 steps for several guidance scales (1.0 = no CFG), then at 1, 2, 4 and 8 steps with the best
+guidance, and judges each set: prompt adherence (digit and both colours right), per-attribute
+accuracy, and the Frechet distance of judge features to held-out real digits. Prints a markdown
+table, writes it to OUT_DIR/teacher_table.md, the grid (rows: prompts, columns: step counts) to
+OUT_DIR/teacher_grid.png, and the numbers plus the chosen guidance to TEACHER/teacher_eval.json.
+"""
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from PIL import Image, ImageDraw
+
+from shared.digits import all_prompts
+from shared.judge import load_judge
+from teacher_cache.embedded import DEFAULT_TEACHER_DIR
+
+GUIDANCE_SWEEP = (1.0, 2.0, 3.0, 5.0, 7.5)
+FEW_STEPS = (1, 2, 4, 8)
+REFERENCE_STEPS = 50
+GRID_PROMPTS = (
+    "a red seven on blue",
+    "a yellow three on black",
+    "a white zero on magenta",
+    "a green four on white",
+    "a cyan eight on red",
+    "a blue two on yellow",
+    "a magenta nine on green",
+    "a black five on cyan",
+)
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    teacher: str = str(DEFAULT_TEACHER_DIR)
+    n_prompts: int = 560
+    batch_size: int = 280
+    out_dir: str = "docs"
+    threads: int = 2
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_teacher(path: str, device: str) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline.from_pretrained(path).to(device)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample_images(
+    pipe: StableDiffusionPipeline, prompts: list[str], steps: int, guidance: float, batch_size: int, first_seed: int = 0
+) -> np.ndarray:
+    """uint8 images [N, H, W, 3]; image i uses its own generator seeded first_seed + i (batch-independent)."""
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        generators = [torch.Generator().manual_seed(first_seed + start + i) for i in range(len(batch))]
+        images = pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                      output_type="np").images  # [B, H, W, 3] float in [0, 1]
+        chunks.append(np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8))
+    return np.concatenate(chunks)
+
+
+def judge_row(judge, images: np.ndarray, prompts: list[str], steps: int, guidance: float) -> dict:
+    accuracy = judge.attribute_accuracy(images, prompts)
+    return {
+        "steps": steps,
+        "guidance": guidance,
+        "adherence": round(float(accuracy["all"]), 4),
+        "digit": round(float(accuracy["digit"]), 4),
+        "fg": round(float(accuracy["fg"]), 4),
+        "bg": round(float(accuracy["bg"]), 4),
+        "fd": round(judge.fd_to_real(images), 2),
+    }
+
+
+def markdown_table(rows: list[dict], real_row: dict) -> str:
+    lines = [
+        "| DDIM steps | guidance | adherence | digit | fg | bg | FD to real |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in [*rows, real_row]:
+        steps = "real held-out" if row is real_row else row["steps"]
+        guidance = "-" if row is real_row else ("1 (no CFG)" if row["guidance"] == 1.0 else f"{row['guidance']:g}")
+        lines.append(
+            f"| {steps} | {guidance} | {row['adherence']:.1%} | {row['digit']:.1%} | {row['fg']:.1%} "
+            f"| {row['bg']:.1%} | {row['fd']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def save_grid(columns: list[tuple[str, np.ndarray]], prompts: tuple[str, ...], path: Path, scale: int = 3) -> None:
+    """Rows: prompts; columns: (label, images uint8 [R, H, W, 3]) pairs."""
+    tile = columns[0][1].shape[1] * scale
+    label_width, header = 150, 18
+    grid = Image.new("RGB", (label_width + tile * len(columns), header + tile * len(prompts)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, (label, images) in enumerate(columns):
+        draw.text((label_width + c * tile + 4, 3), label, fill="black")
+        for r, image in enumerate(images):
+            tile_image = Image.fromarray(image).resize((tile, tile), Image.NEAREST)
+            grid.paste(tile_image, (label_width + c * tile, header + r * tile))
+    for r, prompt in enumerate(prompts):
+        draw.text((4, header + r * tile + tile // 2 - 6), prompt, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def run(settings: TableSettings) -> list[dict]:
+    torch.set_num_threads(settings.threads)
+    pipe = load_teacher(settings.teacher, settings.device)
+    judge = load_judge(settings.device)
+    prompts = all_prompts()[: settings.n_prompts]
+    rows, started = [], time.time()
+
+    def measure(steps: int, guidance: float) -> dict:
+        images = sample_images(pipe, prompts, steps, guidance, settings.batch_size)
+        rows.append(judge_row(judge, images, prompts, steps, guidance))
+        print(f"  {steps:2d} steps, guidance {guidance:g}: {rows[-1]}  ({time.time() - started:.0f}s)", flush=True)
+        return rows[-1]
+
+    # 50 steps: the guidance sweep picks the best scale (adherence first, then FD).
+    sweep = [measure(REFERENCE_STEPS, guidance) for guidance in GUIDANCE_SWEEP]
+    best = max((r for r in sweep if r["guidance"] != 1.0), key=lambda r: (r["adherence"], -r["fd"]))["guidance"]
+    for steps in FEW_STEPS:
+        measure(steps, best)
+
+    from shared.digits import make_images
+
+    real, real_prompts = make_images(len(prompts), seed=1, split="heldout", prompts=prompts)
+    real_row = judge_row(judge, real, real_prompts, 0, 0.0)
+    table = markdown_table(rows, real_row)
+    print(table)
+
+    # Grid: a few prompts at every few-step count with the best guidance, then 50 steps with and without CFG.
+    columns = [(f"{steps} steps", sample_images(pipe, list(GRID_PROMPTS), steps, best, len(GRID_PROMPTS)))
+               for steps in (*FEW_STEPS, REFERENCE_STEPS)]
+    columns.append(("50, no CFG", sample_images(pipe, list(GRID_PROMPTS), REFERENCE_STEPS, 1.0, len(GRID_PROMPTS))))
+    out_dir = Path(settings.out_dir)
+    save_grid(columns, GRID_PROMPTS, out_dir / "teacher_grid.png")
+    (out_dir / "teacher_table.md").write_text(table + "\n")
+    record = {"recommended_guidance_scale": best, "rows": rows, "real": real_row, "settings": asdict(settings)}
+    (Path(settings.teacher) / "teacher_eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    return rows
+
+
+def parse_settings(argv: list[str] | None = None) -> TableSettings:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, value in asdict(TableSettings()).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    return TableSettings(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    run(parse_settings())

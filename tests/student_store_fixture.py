@@ -1,0 +1,145 @@
+"""Tiny teacher caches for phase-two tests: a random tiny SD pipeline run at CFG over a few prompts,
+with exactly the fields and settings of docs/contracts.md ("What phase one stores").
+
+    capture = capture_tiny_teacher(tmp_path, num_prompts=6, steps=10)
+    url = write_capture_store(capture, tmp_path / "store")             # a real store (shared.store)
+    url = write_capture_store(capture, tmp_path / "s2", fields=("noise", "final_latents"))
+
+The teacher runs here as the DDIM + CFG loop of StableDiffusionPipeline (uncond half first),
+with noise made from each row's seed, so no part of phase one is needed.
+"""
+
+import functools
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from tests.tiny_models import LATENT_SHAPE, save_tiny_sd_pipeline
+
+PROMPTS = [
+    "a red seven on blue",
+    "a green two on white",
+    "a blue one on yellow",
+    "a black nine on red",
+    "a white three on green",
+    "a yellow five on black",
+    "a pink zero on grey",
+    "an orange four on purple",
+]
+
+
+@dataclass
+class TeacherCapture:
+    teacher_dir: Path
+    rows: list[dict]  # manifest metadata, one per sample
+    arrays: dict[str, torch.Tensor]  # field name -> (N, *per-sample shape)
+    settings: dict
+    fingerprint: dict
+
+
+def scheduler_settings(scheduler) -> dict:
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}
+    return {"class": type(scheduler).__name__, "config": config}
+
+
+@torch.no_grad()
+def capture_tiny_teacher(
+    tmp_path: Path,
+    num_prompts: int = 6,
+    steps: int = 10,
+    guidance: float = 2.0,
+    prediction_type: str = "epsilon",
+) -> TeacherCapture:
+    teacher_dir = save_tiny_sd_pipeline(Path(tmp_path) / "teacher", prediction_type)
+    pipe = StableDiffusionPipeline.from_pretrained(teacher_dir)
+    pipe.scheduler.set_timesteps(steps)
+    prompts = PROMPTS[:num_prompts]
+    cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=[""] * len(prompts))
+    noise = torch.stack([torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(seed)) for seed in range(len(prompts))])
+    latents = noise * pipe.scheduler.init_noise_sigma
+    trajectory, out_cond, out_uncond = [latents], [], []
+    for t in pipe.scheduler.timesteps:
+        both = pipe.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        output_uncond, output_cond = both.chunk(2)
+        guided = output_uncond + guidance * (output_cond - output_uncond)
+        latents = pipe.scheduler.step(guided, t, latents).prev_sample
+        trajectory.append(latents)
+        out_cond.append(output_cond)
+        out_uncond.append(output_uncond)
+    arrays = {
+        "noise": noise,
+        "trajectory": torch.stack(trajectory, dim=1),  # (N, S + 1, C, H, W)
+        "final_latents": latents,
+        "out_cond": torch.stack(out_cond, dim=1),  # (N, S, C, H, W)
+        "out_uncond": torch.stack(out_uncond, dim=1),
+        "cond.encoder_hidden_states": cond,  # (N, 16, 32)
+        "uncond.encoder_hidden_states": uncond,
+    }
+    rows = [
+        {
+            "sample_id": f"tiny-{index:03d}",
+            "prompt": prompt,
+            "negative_prompt": "",
+            "seed": index,
+            "guidance_scale": guidance,
+            "num_inference_steps": steps,
+        }
+        for index, prompt in enumerate(prompts)
+    ]
+    settings = {
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "cfg": True,
+        "timesteps": [int(t) for t in pipe.scheduler.timesteps],
+        "scheduler": scheduler_settings(pipe.scheduler),
+        "prediction_type": prediction_type,
+        "init_noise_sigma": float(pipe.scheduler.init_noise_sigma),
+        "latent_shape": list(LATENT_SHAPE),
+        "dtype": "float32",
+        "conditioning": ["encoder_hidden_states"],
+        "denoiser": "unet",
+        "val_fraction": 0.0,
+    }
+    fingerprint = {
+        "pipeline_class": "StableDiffusionPipeline",
+        "source": str(teacher_dir),
+        "revision": None,
+        "weights_hash": "tiny",
+    }
+    return TeacherCapture(teacher_dir, rows, arrays, settings, fingerprint)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_capture(num_prompts: int = 6, steps: int = 10, prediction_type: str = "epsilon") -> TeacherCapture:
+    """One capture per test session (the tiny teacher run costs seconds): treat it as read-only."""
+    return capture_tiny_teacher(Path(tempfile.mkdtemp(prefix="tiny_capture_")), num_prompts, steps, 2.0, prediction_type)
+
+
+def capture_batch(capture: TeacherCapture, rows: list[int] | None = None):
+    """The capture as a training Batch (student_train.batches.Batch), float32 on the CPU."""
+    from student_train.batches import Batch
+    from student_train.denoiser import nest_conditioning
+
+    rows = list(range(len(capture.rows))) if rows is None else rows
+    fields = {name: value[rows] for name, value in capture.arrays.items() if "." not in name}
+    cond = nest_conditioning({name[5:]: value[rows] for name, value in capture.arrays.items() if name.startswith("cond.")})
+    return Batch(fields, cond, [capture.rows[i]["sample_id"] for i in rows])
+
+
+def write_capture_store(capture: TeacherCapture, url: Path | str, fields: tuple[str, ...] | None = None) -> str:
+    """Write the capture (optionally only some fields, plus the conditioning) as a shared.store store."""
+    from shared.store import FieldSpec, StoreWriter
+
+    keep = {
+        name: array
+        for name, array in capture.arrays.items()
+        if fields is None or name in fields or name.startswith(("cond.", "uncond."))
+    }
+    specs = {name: FieldSpec("float32", tuple(array.shape[1:])) for name, array in keep.items()}
+    writer = StoreWriter(str(url), fingerprint=capture.fingerprint, settings=capture.settings, fields=specs)
+    writer.commit(capture.rows, keep)
+    return str(url)

@@ -1,0 +1,66 @@
+"""`teacher-cache run` end to end on a tiny SD teacher: field selection, NaN rejection, the summary."""
+
+import pytest
+
+import teacher_cache.runner as runner
+from shared.store import StoreReader
+from shared.subcommands import main_for
+from teacher_cache.runner import run
+from tests.capture_helpers import cli_args, tiny_capture_config, write_prompts
+from tests.tiny_models import save_tiny_sd_pipeline
+
+PROMPTS = ["a red one on blue", "a blue two on red", "a green three on black", "a white four on cyan"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return save_tiny_sd_pipeline(tmp_path_factory.mktemp("teacher") / "sd")
+
+
+def test_direct_distillation_fields_only(tmp_path, teacher):
+    config = tiny_capture_config(
+        tmp_path / "store",
+        teacher,
+        write_prompts(tmp_path, PROMPTS),
+        fields=("noise", "cond", "final_latents"),
+    )
+    run(config)
+    reader = StoreReader(config.out)
+    assert set(reader.fields) == {
+        "noise",
+        "final_latents",
+        "cond.encoder_hidden_states",
+        "uncond.encoder_hidden_states",
+    }
+    assert reader.manifest.num_rows == len(PROMPTS)
+
+
+def test_rows_with_nan_outputs_are_reported_and_not_committed(tmp_path, teacher, monkeypatch, capsys):
+    def load_poisoned_teacher(*args, **kwargs):
+        teacher = runner_load_teacher(*args, **kwargs)
+
+        def poison(module, inputs, output):  # denoiser batch [uncond; cond]: row 1 = 2nd prompt's uncond half
+            output[0][1] = float("nan")
+
+        teacher.denoiser.register_forward_hook(poison)
+        return teacher
+
+    runner_load_teacher = runner.load_teacher
+    monkeypatch.setattr(runner, "load_teacher", load_poisoned_teacher)
+    config = tiny_capture_config(tmp_path / "store", teacher, write_prompts(tmp_path, PROMPTS), batch_size=2)
+    summary = run(config)
+    assert (summary.written, summary.rejected) == (2, 2)
+    committed = set(StoreReader(config.out).manifest.column("prompt").to_pylist())
+    assert committed == {PROMPTS[0], PROMPTS[2]}  # the 2nd of each batch of two was poisoned
+    assert capsys.readouterr().err.count("NaN/Inf in the teacher's output") == 2
+
+
+def test_cli_prints_a_closing_summary_and_resumes(tmp_path, teacher, capsys):
+    config = tiny_capture_config(tmp_path / "store", teacher, write_prompts(tmp_path, PROMPTS))
+    argv = cli_args(config)
+    command = {"run": "teacher_cache.run_command"}
+    assert main_for("teacher-cache", "", command, argv) == 0
+    assert "4 samples written, 0 already in the store, 0 rejected" in capsys.readouterr().out
+    assert main_for("teacher-cache", "", command, argv) == 0
+    out = capsys.readouterr().out
+    assert "0 samples written, 4 already in the store" in out and "4 samples" in out and "MB on disk" in out

@@ -1,0 +1,99 @@
+"""`student-train eval` end to end on a tiny teacher: val split + unseen store, metrics.json, grid.png.
+
+The teacher here samples with DDIM at S = 4 steps and guidance 1, so the teacher baseline at K = S
+reproduces the cache, and a student that is an untrained copy of the teacher sampling the cached
+grid (progressive at K = S) is a perfect pair: PSNR is infinite up to float noise.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.store import StoreReader
+from student_train.cli import main as student_train_main
+from student_train.config import TrainConfig
+from student_train.denoiser import load_denoiser
+from student_train.evaluation import EvalConfig, run
+from student_train.export import export_student
+from student_train.students import build_student
+from tests.student_store_fixture import capture_tiny_teacher, write_capture_store
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A training store with val rows, its unseen-prompt store (same teacher) and a teacher-copy student."""
+    root = tmp_path_factory.mktemp("eval")
+    capture = capture_tiny_teacher(root, num_prompts=6, steps=STEPS, guidance=1.0)
+    capture = dataclasses.replace(capture, settings={**capture.settings, "val_fraction": 0.5})
+    train, unseen = dataclasses.replace(capture), dataclasses.replace(capture)
+    train.rows, unseen.rows = capture.rows[:4], capture.rows[4:]
+    train.arrays = {name: value[:4] for name, value in capture.arrays.items()}
+    unseen.arrays = {name: value[4:] for name, value in capture.arrays.items()}
+    cache = write_capture_store(train, root / "cache")
+    write_capture_store(unseen, root / "cache_unseen")
+
+    reader = StoreReader(cache)
+    config = TrainConfig(
+        cache=cache, out=str(root / "student"), method="progressive", num_student_steps=STEPS
+    )
+    student = build_student("full", load_denoiser(str(capture.teacher_dir)), config)
+    export_student(student, config, reader, root / "student", {"train_steps": 0})
+    return root, cache, reader
+
+
+def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(stores):
+    root, cache, reader = stores
+    assert len(reader.indices("val")) > 0, "the fixture needs val rows"
+    metrics = run(
+        EvalConfig(cache=cache, student=str(root / "student"), out=str(root / "out"), steps=(1, STEPS))
+    )
+
+    saved = json.loads((root / "out" / "metrics.json").read_text())
+    assert saved["records"] == json.loads(json.dumps(metrics["records"]))
+    assert [s["name"] for s in saved["sets"]] == ["val", "unseen"]
+    assert saved["sets"][1]["rows"] == 2
+    by_column = {(r["set"], r["column"]): r for r in metrics["records"]}
+    for set_name in ("val", "unseen"):
+        teacher_k, student_k = (
+            by_column[(set_name, f"teacher@{STEPS}")],
+            by_column[(set_name, f"student@{STEPS}")],
+        )
+        assert teacher_k["latent_mse"] < 1e-10 and teacher_k["psnr_db"] > 60  # DDIM at S = the cache
+        assert student_k["latent_mse"] < 1e-10 and student_k["psnr_db"] > 60  # a perfect pair
+        one_step = by_column[(set_name, "student@1")]
+        assert one_step["latent_mse"] > 1e-4 and one_step["psnr_db"] < student_k["psnr_db"]
+        assert {
+            "psnr_db",
+            "pixel_mse",
+            "latent_mse",
+            "samples",
+            "model",
+            "steps",
+            "sampler",
+        } <= one_step.keys()
+    assert {t["set"] for t in metrics["targets"]} == {"val", "unseen"}
+
+    grid = np.asarray(Image.open(root / "out" / "grid.png"))
+    assert (
+        grid.shape[1] > 5 * 16 * 4
+    )  # teacher@S | teacher@1 | student@1 | teacher@4 | student@4, 4x enlarged
+
+
+def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
+    root, cache, _ = stores
+    out = tmp_path / "never"
+    cases = [
+        ["--cache", str(tmp_path / "missing"), "--student", str(root / "student")],
+        ["--cache", cache, "--student", str(tmp_path)],  # no distill.json
+        ["--cache", cache, "--student", str(root / "student"), "--steps", "0,2"],
+        ["--cache", cache, "--student", str(root / "student"), "--unseen-cache", str(tmp_path / "nope")],
+    ]
+    for args in cases:
+        assert student_train_main(["eval", *args, "--out", str(out)]) == 2, args
+        assert "student-train: error:" in capsys.readouterr().err
+        assert not out.exists()

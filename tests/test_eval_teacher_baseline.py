@@ -1,0 +1,44 @@
+"""The teacher-at-K-steps baseline is diffusers' own CFG sampling, without the text encoder."""
+
+import torch
+
+from student_train.teacher_baseline import concat_halves, ddim_scheduler, guided_output, sample_with_cfg
+from tests.tiny_models import LATENT_SHAPE, tiny_sd_pipeline
+
+
+def test_matches_stable_diffusion_pipeline_from_the_same_noise_and_embeddings():
+    pipe = tiny_sd_pipeline()
+    prompts = ["a red seven on blue", "a cyan two on black"]
+    cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=None)  # [2, 16, 32] each
+    noise = torch.randn(2, *LATENT_SHAPE, generator=torch.Generator().manual_seed(0))
+    expected = pipe(
+        prompt_embeds=cond,
+        negative_prompt_embeds=uncond,
+        latents=noise.clone(),
+        num_inference_steps=3,
+        guidance_scale=4.0,
+        output_type="latent",
+    ).images
+
+    scheduler = ddim_scheduler({"scheduler": {"config": dict(pipe.scheduler.config)}})
+    got = sample_with_cfg(
+        pipe.unet,
+        scheduler,
+        noise,
+        {"encoder_hidden_states": cond},
+        {"encoder_hidden_states": uncond},
+        torch.tensor([4.0, 4.0]),
+        num_steps=3,
+    )
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, noise, atol=1e-2)
+
+
+def test_per_row_guidance_and_nested_halves():
+    out_uncond, out_cond = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    guided = guided_output(out_uncond, out_cond, torch.tensor([1.0, 7.5]))
+    assert guided[0].eq(1.0).all() and guided[1].eq(7.5).all()
+    joined = concat_halves(
+        {"a": torch.zeros(1), "b": {"c": torch.zeros(1)}}, {"a": torch.ones(1), "b": {"c": torch.ones(1)}}
+    )
+    assert joined["a"].tolist() == [0.0, 1.0] and joined["b"]["c"].tolist() == [0.0, 1.0]

@@ -1,0 +1,58 @@
+"""shared.schedule against diffusers' own schedulers: the same step on the same inputs."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+from shared.schedule import NoiseSchedule
+from tests.tiny_models import tiny_ddim_scheduler
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+def test_ddim_step_matches_diffusers(prediction_type, set_alpha_to_one):
+    scheduler = DDIMScheduler.from_config(
+        tiny_ddim_scheduler(prediction_type).config, set_alpha_to_one=set_alpha_to_one
+    )
+    scheduler.set_timesteps(10)
+    schedule = NoiseSchedule.from_scheduler_config(dict(scheduler.config), "DDIMScheduler")
+    generator = torch.Generator().manual_seed(0)
+    for index, t in enumerate(scheduler.timesteps):  # includes the last step, to the final alpha
+        x_t = torch.randn(2, 4, 8, 8, generator=generator)
+        model_output = torch.randn(2, 4, 8, 8, generator=generator)
+        expected = scheduler.step(model_output, t, x_t).prev_sample
+        t_next = scheduler.timesteps[index + 1] if index + 1 < len(scheduler.timesteps) else -1
+        timesteps = torch.full((2,), float(t))
+        x0, eps = schedule.to_x0_eps(model_output, x_t, timesteps, prediction_type)
+        ours = schedule.ddim_step(x0, eps, torch.full((2,), float(t_next)))
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_x0_eps_reconstruct_x_t_and_end_timestep():
+    schedule = NoiseSchedule.from_scheduler_config(dict(tiny_ddim_scheduler().config), "DDIMScheduler")
+    x0, eps = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    t = torch.tensor([1.0, 500.0, 999.0])
+    x_t = schedule.ddim_step(x0, eps, t)
+    alpha, sigma = schedule.alpha_sigma(t)
+    v = alpha.view(3, 1, 1, 1) * eps - sigma.view(3, 1, 1, 1) * x0
+    for prediction_type, output in [("epsilon", eps), ("v_prediction", v), ("sample", x0)]:
+        got_x0, got_eps = schedule.to_x0_eps(output, x_t, t, prediction_type)
+        torch.testing.assert_close(got_x0, x0, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got_eps, eps, rtol=1e-4, atol=1e-4)
+    final_alpha, _ = schedule.alpha_sigma(torch.tensor([schedule.end_timestep]))
+    assert final_alpha.item() == pytest.approx(schedule.alphas_cumprod[0].sqrt().item())
+
+
+def test_flow_step_matches_flow_match_euler():
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(6)
+    schedule = NoiseSchedule.from_scheduler_config(dict(scheduler.config), "FlowMatchEulerDiscreteScheduler")
+    generator = torch.Generator().manual_seed(1)
+    timesteps = list(scheduler.timesteps) + [schedule.end_timestep]
+    for t, t_next in zip(timesteps[:-1], timesteps[1:]):
+        x_t = torch.randn(1, 4, 4, 4, generator=generator)
+        velocity = torch.randn(1, 4, 4, 4, generator=generator)
+        expected = scheduler.step(velocity, t, x_t).prev_sample
+        x0, eps = schedule.to_x0_eps(velocity, x_t, torch.tensor([float(t)]), "flow_prediction")
+        ours = schedule.ddim_step(x0, eps, torch.tensor([float(t_next)]))
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
