@@ -46,11 +46,41 @@ class BenchSettings:
     warmup_steps: int = 2
     timed_steps: int = 8
     seed: int = 0
+    threads: int = (
+        1  # torch CPU threads: one per variant keeps CPU-time figures comparable on a shared machine
+    )
 
 
 def peak_rss_mib() -> float:
     """This process's peak resident set so far (Linux: ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def held_mib(*holders) -> float:
+    """MiB of the distinct tensors held by modules (parameters + buffers), optimizers (state) and
+    dicts of tensors (cached data): what a variant keeps in memory, without the runtime's own share."""
+    import torch
+
+    seen, total = set(), 0
+
+    def count(tensor) -> None:
+        nonlocal total
+        if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in seen:
+            seen.add(tensor.untyped_storage().data_ptr())
+            total += tensor.untyped_storage().nbytes()
+
+    for holder in holders:
+        if isinstance(holder, torch.nn.Module):
+            for tensor in holder.state_dict(keep_vars=True).values():
+                count(tensor)
+        elif isinstance(holder, torch.optim.Optimizer):
+            for state in holder.state.values():
+                for tensor in state.values():
+                    count(tensor)
+        elif isinstance(holder, dict):
+            for tensor in holder.values():
+                count(tensor)
+    return total / 2**20
 
 
 # ---------------------------------------------------------------- one variant (in its own process)
@@ -78,7 +108,7 @@ def cached_batches(settings: BenchSettings, config, reader, device):
     def batch_at(step: int):
         return data.batch(rows_for_micro_step(len(data), settings.batch_size, settings.seed, step), device)
 
-    return batch_at
+    return batch_at, [data.fields, data.cond]
 
 
 def online_prompts(step: int, batch_size: int, seed: int) -> list[str]:
@@ -89,6 +119,14 @@ def online_prompts(step: int, batch_size: int, seed: int) -> list[str]:
     pool = train_prompts()
     rng = np.random.default_rng([seed, step])
     return [pool[i] for i in rng.integers(len(pool), size=batch_size)]
+
+
+def empty_prompt_embeds(pipe, batch_size: int, device):
+    """The unconditional half: the empty prompt encoded once, [B, L, D]."""
+    import torch
+
+    with torch.no_grad():
+        return pipe.encode_prompt([""] * batch_size, device, 1, False)[0]
 
 
 def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
@@ -104,6 +142,7 @@ def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
     grid = torch.tensor(cached_grid(reader.settings, schedule), device=device)  # (S + 1,)
     num_steps = len(grid) - 1
     scaling = pipe.vae.config.scaling_factor
+    uncond = empty_prompt_embeds(pipe, settings.batch_size, device)  # once, as the script does
 
     @torch.no_grad()
     def batch_at(step: int):
@@ -114,7 +153,7 @@ def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
         sample_ids = [f"online-{step}-{j}" for j in range(settings.batch_size)]
         # The loss draws n first from this same per-sample generator: the twin gives the same n.
         n = SampleRandom(settings.seed, step, sample_ids, device).randint(0, num_steps)  # (B,)
-        cond, uncond = pipe.encode_prompt(prompts, device, 1, True, negative_prompt=[""] * len(prompts))
+        cond = pipe.encode_prompt(prompts, device, 1, False)[0]  # [B, L, D]
         pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 32, 32]
         latents = pipe.vae.encode(pixels).latent_dist.sample() * scaling  # [B, C, h, w]
         t = grid[n]
@@ -150,13 +189,14 @@ def online_direct_batches(settings: BenchSettings, reader, pipe, device):
 
     steps, guidance = int(reader.settings["num_inference_steps"]), float(reader.settings["guidance_scale"])
     latent_shape = tuple(reader.settings["latent_shape"])
+    uncond = empty_prompt_embeds(pipe, settings.batch_size, device)
 
     @torch.no_grad()
     def batch_at(step: int):
         prompts = online_prompts(step, settings.batch_size, settings.seed)
         seeds = [step * settings.batch_size + j for j in range(settings.batch_size)]
         noise = initial_noise(seeds, latent_shape, device, torch.float32)  # [B, C, h, w]
-        cond, uncond = pipe.encode_prompt(prompts, device, 1, True, negative_prompt=[""] * len(prompts))
+        cond = pipe.encode_prompt(prompts, device, 1, False)[0]  # [B, L, D]
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         final = sample_with_cfg(
             pipe.unet,
@@ -185,6 +225,7 @@ def measure(settings: BenchSettings) -> dict:
     from student_train.randomness import SampleRandom
     from student_train.students import build_student
 
+    torch.set_num_threads(settings.threads)
     rss_after_imports = peak_rss_mib()
     method, source = settings.variant.split("-")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -200,12 +241,13 @@ def measure(settings: BenchSettings) -> dict:
         denoiser = load_denoiser(teacher_source, reader.settings.get("denoiser", "unet"))
         student = build_student(config.student, denoiser.to(device), config, spec.w_conditioned)
         del denoiser
-        batch_at = cached_batches(settings, config, reader, device)
+        batch_at, resident = cached_batches(settings, config, reader, device)
     else:  # the whole teacher pipeline in memory, run in the loop
         pipe = DiffusionPipeline.from_pretrained(teacher_source).to(device)
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.requires_grad_(False).eval()
         student = build_student(config.student, pipe.unet, config, spec.w_conditioned)
+        resident = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
         if method == "lcm":
             batch_at = online_lcm_batches(settings, reader, pipe, schedule, device)
         else:
@@ -215,9 +257,9 @@ def measure(settings: BenchSettings) -> dict:
         student.ema.to(device)
     optimizer = torch.optim.AdamW(student.trainable_parameters(), lr=config.lr)
 
-    seconds = []
+    seconds, cpu_seconds = [], []
     for step in range(settings.warmup_steps + settings.timed_steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         batch = batch_at(step)
         random = SampleRandom(settings.seed, step, batch.sample_ids, device)
         loss = loss_fn(student, batch, random, step).mean()
@@ -229,6 +271,7 @@ def measure(settings: BenchSettings) -> dict:
             torch.cuda.synchronize()
         if step >= settings.warmup_steps:
             seconds.append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
     figures = {
         "variant": settings.variant,
         "student": settings.student,
@@ -236,6 +279,8 @@ def measure(settings: BenchSettings) -> dict:
         "device": device.type,
         "step_seconds_median": statistics.median(seconds),
         "step_seconds": seconds,
+        "step_cpu_seconds_median": statistics.median(cpu_seconds),
+        "held_mib": held_mib(student.model, student.ema, optimizer, *resident),
         "peak_rss_mib": peak_rss_mib(),
         "rss_after_imports_mib": rss_after_imports,
         "loss": float(loss),
@@ -284,41 +329,55 @@ def default_scenario() -> dict:
     }
 
 
+def step_cost(run: dict) -> float:
+    """Seconds per step: CPU time on CPU (robust to other processes sharing the cores), wall time on CUDA."""
+    return run["step_cpu_seconds_median"] if run["device"] == "cpu" else run["step_seconds_median"]
+
+
 def summarize(cache: dict, runs: dict[str, dict], scenario: dict) -> dict:
-    """The README figures: lcm speed-up and memory ratio; direct three-students-from-one-cache cost."""
+    """The README figures: lcm speed-up and memory ratios; direct three-students-from-one-cache cost."""
     lcm_cached, lcm_online = runs["lcm-cached"], runs["lcm-online"]
     direct_cached, direct_online = runs["direct-cached"], runs["direct-online"]
-    three_cached = (
-        scenario["cache_rows"] * cache["seconds_per_row"]
-        + STUDENTS_PER_CACHE * scenario["train_steps"] * direct_cached["step_seconds_median"]
-    )
-    three_online = STUDENTS_PER_CACHE * scenario["train_steps"] * direct_online["step_seconds_median"]
+    three_cached = scenario["cache_rows"] * cache["seconds_per_row"] + STUDENTS_PER_CACHE * scenario[
+        "train_steps"
+    ] * step_cost(direct_cached)
+    three_online = STUDENTS_PER_CACHE * scenario["train_steps"] * step_cost(direct_online)
 
     def added(run: dict) -> float:
         return run["peak_rss_mib"] - run["rss_after_imports_mib"]
 
-    return {
-        "lcm_speedup": lcm_online["step_seconds_median"] / lcm_cached["step_seconds_median"],
+    summary = {
+        "lcm_speedup": step_cost(lcm_online) / step_cost(lcm_cached),
         "lcm_peak_rss_ratio": lcm_cached["peak_rss_mib"] / lcm_online["peak_rss_mib"],
         "lcm_added_rss_ratio": added(lcm_cached) / added(lcm_online),
-        "direct_step_speedup": direct_online["step_seconds_median"] / direct_cached["step_seconds_median"],
+        "lcm_held_ratio": lcm_cached["held_mib"] / lcm_online["held_mib"],
+        "direct_step_speedup": step_cost(direct_online) / step_cost(direct_cached),
         "direct_three_students_cached_seconds": three_cached,
         "direct_three_students_online_seconds": three_online,
         "direct_three_students_cost_ratio": three_online / three_cached,
         "scenario": scenario,
         "cache_seconds_per_row": cache["seconds_per_row"],
     }
+    if "peak_cuda_mib" in lcm_cached:
+        summary["lcm_peak_cuda_ratio"] = lcm_cached["peak_cuda_mib"] / lcm_online["peak_cuda_mib"]
+    return summary
 
 
 def print_table(runs: dict[str, dict], summary: dict) -> None:
-    print("| variant | step (s, median) | peak RSS (MiB) | RSS added after imports (MiB) |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| variant | step (s, median) | step CPU (s, median) | peak RSS (MiB) | RSS added (MiB) | held (MiB) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for name, run in runs.items():
         added = run["peak_rss_mib"] - run["rss_after_imports_mib"]
-        print(f"| {name} | {run['step_seconds_median']:.3f} | {run['peak_rss_mib']:.0f} | {added:.0f} |")
+        print(
+            f"| {name} | {run['step_seconds_median']:.3f} | {run['step_cpu_seconds_median']:.3f} | "
+            f"{run['peak_rss_mib']:.0f} | {added:.0f} | {run['held_mib']:.1f} |"
+        )
     print(
-        f"lcm: online / cached step time {summary['lcm_speedup']:.2f}x (target >= 1.5x); cached / online peak RSS "
-        f"{summary['lcm_peak_rss_ratio']:.2f} (added: {summary['lcm_added_rss_ratio']:.2f}; target <= 0.6)"
+        f"lcm: online / cached step {summary['lcm_speedup']:.2f}x (target >= 1.5x); cached / online memory: "
+        f"peak RSS {summary['lcm_peak_rss_ratio']:.2f}, RSS added {summary['lcm_added_rss_ratio']:.2f}, "
+        f"held tensors {summary['lcm_held_ratio']:.2f} (target <= 0.6)"
     )
     scenario = summary["scenario"]
     print(

@@ -44,7 +44,18 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 215, 220),
 }
 COLOURS: tuple[str, ...] = tuple(PALETTE)
-DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_WORDS: tuple[str, ...] = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+)
 HELDOUT_FRACTION = 0.1
 HELDOUT_SEED = 20240607
 SPLITS = ("train", "heldout")

@@ -47,7 +47,12 @@ class JudgeNet(nn.Module):
         layers, previous = [], 3
         for width in config.channels:
             layers += [nn.Conv2d(previous, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
-            layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             previous = width
         side = config.input_size // 2 ** len(config.channels)
         self.trunk = nn.Sequential(*layers, nn.Flatten())
@@ -82,19 +87,21 @@ def to_judge_input(images, size: int = JudgeConfig.input_size) -> torch.Tensor:
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets [N, D] and [M, D] (as FID does)."""
-    from scipy import linalg
+    """Frechet distance between Gaussians fitted to two feature sets [N, D] and [M, D] (as FID does).
 
+    tr(sqrtm(C_a C_b)) is taken as the sum of square roots of the eigenvalues of C_a C_b (real and
+    non-negative for covariance matrices), which stays finite when a covariance is singular.
+    """
     if len(features_a) < 2 or len(features_b) < 2:
         raise DistillCacheError("a Frechet distance needs at least 2 images on each side")
+    features_a, features_b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
     mean_a, mean_b = features_a.mean(0), features_b.mean(0)
-    cov_a = np.cov(features_a, rowvar=False)
-    cov_b = np.cov(features_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise, as pytorch-fid does
-        offset = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean.real))
+    cov_a = np.atleast_2d(np.cov(features_a, rowvar=False))
+    cov_b = np.atleast_2d(np.cov(features_b, rowvar=False))
+    trace_sqrt_product = np.sqrt(np.linalg.eigvals(cov_a @ cov_b).real.clip(min=0.0)).sum()
+    return float(
+        ((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt_product
+    )
 
 
 class Judge:
@@ -109,7 +116,10 @@ class Judge:
     @torch.no_grad()
     def _run(self, images) -> tuple[np.ndarray, ...]:
         inputs = to_judge_input(images, self.config.input_size)
-        outputs = [self.net(inputs[s : s + self.batch_size].to(self.device)) for s in range(0, len(inputs), self.batch_size)]
+        outputs = [
+            self.net(inputs[s : s + self.batch_size].to(self.device))
+            for s in range(0, len(inputs), self.batch_size)
+        ]
         features, digit, fg, bg = (torch.cat([o[i] for o in outputs]).cpu() for i in range(4))
         return features.numpy(), digit.argmax(1).numpy(), fg.argmax(1).numpy(), bg.argmax(1).numpy()
 
@@ -124,10 +134,19 @@ class Judge:
     def attribute_accuracy(self, images, prompts: list[str]) -> dict[str, float]:
         """Per-attribute accuracy against the prompts: {"digit", "fg", "bg", "all"}."""
         if len(prompts) != len(images):
-            raise DistillCacheError(f"{len(images)} images but {len(prompts)} prompts; pass one prompt per image")
-        wanted = np.array([(d, COLOURS.index(fg), COLOURS.index(bg)) for d, fg, bg in map(parse_prompt, prompts)])
+            raise DistillCacheError(
+                f"{len(images)} images but {len(prompts)} prompts; pass one prompt per image"
+            )
+        wanted = np.array(
+            [(d, COLOURS.index(fg), COLOURS.index(bg)) for d, fg, bg in map(parse_prompt, prompts)]
+        )
         hits = np.stack(self.predict(images), axis=1) == wanted.reshape(len(prompts), 3)  # [N, 3]
-        return {"digit": hits[:, 0].mean(), "fg": hits[:, 1].mean(), "bg": hits[:, 2].mean(), "all": hits.all(1).mean()}
+        return {
+            "digit": hits[:, 0].mean(),
+            "fg": hits[:, 1].mean(),
+            "bg": hits[:, 2].mean(),
+            "all": hits.all(1).mean(),
+        }
 
     def adherence(self, images, prompts: list[str]) -> float:
         """Fraction of images whose digit and both colours all match their prompt."""

@@ -80,7 +80,9 @@ class NoiseSchedule:
         if prediction_type == "sample":
             x0 = model_output
             return x0, (x_t - alpha * x0) / sigma
-        if prediction_type == "flow_prediction":  # velocity = eps - x0, as diffusers' FlowMatch schedulers step
+        if (
+            prediction_type == "flow_prediction"
+        ):  # velocity = eps - x0, as diffusers' FlowMatch schedulers step
             return x_t - sigma * model_output, x_t + alpha * model_output
         raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
 

@@ -196,7 +196,7 @@ def judge_for(prompts: list[str], device: torch.device):
         return None
     from shared.judge import load_judge
 
-    return load_judge(device)
+    return load_judge(str(device))
 
 
 def load_models(config: EvalConfig, distill: dict, reader, prompts: list[str]) -> Models:
@@ -208,10 +208,16 @@ def load_models(config: EvalConfig, distill: dict, reader, prompts: list[str]) -
     dtype = resolve_dtype(config.dtype, device)
     source = config.teacher or reader.fingerprint.get("source")
     denoiser_name = reader.settings.get("denoiser", "unet")
-    teacher = load_denoiser(source, denoiser_name).to(device, dtype)
-    vae = load_denoiser(source, "vae").to(device, dtype)
+    teacher = place(load_denoiser(source, denoiser_name), device, dtype)
+    vae = place(load_denoiser(source, "vae"), device, dtype)
     student, _ = load_exported_student(config.student, teacher=source)
-    return Models(teacher, vae, student.to(device, dtype), distill, judge_for(prompts, device))
+    return Models(teacher, vae, place(student, device, dtype), distill, judge_for(prompts, device))
+
+
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move a float32 model to the device, and cast it only when another dtype is asked for."""
+    module = module.to(device)
+    return module if dtype == torch.float32 else module.to(dtype)
 
 
 @torch.no_grad()

@@ -105,8 +105,14 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
         pipeline_class = getattr(diffusers, reader.fingerprint.get("pipeline_class", ""), None)
         if not hasattr(pipeline_class, "save_lora_weights"):
             pipeline_class = diffusers.StableDiffusionPipeline
+        adapter_config = model.peft_config["default"].to_dict()  # keeps lora_alpha != r on reload
         pipeline_class.save_lora_weights(
-            out_dir, **{f"{denoiser_name}_lora_layers": lora_layers}, weight_name=LORA_WEIGHT_NAME
+            out_dir,
+            **{
+                f"{denoiser_name}_lora_layers": lora_layers,
+                f"{denoiser_name}_lora_adapter_metadata": adapter_config,
+            },
+            weight_name=LORA_WEIGHT_NAME,
         )
     else:
         model.save_pretrained(out_dir / denoiser_name)

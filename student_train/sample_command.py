@@ -111,7 +111,7 @@ def custom_timesteps(pipe, distill: dict, steps: int) -> list[int | float] | Non
 def student_pipeline(config: SampleConfig, distill: dict):
     """The teacher pipeline with the student's denoiser (or adapter) and scheduler, on the device."""
     from student_train.denoiser import load_denoiser
-    from student_train.evaluation import resolve_device
+    from student_train.evaluation import place, resolve_device
     from student_train.export import load_student_scheduler
     from teacher_cache.teacher_loading import load_teacher, resolve_dtype
 
@@ -127,7 +127,7 @@ def student_pipeline(config: SampleConfig, distill: dict):
         )
     pipe, denoiser_name = teacher.pipe, teacher.denoiser_name
     if (Path(config.student) / denoiser_name).is_dir():
-        setattr(pipe, denoiser_name, load_denoiser(config.student, denoiser_name).to(device, dtype))
+        setattr(pipe, denoiser_name, place(load_denoiser(config.student, denoiser_name), device, dtype))
     else:
         pipe.load_lora_weights(config.student)
     pipe.scheduler = load_student_scheduler(config.student)

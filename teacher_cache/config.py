@@ -31,6 +31,7 @@ ALL_FIELD_GROUPS: tuple[str, ...] = tuple(FIELD_GROUPS)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 FEATURE_DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_FEATURE_STEP_COUNT = 4
+FALLBACK_GUIDANCE = 5.0  # when --guidance is not given and the teacher recommends none
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ class CaptureConfig:
     prompts: str = str(DEFAULT_TRAIN_PROMPTS)  # .txt, .csv, .parquet or .jsonl
     seeds_per_prompt: int = 4  # for prompt rows without their own seed
     steps: int = 50  # num_inference_steps
-    guidance: float = 5.0  # guidance_scale for rows without their own; <= 1 means no CFG
+    guidance: float | None = (
+        None  # for rows without their own; None = the teacher's recommended; <= 1 = no CFG
+    )
     negative_prompt: str = ""  # for rows without their own
     height: int | None = None  # image height in pixels; None = the pipeline's default
     width: int | None = None

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guidance",
         type=float,
         default=d["guidance"],
-        help="guidance_scale for rows without one; <= 1 = no CFG (default %(default)s)",
+        help="guidance_scale for rows without one; <= 1 = no CFG (default: the teacher folder's "
+        "teacher_eval.json recommended_guidance_scale, else 5.0)",
     )
     parser.add_argument(
         "--negative-prompt", default=d["negative_prompt"], help="for rows without one (default empty)"

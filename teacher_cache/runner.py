@@ -2,29 +2,32 @@
 
     python -m teacher_cache run --teacher PATH_OR_ID --prompts FILE --out STORE
     accelerate launch --num_processes 2 -m teacher_cache run ...      # each rank its slice and writer
+    (CPU only: accelerate launch --multi_gpu --num_processes 2 ..., which starts them via torchrun)
 
 Read top to bottom: validate everything (settings, prompt file, teacher, feature globs) before
-anything is written; capture one probe sample to learn the field shapes and the timesteps; open
+anything is written; capture the first batch, which fixes the field shapes and the timesteps; open
 this process's writer (the store refuses other settings); skip committed rows (resume); capture
 the rest in batches, committing each batch's finite rows; print a summary.
 """
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, sample_id_for
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
 from teacher_cache.capture import CaptureHooks
-from teacher_cache.config import CaptureConfig, check_config
+from teacher_cache.commit_queue import CommitQueue
+from teacher_cache.config import FALLBACK_GUIDANCE, CaptureConfig, check_config
 from teacher_cache.feature_modules import match_feature_modules
 from teacher_cache.prompts import CaptureJob, read_jobs
-from teacher_cache.store_layout import field_specs, store_settings
-from teacher_cache.teacher_loading import load_teacher, resolve_dtype
+from teacher_cache.store_layout import dtype_name, field_specs, store_settings
+from teacher_cache.teacher_loading import load_teacher, recommended_guidance, resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -36,19 +39,10 @@ class CaptureSummary:
     seconds: float
 
 
-def slice_for_rank(items: list, rank: int, world: int) -> list:
-    """This rank's share of the full job list (stable across runs, whatever is already committed)."""
-    return items[rank::world]
-
-
-def guidance_batches(jobs: list[tuple[str, CaptureJob]], batch_size: int):
-    """Consecutive batches of at most `batch_size` jobs sharing one guidance scale, in job order."""
-    by_guidance: dict[float, list] = {}
-    for item in jobs:
-        by_guidance.setdefault(item[1].guidance_scale, []).append(item)
-    for group in by_guidance.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size]
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str  # sample_id_for(fingerprint, prompt, negative prompt, seed, guidance): the dedupe key
+    job: CaptureJob
 
 
 @dataclass
@@ -63,89 +57,116 @@ class Tally:
         self.bytes_written += other.bytes_written
 
 
+def slice_for_rank(samples: list[Sample], rank: int, world: int) -> list[Sample]:
+    """This rank's share of the full job list (stable across runs, whatever is already committed)."""
+    return samples[rank::world]
+
+
+def guidance_batches(samples: list[Sample], batch_size: int):
+    """Batches of at most `batch_size` samples sharing one guidance scale, in job order."""
+    by_guidance: dict[float, list[Sample]] = {}
+    for sample in samples:
+        by_guidance.setdefault(sample.job.guidance_scale, []).append(sample)
+    for group in by_guidance.values():
+        for start in range(0, len(group), batch_size):
+            yield group[start : start + batch_size]
+
+
 def commit_finite(
-    writer: StoreWriter, jobs: list[tuple[str, CaptureJob]], batch: CapturedBatch, steps: int
+    writer: StoreWriter, samples: list[Sample], batch: CapturedBatch, steps: int, wanted: set[str]
 ) -> Tally:
-    """Commit the batch's finite rows in one commit; report the others on stderr."""
-    keep = [index for index in range(len(jobs)) if bool(batch.finite[index])]
-    for index in range(len(jobs)):
-        if index not in keep:
-            sample_id, job = jobs[index]
+    """Commit, in one commit, the batch's rows that are `wanted` and finite; report non-finite ones."""
+    keep = []
+    for index, sample in enumerate(samples):
+        if sample.sample_id not in wanted:
+            continue
+        if bool(batch.finite[index]):
+            keep.append(index)
+        else:
             tqdm.write(
-                f"teacher-cache: NaN/Inf in the teacher's output for {job.prompt!r} seed {job.seed} "
-                f"(sample {sample_id}); row not committed",
+                f"teacher-cache: NaN/Inf in the teacher's output for {sample.job.prompt!r} seed "
+                f"{sample.job.seed} (sample {sample.sample_id}); row not committed",
                 file=sys.stderr,
             )
+    considered = sum(sample.sample_id in wanted for sample in samples)
     if not keep:
-        return Tally(rejected=len(jobs))
+        return Tally(rejected=considered)
     rows = [
         {
-            "sample_id": jobs[index][0],
-            "prompt": jobs[index][1].prompt,
-            "negative_prompt": jobs[index][1].negative_prompt,
-            "seed": jobs[index][1].seed,
-            "guidance_scale": jobs[index][1].guidance_scale,
+            "sample_id": samples[index].sample_id,
+            "prompt": samples[index].job.prompt,
+            "negative_prompt": samples[index].job.negative_prompt,
+            "seed": samples[index].job.seed,
+            "guidance_scale": samples[index].job.guidance_scale,
             "num_inference_steps": steps,
         }
         for index in keep
     ]
     arrays = {name: array[keep] for name, array in batch.arrays.items()}
     writer.commit(rows, arrays)
-    return Tally(len(keep), len(jobs) - len(keep), sum(array.nbytes for array in arrays.values()))
+    return Tally(len(keep), considered - len(keep), sum(array.nbytes for array in arrays.values()))
+
+
+def process_state(device: str) -> PartialState:
+    """This process's rank and world size from accelerate; runs without an accelerator join over gloo
+    (on a CPU machine, launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun`)."""
+    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    return PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
 
 
 def run(config: CaptureConfig) -> CaptureSummary:
     started = time.perf_counter()
     # 1. Validate: settings, prompt file, teacher, feature globs. Nothing is written before this passes.
+    config = with_resolved_guidance(config)
     check_config(config)
     jobs = read_jobs(config.prompts, config.seeds_per_prompt, config.guidance, config.negative_prompt)
     jobs = jobs[: config.limit] if config.limit else jobs
-    state = PartialState()
+    state = process_state(config.device)
     device = state.device if config.device == "auto" else torch.device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     teacher = load_teacher(config.teacher, config.revision, device, dtype)
-    feature_modules = (
-        match_feature_modules(teacher.denoiser, config.features) if "features" in config.fields else {}
-    )
+    wants_features = "features" in config.fields
+    feature_modules = match_feature_modules(teacher.denoiser, config.features) if wants_features else {}
     geometry = latent_geometry(teacher, config.height, config.width)
-    identified = [
-        (
-            sample_id_for(teacher.fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale),
-            job,
-        )
+    fingerprint = teacher.fingerprint
+    samples = [
+        Sample(sample_id_for(fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale), job)
         for job in jobs
     ]
-    mine = slice_for_rank(identified, state.process_index, state.num_processes)
+    mine = slice_for_rank(samples, state.process_index, state.num_processes)
+    if state.is_main_process:
+        print(
+            f"teacher-cache: {fingerprint['pipeline_class']} from {config.teacher} on {device} ({dtype_name(dtype)}); "
+            f"{len(samples)} jobs ({len(mine)} on this rank), {config.steps} steps, guidance {config.guidance:g}, "
+            f"fields {','.join(config.fields)} -> {config.out}",
+            flush=True,
+        )
     capture = dict(steps=config.steps, groups=config.fields, preview_size=config.preview_size)
-    feature_dtype = getattr(torch, config.feature_dtype)
+    feature_steps, feature_dtype = config.resolved_feature_steps, getattr(torch, config.feature_dtype)
 
-    with CaptureHooks(
-        teacher.denoiser, feature_modules, config.resolved_feature_steps, feature_dtype
-    ) as hooks:
-        # 2. Probe: one sample (not committed: the first commit's size sets the store's shard size)
-        #    fixes the field shapes and the timesteps.
-        probe_job = (mine or identified)[0][1]
-        probe = capture_batch(teacher, hooks, [probe_job], geometry, **capture)
+    with CaptureHooks(teacher.denoiser, feature_modules, feature_steps, feature_dtype) as hooks:
+        # 2. The first batch doubles as the probe that fixes field shapes and timesteps (the store
+        #    needs them before its first commit); on a resume whose first batch is done, it is dropped.
+        first = next(guidance_batches(mine or samples[:1], config.batch_size))
+        first_batch = capture_batch(teacher, hooks, [sample.job for sample in first], geometry, **capture)
         settings = store_settings(
             config,
             pipe=teacher.pipe,
             denoiser_name=teacher.denoiser_name,
-            record=probe.record,
+            record=first_batch.record,
             latent_shape=geometry.latent_shape,
             image_size=geometry.image_size,
-            cfg=probe_job.guidance_scale > 1.0,
+            cfg=first[0].job.guidance_scale > 1.0,
             compute_dtype=dtype,
         )
-        # 3. This process's writer; the main process creates the store first.
-        with state.main_process_first():
-            writer = StoreWriter(
-                config.out,
-                fingerprint=teacher.fingerprint,
-                settings=settings,
-                fields=field_specs(probe.arrays),
-            )
-        pending = [item for item in mine if item[0] not in writer.committed_ids]
-        skipped = len(mine) - len(pending)
+        # 3. This process's writer, its own group (writes nothing until its first commit; refuses a
+        #    store made with another teacher, other settings or other fields).
+        writer = StoreWriter(
+            config.out, fingerprint=fingerprint, settings=settings, fields=field_specs(first_batch.arrays)
+        )
+        already_committed = writer.committed_ids
+        pending = [sample for sample in mine if sample.sample_id not in already_committed]
+        wanted = {sample.sample_id for sample in pending}
         tally = Tally()
         bar = tqdm(
             total=len(pending),
@@ -155,15 +176,32 @@ def run(config: CaptureConfig) -> CaptureSummary:
             disable=not config.progress,
             dynamic_ncols=True,
         )
-        with bar:
-            # 4. Capture in batches; each batch's finite rows become visible in one commit.
-            for batch_jobs in guidance_batches(pending, config.batch_size):
-                batch = capture_batch(teacher, hooks, [job for _, job in batch_jobs], geometry, **capture)
-                tally.add(commit_finite(writer, batch_jobs, batch, config.steps))
-                bar.update(len(batch_jobs))
+
+        def on_committed(result: Tally) -> None:
+            tally.add(result)
+            bar.update(result.written + result.rejected)
+
+        # 4. Capture in batches; each batch's wanted, finite rows become visible in one commit, made
+        #    in the background while the next batch runs.
+        with bar, CommitQueue(on_done=on_committed) as commits:
+            commits.submit(commit_finite, writer, first, first_batch, config.steps, wanted)
+            rest = [sample for sample in pending if sample not in first]
+            for batch_samples in guidance_batches(rest, config.batch_size):
+                batch = capture_batch(
+                    teacher, hooks, [sample.job for sample in batch_samples], geometry, **capture
+                )
+                commits.submit(commit_finite, writer, batch_samples, batch, config.steps, wanted)
+    skipped = len(mine) - len(pending)
     return CaptureSummary(
         tally.written, skipped, tally.rejected, tally.bytes_written, time.perf_counter() - started
     )
+
+
+def with_resolved_guidance(config: CaptureConfig) -> CaptureConfig:
+    """--guidance as given, else the teacher's recommended scale (teacher_eval.json), else 5.0."""
+    if config.guidance is not None:
+        return config
+    return replace(config, guidance=recommended_guidance(config.teacher) or FALLBACK_GUIDANCE)
 
 
 def print_summary(config: CaptureConfig, summary: CaptureSummary) -> None:
@@ -178,7 +216,11 @@ def print_summary(config: CaptureConfig, summary: CaptureSummary) -> None:
     )
     state.wait_for_everyone()
     if state.is_main_process:
-        reader = StoreReader(config.out)
+        try:
+            reader = StoreReader(config.out)
+        except DistillCacheError:  # every row was rejected: no store was created
+            print(f"teacher-cache: {config.out}: nothing committed")
+            return
         print(
             f"teacher-cache: {config.out}: {reader.manifest.num_rows} samples, {reader.nbytes / 1e6:.1f} MB on disk"
         )

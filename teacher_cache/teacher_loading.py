@@ -8,6 +8,7 @@ the store checks on append and what sample ids are derived from.
 """
 
 import hashlib
+import json
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from shared.store import state_dict_digest
 
 DENOISER_NAMES = ("unet", "transformer")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEACHER_EVAL_FILE = "teacher_eval.json"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,20 @@ class Teacher:
     denoiser: nn.Module
     denoiser_name: str  # "unet" | "transformer"
     fingerprint: dict
+
+
+def recommended_guidance(teacher: str) -> float | None:
+    """The guidance scale a local teacher folder recommends in its teacher_eval.json (the embedded
+    teacher's guidance sweep writes `recommended_guidance_scale`), or None."""
+    path = Path(teacher) / TEACHER_EVAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        return float(json.loads(path.read_text())["recommended_guidance_scale"])
+    except (ValueError, KeyError, TypeError):
+        raise DistillCacheError(
+            f"{path} has no numeric recommended_guidance_scale; fix it or pass --guidance"
+        ) from None
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -59,11 +59,18 @@ def capture_tiny_teacher(
     pipe.scheduler.set_timesteps(steps)
     prompts = PROMPTS[:num_prompts]
     cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=[""] * len(prompts))
-    noise = torch.stack([torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(seed)) for seed in range(len(prompts))])
+    noise = torch.stack(
+        [
+            torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(seed))
+            for seed in range(len(prompts))
+        ]
+    )
     latents = noise * pipe.scheduler.init_noise_sigma
     trajectory, out_cond, out_uncond = [latents], [], []
     for t in pipe.scheduler.timesteps:
-        both = pipe.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        both = pipe.unet(
+            torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])
+        ).sample
         output_uncond, output_cond = both.chunk(2)
         guided = output_uncond + guidance * (output_cond - output_uncond)
         latents = pipe.scheduler.step(guided, t, latents).prev_sample
@@ -116,7 +123,9 @@ def capture_tiny_teacher(
 @functools.lru_cache(maxsize=4)
 def shared_capture(num_prompts: int = 6, steps: int = 10, prediction_type: str = "epsilon") -> TeacherCapture:
     """One capture per test session (the tiny teacher run costs seconds): treat it as read-only."""
-    return capture_tiny_teacher(Path(tempfile.mkdtemp(prefix="tiny_capture_")), num_prompts, steps, 2.0, prediction_type)
+    return capture_tiny_teacher(
+        Path(tempfile.mkdtemp(prefix="tiny_capture_")), num_prompts, steps, 2.0, prediction_type
+    )
 
 
 def capture_batch(capture: TeacherCapture, rows: list[int] | None = None):
@@ -126,11 +135,15 @@ def capture_batch(capture: TeacherCapture, rows: list[int] | None = None):
 
     rows = list(range(len(capture.rows))) if rows is None else rows
     fields = {name: value[rows] for name, value in capture.arrays.items() if "." not in name}
-    cond = nest_conditioning({name[5:]: value[rows] for name, value in capture.arrays.items() if name.startswith("cond.")})
+    cond = nest_conditioning(
+        {name[5:]: value[rows] for name, value in capture.arrays.items() if name.startswith("cond.")}
+    )
     return Batch(fields, cond, [capture.rows[i]["sample_id"] for i in rows])
 
 
-def write_capture_store(capture: TeacherCapture, url: Path | str, fields: tuple[str, ...] | None = None) -> str:
+def write_capture_store(
+    capture: TeacherCapture, url: Path | str, fields: tuple[str, ...] | None = None
+) -> str:
     """Write the capture (optionally only some fields, plus the conditioning) as a shared.store store."""
     from shared.store import FieldSpec, StoreWriter
 

@@ -17,7 +17,17 @@ from tests.capture_helpers import (
 )
 from tests.tiny_models import save_tiny_sd_pipeline
 
-LAUNCH = [PYTHON, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1"]
+# On a machine without GPUs, accelerate starts several CPU processes through torchrun with --multi_gpu.
+LAUNCH = [
+    PYTHON,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+]
 LAUNCH += ["--mixed_precision", "no", "--dynamo_backend", "no"]
 
 

@@ -50,7 +50,9 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
     root, cache, reader = stores
     assert len(reader.indices("val")) > 0, "the fixture needs val rows"
     metrics = run(
-        EvalConfig(cache=cache, student=str(root / "student"), out=str(root / "out"), steps=(1, STEPS))
+        EvalConfig(
+            cache=cache, student=str(root / "student"), out=str(root / "out"), steps=(1, STEPS), judge=False
+        )
     )
 
     saved = json.loads((root / "out" / "metrics.json").read_text())

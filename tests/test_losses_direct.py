@@ -13,7 +13,9 @@ from tests.student_store_fixture import capture_batch, shared_capture
 
 
 def schedule_of(settings) -> NoiseSchedule:
-    return NoiseSchedule.from_scheduler_config(settings["scheduler"]["config"], settings["scheduler"]["class"])
+    return NoiseSchedule.from_scheduler_config(
+        settings["scheduler"]["config"], settings["scheduler"]["class"]
+    )
 
 
 def test_sampler_with_the_guided_teacher_reproduces_the_cached_final_latents():
@@ -24,7 +26,10 @@ def test_sampler_with_the_guided_teacher_reproduces_the_cached_final_latents():
     guidance = capture.settings["guidance_scale"]
 
     def guided_teacher(x_t, timesteps, cond, guidance_w=None):
-        out_cond, out_uncond = call_denoiser(unet, x_t, timesteps, cond), call_denoiser(unet, x_t, timesteps, uncond)
+        out_cond, out_uncond = (
+            call_denoiser(unet, x_t, timesteps, cond),
+            call_denoiser(unet, x_t, timesteps, uncond),
+        )
         return out_uncond + guidance * (out_cond - out_uncond)
 
     with torch.no_grad():

@@ -14,8 +14,12 @@ from tests.student_store_fixture import capture_batch, shared_capture
 
 def lcm_loss(capture, **kwargs) -> LcmLoss:
     settings = capture.settings
-    schedule = NoiseSchedule.from_scheduler_config(settings["scheduler"]["config"], settings["scheduler"]["class"])
-    return LcmLoss(schedule, cached_grid(settings, schedule), settings["prediction_type"], Distance("l2"), **kwargs)
+    schedule = NoiseSchedule.from_scheduler_config(
+        settings["scheduler"]["config"], settings["scheduler"]["class"]
+    )
+    return LcmLoss(
+        schedule, cached_grid(settings, schedule), settings["prediction_type"], Distance("l2"), **kwargs
+    )
 
 
 def test_solver_step_at_the_cached_guidance_lands_on_the_next_cached_point():

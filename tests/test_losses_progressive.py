@@ -11,7 +11,9 @@ from tests.student_store_fixture import capture_batch, shared_capture
 
 
 def schedule_of(settings) -> NoiseSchedule:
-    return NoiseSchedule.from_scheduler_config(settings["scheduler"]["config"], settings["scheduler"]["class"])
+    return NoiseSchedule.from_scheduler_config(
+        settings["scheduler"]["config"], settings["scheduler"]["class"]
+    )
 
 
 def test_x_target_is_the_x0_whose_ddim_step_lands_on_the_cached_point():
@@ -55,7 +57,9 @@ def test_loss_is_weighted_and_zero_for_a_perfect_student():
     capture = shared_capture()
     schedule = schedule_of(capture.settings)
     grid = cached_grid(capture.settings, schedule)
-    loss = ProgressiveLoss(schedule, grid, "epsilon", Distance("l2"), num_student_steps=10, total_train_steps=1)
+    loss = ProgressiveLoss(
+        schedule, grid, "epsilon", Distance("l2"), num_student_steps=10, total_train_steps=1
+    )
     assert loss.jumps == [1]  # K = S: one grid step, the teacher itself
 
     class GuidedTeacher:  # predicts exactly the cached guided eps at the cached points

@@ -67,15 +67,19 @@ def test_full_student_image_is_the_pipeline_with_its_unet_and_scheduler(students
     assert not np.array_equal(image, expected_image(teacher_dir, student_dir, teacher_unet, 2, 3))
 
 
-def test_lora_student_loads_its_adapter(students, tmp_path):
+def test_lora_student_image_is_the_pipeline_with_the_trained_adapter(students, tmp_path):
+    """Every adapter (attention, feed-forward, conv), at its alpha / rank scale, survives export + load."""
     teacher_dir, folders = students
-    student_dir, _ = folders["lora"]
+    student_dir, model = folders["lora"]
     out = tmp_path / "lora.png"
     args = ["sample", "--student", str(student_dir), "--prompt", PROMPT, "--out", str(out)]
     assert student_train_main(args) == 0
+    image = np.asarray(Image.open(out))
+    assert np.array_equal(
+        image, expected_image(teacher_dir, student_dir, model, 4, 0)
+    )  # recommended: 4 steps
     teacher_unet = StableDiffusionPipeline.from_pretrained(teacher_dir).unet
-    plain = expected_image(teacher_dir, student_dir, teacher_unet, 4, 0)  # recommended: 4 steps, seed 0
-    assert not np.array_equal(np.asarray(Image.open(out)), plain)
+    assert not np.array_equal(image, expected_image(teacher_dir, student_dir, teacher_unet, 4, 0))
 
 
 def test_bad_inputs_exit_2_and_write_nothing(students, tmp_path, capsys):

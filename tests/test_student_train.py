@@ -21,8 +21,17 @@ def store(tmp_path_factory) -> str:
 
 def tiny_config(store: str, out, **overrides) -> TrainConfig:
     settings = dict(
-        cache=store, out=str(out), train_steps=4, batch_size=3, lr=1e-3, lora_rank=4, lora_alpha=4,
-        num_student_steps=2, w_min=0.5, w_max=2.0, log_every=1,
+        cache=store,
+        out=str(out),
+        train_steps=4,
+        batch_size=3,
+        lr=1e-3,
+        lora_rank=4,
+        lora_alpha=4,
+        num_student_steps=2,
+        w_min=0.5,
+        w_max=2.0,
+        log_every=1,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -35,9 +44,13 @@ def logged_losses(out) -> list[float]:
 
 def test_direct_lora_loss_falls(store, tmp_path):
     out = tmp_path / "direct"
-    training_loop.train(tiny_config(store, out, method="direct", student="lora", train_steps=16, log_every=4, loss="l2"))
+    training_loop.train(
+        tiny_config(store, out, method="direct", student="lora", train_steps=16, log_every=4, loss="l2")
+    )
     losses = logged_losses(out)
-    assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], losses
+    assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], (
+        losses
+    )
     distill = json.loads((out / "distill.json").read_text())
     assert distill["method"] == "direct" and distill["recommended"]["timesteps"] == [999, 499]
     assert json.loads((out / "train_config.json").read_text())["lora_rank"] == 4
@@ -65,10 +78,14 @@ def test_only_the_denoiser_is_loaded_and_the_teacher_never_runs(store, tmp_path,
     monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", classmethod(forbidden))
     loaded, forwards = [], []
     load_denoiser = training_loop.load_denoiser
-    monkeypatch.setattr(training_loop, "load_denoiser", lambda *a, **k: loaded.append(load_denoiser(*a, **k)) or loaded[-1])
+    monkeypatch.setattr(
+        training_loop, "load_denoiser", lambda *a, **k: loaded.append(load_denoiser(*a, **k)) or loaded[-1]
+    )
     forward = diffusers.UNet2DConditionModel.forward
     monkeypatch.setattr(
-        diffusers.UNet2DConditionModel, "forward", lambda self, *a, **k: forwards.append(id(self)) or forward(self, *a, **k)
+        diffusers.UNet2DConditionModel,
+        "forward",
+        lambda self, *a, **k: forwards.append(id(self)) or forward(self, *a, **k),
     )
     training_loop.train(tiny_config(store, tmp_path / "lcm", method="lcm", student="full", train_steps=3))
     assert len(loaded) == 1 and loaded[0].__class__.__name__ == "UNet2DConditionModel"

@@ -49,7 +49,9 @@ class Compression:
 
     def __post_init__(self) -> None:
         if self.name not in COMPRESSORS:
-            raise DistillCacheError(f"compressor {self.name!r} is unknown; use one of {', '.join(COMPRESSORS)}")
+            raise DistillCacheError(
+                f"compressor {self.name!r} is unknown; use one of {', '.join(COMPRESSORS)}"
+            )
         if not isinstance(self.level, int) or not 0 <= self.level <= 9:
             raise DistillCacheError(f"compression level {self.level!r} must be an integer from 0 to 9")
 
@@ -74,7 +76,9 @@ def chunk_layout(spec: FieldSpec, shard_rows: int) -> tuple[tuple[int, ...], tup
     if sample_bytes >= OWN_CHUNK_BYTES:
         return (1, *spec.shape), (shard_rows, *spec.shape)
     wanted_rows = max(1, SHARED_CHUNK_BYTES // sample_bytes)
-    chunk_rows = max(rows for rows in range(1, shard_rows + 1) if shard_rows % rows == 0 and rows <= wanted_rows)
+    chunk_rows = max(
+        rows for rows in range(1, shard_rows + 1) if shard_rows % rows == 0 and rows <= wanted_rows
+    )
     return (chunk_rows, *spec.shape), (shard_rows, *spec.shape)
 
 
@@ -106,7 +110,9 @@ def open_array(location: StoreLocation, store, writer: str, field: str, spec: Fi
     try:
         metadata = json.loads(location.read_bytes(f"{path}/zarr.json"))
     except ValueError:
-        raise DistillCacheError(f"{location.url}/{path}/zarr.json is not valid JSON; the store is damaged") from None
+        raise DistillCacheError(
+            f"{location.url}/{path}/zarr.json is not valid JSON; the store is damaged"
+        ) from None
     vet_metadata(metadata, spec, f"{location.url}/{path}")
     return sync(zarr_async.open_array(store=store, path=path, zarr_format=3))
 
@@ -114,7 +120,11 @@ def open_array(location: StoreLocation, store, writer: str, field: str, spec: Fi
 def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
     expected_dtype = storage_dtype(spec.dtype).name
     problem = None
-    if not isinstance(metadata, dict) or metadata.get("zarr_format") != 3 or metadata.get("node_type") != "array":
+    if (
+        not isinstance(metadata, dict)
+        or metadata.get("zarr_format") != 3
+        or metadata.get("node_type") != "array"
+    ):
         problem = "it is not a Zarr v3 array"
     elif metadata.get("data_type") != expected_dtype:
         problem = f"its dtype is {metadata.get('data_type')!r}, store.json says {expected_dtype!r}"
@@ -127,7 +137,9 @@ def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
         if unknown:
             problem = f"it uses codecs {unknown}; a store may only use {sorted(SAFE_CODECS)}"
     if problem:
-        raise DistillCacheError(f"{where} is refused: {problem}; the store is damaged or was not written by distillcache")
+        raise DistillCacheError(
+            f"{where} is refused: {problem}; the store is damaged or was not written by distillcache"
+        )
 
 
 def codec_names(codecs: object) -> set[str]:

@@ -13,5 +13,5 @@ def checksum_column(field: str) -> str:
 
 def row_checksums(stored: np.ndarray) -> list[int]:
     """CRC-32C of each row (first axis) of a stored array."""
-    stored = np.ascontiguousarray(stored)
-    return [crc32c.crc32c(memoryview(row).cast("B")) for row in stored]
+    flat = np.ascontiguousarray(stored).reshape(len(stored), -1).view(np.uint8)  # (rows, bytes per row)
+    return [crc32c.crc32c(row) for row in flat]

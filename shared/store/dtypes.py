@@ -39,7 +39,9 @@ def storage_dtype(name: str) -> np.dtype:
 
 def to_storage(values: np.ndarray | torch.Tensor, dtype: str) -> np.ndarray:
     """`values` cast to the field's dtype, as the C-contiguous numpy array that Zarr stores."""
-    tensor = values.detach().cpu() if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+    tensor = (
+        values.detach().cpu() if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+    )
     tensor = tensor.to(TORCH_DTYPES[check_dtype(dtype)]).contiguous()
     if dtype == "bfloat16":
         return tensor.view(torch.int16).numpy().view(np.uint16)

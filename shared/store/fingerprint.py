@@ -1,7 +1,7 @@
 """Digests that identify a teacher: of a fingerprint dict, and of a module's weights.
 
-    fingerprint_digest({"pipeline_class": ..., "source": ..., "revision": ..., "weights_hash": ...})
-    state_dict_digest(pipe.unet)    # sha256 over names, dtypes, shapes and raw bytes of the state dict
+fingerprint_digest({"pipeline_class": ..., "source": ..., "revision": ..., "weights_hash": ...})
+state_dict_digest(pipe.unet)    # sha256 over names, dtypes, shapes and raw bytes of the state dict
 """
 
 import hashlib

@@ -46,7 +46,9 @@ class StoreMetadata:
 
     @classmethod
     def create(cls, fingerprint: dict, settings: dict, fields: dict) -> "StoreMetadata":
-        return cls(json_copy(fingerprint, "fingerprint"), json_copy(settings, "settings"), check_fields(fields))
+        return cls(
+            json_copy(fingerprint, "fingerprint"), json_copy(settings, "settings"), check_fields(fields)
+        )
 
     @classmethod
     def from_json(cls, data: object, url: str) -> "StoreMetadata":
@@ -60,7 +62,9 @@ class StoreMetadata:
         fields = data.get("fields")
         if not isinstance(fields, dict) or not fields:
             raise DistillCacheError(f"{url}/{STORE_JSON} lists no fields; the store is damaged")
-        specs = {check_name(name, f"{url}: field"): FieldSpec.from_json(spec) for name, spec in fields.items()}
+        specs = {
+            check_name(name, f"{url}: field"): FieldSpec.from_json(spec) for name, spec in fields.items()
+        }
         return cls.create(data.get("fingerprint"), data.get("settings"), specs)
 
 
@@ -71,7 +75,9 @@ def read_metadata(location: StoreLocation) -> StoreMetadata | None:
     try:
         data = json.loads(location.read_bytes(STORE_JSON))
     except ValueError as error:
-        raise DistillCacheError(f"{location.url}/{STORE_JSON} is not valid JSON ({error}); the store is damaged") from None
+        raise DistillCacheError(
+            f"{location.url}/{STORE_JSON} is not valid JSON ({error}); the store is damaged"
+        ) from None
     return StoreMetadata.from_json(data, location.url)
 
 
@@ -86,11 +92,15 @@ def differences(existing: StoreMetadata, wanted: StoreMetadata) -> list[str]:
         old, new = getattr(existing, section), getattr(wanted, section)
         for key in sorted(set(old) | set(new)):
             if canonical_json(old.get(key)) != canonical_json(new.get(key)):
-                found.append(f"{section}.{key}: {_short(old.get(key))} in the store, {_short(new.get(key))} here")
+                found.append(
+                    f"{section}.{key}: {_short(old.get(key))} in the store, {_short(new.get(key))} here"
+                )
     for name in sorted(set(existing.fields) | set(wanted.fields)):
         old, new = existing.fields.get(name), wanted.fields.get(name)
         if old != new:
-            found.append(f"field {name}: {_short(old and old.to_json())} in the store, {_short(new and new.to_json())} here")
+            found.append(
+                f"field {name}: {_short(old and old.to_json())} in the store, {_short(new and new.to_json())} here"
+            )
     return found
 
 

@@ -13,12 +13,14 @@ import hashlib
 from shared.store.fingerprint import canonical_json, fingerprint_digest
 
 
-def sample_id_for(fingerprint: dict, prompt: str, negative_prompt: str | None, seed: int, guidance_scale: float) -> str:
+def sample_id_for(
+    fingerprint: dict, prompt: str, negative_prompt: str | None, seed: int, guidance_scale: float
+) -> str:
     key = [fingerprint_digest(fingerprint), prompt, negative_prompt or "", int(seed), float(guidance_scale)]
     return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:32]
 
 
 def split_for(sample_id: str, val_fraction: float) -> str:
-    """"val" for a `val_fraction` share of ids (uniform hash), else "train"."""
+    """ "val" for a `val_fraction` share of ids (uniform hash), else "train"."""
     position = int.from_bytes(hashlib.sha256(f"split:{sample_id}".encode()).digest()[:8], "big") / 2**64
     return "val" if position < val_fraction else "train"

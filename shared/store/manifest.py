@@ -29,7 +29,7 @@ REQUIRED_COLUMNS = {
     "num_inference_steps": pa.int64(),
 }
 ADDED_COLUMNS = ("split", "writer", "row")
-SCALARS = (str, int, float, bool, type(None))
+SCALARS = (str, int, float, bool, np.generic, type(None))
 
 
 def check_rows(rows: list[dict]) -> None:
@@ -49,6 +49,9 @@ def check_rows(rows: list[dict]) -> None:
         odd = sorted(key for key, value in row.items() if not isinstance(value, SCALARS))
         if odd:
             raise DistillCacheError(f"manifest values must be scalars (str, int, float, bool); {odd} are not")
+    text = ("sample_id", "prompt")
+    if not all(isinstance(row[key], str) and row[key] for row in rows for key in text):
+        raise DistillCacheError("sample_id and prompt must be non-empty strings in every commit row")
     ids = [row["sample_id"] for row in rows]
     if len(set(ids)) != len(ids):
         raise DistillCacheError("a commit holds the same sample_id twice; give each row its own sample_id")
@@ -57,7 +60,22 @@ def check_rows(rows: list[dict]) -> None:
 def commit_table(
     rows: list[dict], writer: str, first_row: int, checksums: dict[str, list[int]], val_fraction: float
 ) -> pa.Table:
-    columns = {name: pa.array([row[name] for row in rows], type=kind) for name, kind in REQUIRED_COLUMNS.items()}
+    """The manifest file of one commit; row values of the wrong type are refused here, before any write."""
+    try:
+        return _commit_table(rows, writer, first_row, checksums, val_fraction)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as error:
+        raise DistillCacheError(
+            f"commit rows have values of the wrong type ({error}); sample_id, prompt and negative_prompt are "
+            "strings, seed and num_inference_steps integers, guidance_scale a number"
+        ) from None
+
+
+def _commit_table(
+    rows: list[dict], writer: str, first_row: int, checksums: dict[str, list[int]], val_fraction: float
+) -> pa.Table:
+    columns = {
+        name: pa.array([row[name] for row in rows], type=kind) for name, kind in REQUIRED_COLUMNS.items()
+    }
     for name in rows[0]:
         if name not in columns:
             columns[name] = pa.array([row[name] for row in rows])
@@ -88,7 +106,9 @@ def read_manifest(location: StoreLocation, fields: list[str]) -> pa.Table:
         try:
             table = pq.read_table(pa.BufferReader(location.read_bytes(f"{MANIFEST}/{name}")))
         except (pa.ArrowException, OSError) as error:
-            raise DistillCacheError(f"{where} is not a readable Parquet file ({error}); the store is damaged") from None
+            raise DistillCacheError(
+                f"{where} is not a readable Parquet file ({error}); the store is damaged"
+            ) from None
         missing = [column for column in needed if column not in table.column_names]
         if missing:
             raise DistillCacheError(f"{where} lacks the columns {missing}; the store is damaged")

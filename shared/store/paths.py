@@ -33,7 +33,9 @@ class StoreLocation:
         try:
             fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as error:
-            raise DistillCacheError(f"cannot open store {url!r}: {error}; give a folder or an fsspec URL") from None
+            raise DistillCacheError(
+                f"cannot open store {url!r}: {error}; give a folder or an fsspec URL"
+            ) from None
         return cls(url, fs, root.rstrip("/") or "/")
 
     @property

@@ -44,7 +44,9 @@ class StoreReader:
         self.manifest: pa.Table = read_manifest(self.location, list(self.fields))
         self._writers: list[str] = pc.unique(self.manifest.column("writer")).to_pylist()
         writer_index = {name: code for code, name in enumerate(self._writers)}
-        self._writer_codes = np.array([writer_index[name] for name in self.manifest.column("writer").to_pylist()])
+        self._writer_codes = np.array(
+            [writer_index[name] for name in self.manifest.column("writer").to_pylist()]
+        )
         self._rows = self.manifest.column("row").to_numpy().astype(np.int64)
         self._zarr_store = self.location.zarr_store(read_only=True)
         self._arrays: dict[tuple[str, str], object] = {}
@@ -80,20 +82,25 @@ class StoreReader:
         step_index, step_slice = self._check_steps(spec, steps)
         out_shape = spec.shape if step_index is None else (len(step_index), *spec.shape[1:])
         out = np.empty((len(rows), *out_shape), dtype=storage_dtype(spec.dtype))
-        plans, requests = [], []
+        placements, requests = [], []
         for code in np.unique(self._writer_codes[rows]):
             positions = np.flatnonzero(self._writer_codes[rows] == code)
-            unique_rows, inverse = np.unique(self._rows[rows[positions]], return_inverse=True)
+            physical = self._rows[rows[positions]]
+            order = np.argsort(physical, kind="stable")
             array = self._array(self._writers[code], field)
-            runs = zarr_arrays.contiguous_runs(unique_rows)
-            requests += [array.getitem((slice(start, stop), *step_slice)) for start, stop in runs]
-            plans.append((positions, inverse, len(runs)))
-        results = iter(zarr_arrays.gather(requests))
-        for positions, inverse, num_runs in plans:
-            block = np.concatenate([next(results) for _ in range(num_runs)])
+            for start, stop in zarr_arrays.contiguous_runs(np.unique(physical)):
+                requests.append(array.getitem((slice(start, stop), *step_slice)))
+                taken = order[
+                    np.searchsorted(physical[order], start) : np.searchsorted(physical[order], stop)
+                ]
+                placements.append((positions[taken], physical[taken] - start))
+        for (destination, offsets), values in zip(placements, zarr_arrays.gather(requests)):
             if step_index is not None:
-                block = block[:, step_index]
-            out[positions] = block[inverse]
+                out[destination] = values[offsets[:, None], step_index]
+            elif len(offsets) == len(values) and np.array_equal(offsets, np.arange(len(values))):
+                out[destination] = values  # the run read is exactly the rows wanted: no extra copy
+            else:
+                out[destination] = values[offsets]
         return out
 
     def _spec(self, field: str) -> FieldSpec:
@@ -107,7 +114,9 @@ class StoreReader:
     def _check_rows(self, rows: Sequence[int]) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.manifest.num_rows):
-            raise DistillCacheError(f"row indices must lie in [0, {self.manifest.num_rows}); got {rows.min()}..{rows.max()}")
+            raise DistillCacheError(
+                f"row indices must lie in [0, {self.manifest.num_rows}); got {rows.min()}..{rows.max()}"
+            )
         return rows
 
     @staticmethod
@@ -117,7 +126,9 @@ class StoreReader:
             return None, ()
         steps = np.asarray(steps, dtype=np.int64).reshape(-1)
         if not spec.shape or len(steps) == 0 or steps.min() < 0 or steps.max() >= spec.shape[0]:
-            raise DistillCacheError(f"steps must be a non-empty list in [0, {spec.shape[:1]}) of a per-step field")
+            raise DistillCacheError(
+                f"steps must be a non-empty list in [0, {spec.shape[:1]}) of a per-step field"
+            )
         low, high = int(steps.min()), int(steps.max()) + 1
         return steps - low, (slice(low, high),)
 

@@ -57,9 +57,13 @@ class FieldSpec:
 def check_fields(fields: dict) -> dict[str, FieldSpec]:
     """A writer's field specs, validated: safe names, FieldSpec values, at least one field."""
     if not isinstance(fields, dict) or not fields:
-        raise DistillCacheError("a store needs at least one field: pass fields={name: FieldSpec(dtype, shape)}")
+        raise DistillCacheError(
+            "a store needs at least one field: pass fields={name: FieldSpec(dtype, shape)}"
+        )
     for name, spec in fields.items():
         check_name(name, "field name")
         if not isinstance(spec, FieldSpec):
-            raise DistillCacheError(f"field {name!r}: expected a FieldSpec(dtype, shape), got {type(spec).__name__}")
+            raise DistillCacheError(
+                f"field {name!r}: expected a FieldSpec(dtype, shape), got {type(spec).__name__}"
+            )
     return dict(fields)

@@ -19,7 +19,9 @@ BLOCK_BYTES = 64 * 1024 * 1024
 def verify_store(url: str | os.PathLike) -> list[dict]:
     reader = StoreReader(url)
     manifest = reader.manifest
-    physical_order = np.lexsort((manifest.column("row").to_numpy(), manifest.column("writer").to_numpy(zero_copy_only=False)))
+    physical_order = np.lexsort(
+        (manifest.column("row").to_numpy(), manifest.column("writer").to_numpy(zero_copy_only=False))
+    )
     bad = []
     for field, spec in reader.fields.items():
         expected = manifest.column(checksum_column(field)).to_numpy()

@@ -76,14 +76,19 @@ class StoreWriter:
         """Make `rows` visible together with their arrays, or (on any failure) not at all."""
         check_rows(rows)
         stored = self._stored_arrays(arrays, len(rows))
-        self._ensure_store_json()
-        self._ensure_arrays(shard_rows_hint=len(rows))
+        self._ensure_arrays(shard_rows_hint=len(rows), create=False)
         first_row, stop = self._next_row, self._next_row + len(rows)
-        handles = [self._arrays[name] for name in self.fields]
-        zarr_arrays.gather([handle.resize((stop, *handle.shape[1:])) for handle in handles])
-        zarr_arrays.gather([self._arrays[name].setitem(slice(first_row, stop), stored[name]) for name in self.fields])
         checksums = {name: row_checksums(values) for name, values in stored.items()}
         table = commit_table(rows, self.writer_id, first_row, checksums, self.val_fraction)
+        # inputs are valid: from here on the store is written
+        self._ensure_store_json()
+        self._ensure_arrays(shard_rows_hint=len(rows), create=True)
+        assert self._next_row == first_row, "another process is using this writer id"
+        handles = [self._arrays[name] for name in self.fields]
+        zarr_arrays.gather([handle.resize((stop, *handle.shape[1:])) for handle in handles])
+        zarr_arrays.gather(
+            [self._arrays[name].setitem(slice(first_row, stop), stored[name]) for name in self.fields]
+        )
         self._publish_manifest(table, manifest_file(self.writer_id, first_row))
         shard_rows = zarr_arrays.shard_rows_of(handles[0])
         self._next_row = math.ceil(stop / shard_rows) * shard_rows
@@ -96,7 +101,9 @@ class StoreWriter:
     def _stored_arrays(self, arrays: Mapping, num_rows: int) -> dict[str, np.ndarray]:
         missing, extra = sorted(set(self.fields) - set(arrays)), sorted(set(arrays) - set(self.fields))
         if missing or extra:
-            raise DistillCacheError(f"commit arrays must match the store's fields: missing {missing}, unknown {extra}")
+            raise DistillCacheError(
+                f"commit arrays must match the store's fields: missing {missing}, unknown {extra}"
+            )
         stored = {}
         for name, spec in self.fields.items():
             shape = tuple(arrays[name].shape)
@@ -116,19 +123,29 @@ class StoreWriter:
         refuse_mismatch(read_metadata(self.location), self.metadata, self.location.url)
         self._store_json_written = True
 
-    def _ensure_arrays(self, shard_rows_hint: int) -> None:
-        """Open (or create) this writer's arrays; the next commit starts after every shard already there."""
-        if self._arrays:
+    def _ensure_arrays(self, shard_rows_hint: int, create: bool) -> None:
+        """Open this writer's arrays (creating the missing ones if `create`); set the first free row.
+
+        The next commit starts after every shard already in the group, so shards left by a killed
+        commit of this writer id are never written again.
+        """
+        if len(self._arrays) == len(self.fields) or (self._arrays and not create):
             return
         store = self.location.zarr_store(read_only=False)
-        for name, spec in self.fields.items():
-            self._arrays[name] = zarr_arrays.open_array(self.location, store, self.writer_id, name, spec)
-        existing = [handle for handle in self._arrays.values() if handle is not None]
-        shard_rows = zarr_arrays.shard_rows_of(existing[0]) if existing else max(1, shard_rows_hint)
-        for name, spec in self.fields.items():
-            if self._arrays[name] is None:
-                self._arrays[name] = zarr_arrays.create_array(
-                    store, self.writer_id, name, spec, shard_rows, self.compression
-                )
-        used_rows = max(handle.shape[0] for handle in self._arrays.values())
-        self._next_row = math.ceil(used_rows / shard_rows) * shard_rows
+        if not self._arrays and self.location.exists("store.json"):
+            for name, spec in self.fields.items():
+                handle = zarr_arrays.open_array(self.location, store, self.writer_id, name, spec)
+                if handle is not None:
+                    self._arrays[name] = handle
+        shard_rows = (
+            zarr_arrays.shard_rows_of(next(iter(self._arrays.values()))) if self._arrays else shard_rows_hint
+        )
+        if create:
+            for name, spec in self.fields.items():
+                if name not in self._arrays:
+                    self._arrays[name] = zarr_arrays.create_array(
+                        store, self.writer_id, name, spec, max(1, shard_rows), self.compression
+                    )
+        if self._arrays:
+            used_rows = max(handle.shape[0] for handle in self._arrays.values())
+            self._next_row = math.ceil(used_rows / shard_rows) * shard_rows

@@ -58,15 +58,21 @@ def load_teacher(path: str, device: str) -> StableDiffusionPipeline:
 
 
 def sample_images(
-    pipe: StableDiffusionPipeline, prompts: list[str], steps: int, guidance: float, batch_size: int, first_seed: int = 0
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    steps: int,
+    guidance: float,
+    batch_size: int,
+    first_seed: int = 0,
 ) -> np.ndarray:
     """uint8 images [N, H, W, 3]; image i uses its own generator seeded first_seed + i (batch-independent)."""
     chunks = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         generators = [torch.Generator().manual_seed(first_seed + start + i) for i in range(len(batch))]
-        images = pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                      output_type="np").images  # [B, H, W, 3] float in [0, 1]
+        images = pipe(
+            batch, num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="np"
+        ).images  # [B, H, W, 3] float in [0, 1]
         chunks.append(np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8))
     return np.concatenate(chunks)
 
@@ -91,7 +97,9 @@ def markdown_table(rows: list[dict], real_row: dict) -> str:
     ]
     for row in [*rows, real_row]:
         steps = "real held-out" if row is real_row else row["steps"]
-        guidance = "-" if row is real_row else ("1 (no CFG)" if row["guidance"] == 1.0 else f"{row['guidance']:g}")
+        guidance = (
+            "-" if row is real_row else ("1 (no CFG)" if row["guidance"] == 1.0 else f"{row['guidance']:g}")
+        )
         lines.append(
             f"| {steps} | {guidance} | {row['adherence']:.1%} | {row['digit']:.1%} | {row['fg']:.1%} "
             f"| {row['bg']:.1%} | {row['fd']:.2f} |"
@@ -99,7 +107,9 @@ def markdown_table(rows: list[dict], real_row: dict) -> str:
     return "\n".join(lines)
 
 
-def save_grid(columns: list[tuple[str, np.ndarray]], prompts: tuple[str, ...], path: Path, scale: int = 3) -> None:
+def save_grid(
+    columns: list[tuple[str, np.ndarray]], prompts: tuple[str, ...], path: Path, scale: int = 3
+) -> None:
     """Rows: prompts; columns: (label, images uint8 [R, H, W, 3]) pairs."""
     tile = columns[0][1].shape[1] * scale
     label_width, header = 150, 18
@@ -126,12 +136,17 @@ def run(settings: TableSettings) -> list[dict]:
     def measure(steps: int, guidance: float) -> dict:
         images = sample_images(pipe, prompts, steps, guidance, settings.batch_size)
         rows.append(judge_row(judge, images, prompts, steps, guidance))
-        print(f"  {steps:2d} steps, guidance {guidance:g}: {rows[-1]}  ({time.time() - started:.0f}s)", flush=True)
+        print(
+            f"  {steps:2d} steps, guidance {guidance:g}: {rows[-1]}  ({time.time() - started:.0f}s)",
+            flush=True,
+        )
         return rows[-1]
 
     # 50 steps: the guidance sweep picks the best scale (adherence first, then FD).
     sweep = [measure(REFERENCE_STEPS, guidance) for guidance in GUIDANCE_SWEEP]
-    best = max((r for r in sweep if r["guidance"] != 1.0), key=lambda r: (r["adherence"], -r["fd"]))["guidance"]
+    best = max((r for r in sweep if r["guidance"] != 1.0), key=lambda r: (r["adherence"], -r["fd"]))[
+        "guidance"
+    ]
     for steps in FEW_STEPS:
         measure(steps, best)
 
@@ -143,13 +158,22 @@ def run(settings: TableSettings) -> list[dict]:
     print(table)
 
     # Grid: a few prompts at every few-step count with the best guidance, then 50 steps with and without CFG.
-    columns = [(f"{steps} steps", sample_images(pipe, list(GRID_PROMPTS), steps, best, len(GRID_PROMPTS)))
-               for steps in (*FEW_STEPS, REFERENCE_STEPS)]
-    columns.append(("50, no CFG", sample_images(pipe, list(GRID_PROMPTS), REFERENCE_STEPS, 1.0, len(GRID_PROMPTS))))
+    columns = [
+        (f"{steps} steps", sample_images(pipe, list(GRID_PROMPTS), steps, best, len(GRID_PROMPTS)))
+        for steps in (*FEW_STEPS, REFERENCE_STEPS)
+    ]
+    columns.append(
+        ("50, no CFG", sample_images(pipe, list(GRID_PROMPTS), REFERENCE_STEPS, 1.0, len(GRID_PROMPTS)))
+    )
     out_dir = Path(settings.out_dir)
     save_grid(columns, GRID_PROMPTS, out_dir / "teacher_grid.png")
     (out_dir / "teacher_table.md").write_text(table + "\n")
-    record = {"recommended_guidance_scale": best, "rows": rows, "real": real_row, "settings": asdict(settings)}
+    record = {
+        "recommended_guidance_scale": best,
+        "rows": rows,
+        "real": real_row,
+        "settings": asdict(settings),
+    }
     (Path(settings.teacher) / "teacher_eval.json").write_text(json.dumps(record, indent=2) + "\n")
     return rows
 

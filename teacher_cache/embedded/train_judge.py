@@ -36,7 +36,9 @@ class JudgeSettings:
 
 def labels_of(prompts: list[str]) -> torch.Tensor:
     """Prompts -> (digit, fg index, bg index) [N, 3] int64."""
-    return torch.tensor([(d, COLOURS.index(fg), COLOURS.index(bg)) for d, fg, bg in map(parse_prompt, prompts)])
+    return torch.tensor(
+        [(d, COLOURS.index(fg), COLOURS.index(bg)) for d, fg, bg in map(parse_prompt, prompts)]
+    )
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -46,7 +48,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     amount = torch.rand(batch, 1, 1, 1, generator=generator)
     images = images + amount * (blurred - images)
     images = images + 0.12 * (torch.rand(batch, 3, 1, 1, generator=generator) - 0.5)
-    images = images + 0.06 * torch.rand(batch, 1, 1, 1, generator=generator) * torch.randn(images.shape, generator=generator)
+    images = images + 0.06 * torch.rand(batch, 1, 1, 1, generator=generator) * torch.randn(
+        images.shape, generator=generator
+    )
     return images.clamp(-1.0, 1.0)
 
 
@@ -67,13 +71,19 @@ def run(settings: JudgeSettings) -> dict[str, float]:
         batch = augment(inputs[rows], generator).to(settings.device)
         target = labels[rows].to(settings.device)
         _, digit, fg, bg = net(batch)
-        loss = F.cross_entropy(digit, target[:, 0]) + F.cross_entropy(fg, target[:, 1]) + F.cross_entropy(bg, target[:, 2])
+        loss = (
+            F.cross_entropy(digit, target[:, 0])
+            + F.cross_entropy(fg, target[:, 1])
+            + F.cross_entropy(bg, target[:, 2])
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if (step + 1) % 100 == 0:
-            print(f"judge step {step + 1:5d}  loss {loss.item():.4f}  {time.time() - started:5.0f}s", flush=True)
+            print(
+                f"judge step {step + 1:5d}  loss {loss.item():.4f}  {time.time() - started:5.0f}s", flush=True
+            )
 
     # Held-out real digits: scans the judge never saw.
     judge = Judge(net.cpu(), config)

@@ -59,7 +59,7 @@ class TeacherSettings:
     save_every: int = 500  # write the pipeline (EMA weights) every N UNet steps, 0 = only at the end
     log_every: int = 50
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    threads: int = 2
+    threads: int = 1  # on a shared CPU, 2 OpenMP threads ran 5-10x slower than 1 (oversubscription)
     architecture: TeacherArchitecture = field(default_factory=TeacherArchitecture)
 
 
@@ -82,16 +82,15 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, kl_weight: float) -> torc
     return (reconstruction - images).pow(2).flatten(1).sum(1) + kl_weight * posterior.kl()
 
 
-def train_vae(settings: TeacherSettings, images: torch.Tensor) -> AutoencoderKL:
-    """Stage 1: the autoencoder, on images [N, 3, 32, 32] in [-1, 1]."""
-    torch.manual_seed(settings.seed)
-    vae = build_vae(settings.architecture).to(settings.device).train()
+def train_vae(settings: TeacherSettings, vae: AutoencoderKL, images: torch.Tensor) -> list[float]:
+    """Stage 1: train `vae` in place on images [N, 3, 32, 32] in [-1, 1]; returns the logged losses."""
+    vae.to(settings.device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_with_warmup(s, settings.vae_steps, settings.warmup_steps)
     )
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    started, running = time.time(), []
+    started, running, history = time.time(), [], []
     for step in range(settings.vae_steps):
         batch = images[torch.randint(len(images), (settings.vae_batch_size,), generator=generator)]
         loss = vae_loss(vae, batch.to(settings.device), settings.vae_kl_weight).mean()
@@ -102,14 +101,21 @@ def train_vae(settings: TeacherSettings, images: torch.Tensor) -> AutoencoderKL:
         schedule.step()
         running.append(loss.item())
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.vae_steps:
-            per_pixel = np.mean(running) / images[0].numel()
-            print(f"vae  step {step + 1:5d}  mse/pixel {per_pixel:.5f}  {time.time() - started:6.0f}s", flush=True)
+            history.append(float(np.mean(running)))
+            per_pixel = history[-1] / images[0].numel()
+            print(
+                f"vae  step {step + 1:5d}  mse/pixel {per_pixel:.5f}  {time.time() - started:6.0f}s",
+                flush=True,
+            )
             running = []
-    return vae.eval()
+    vae.eval()
+    return history
 
 
 @torch.no_grad()
-def encode_pool(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_pool(
+    vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every image: two float tensors [N, 4, 8, 8] (unscaled)."""
     means, stds = [], []
     for start in range(0, len(images), batch_size):
@@ -119,7 +125,9 @@ def encode_pool(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 512)
     return torch.cat(means), torch.cat(stds)
 
 
-def min_snr_weights(scheduler: DDIMScheduler, timesteps: torch.Tensor, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
+def min_snr_weights(
+    scheduler: DDIMScheduler, timesteps: torch.Tensor, gamma: float = MIN_SNR_GAMMA
+) -> torch.Tensor:
     """Min-SNR-gamma loss weights for eps-prediction: min(SNR, gamma) / SNR; timesteps [B] -> [B]."""
     alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alpha_bar / (1.0 - alpha_bar)
@@ -144,28 +152,34 @@ def denoiser_loss(
 
 def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
     """Prompts -> input ids [N, 8], padded exactly as StableDiffusionPipeline pads them."""
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
 
 
 def train_denoiser(
     settings: TeacherSettings,
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
     latent_mean: torch.Tensor,
     latent_std: torch.Tensor,
     input_ids: torch.Tensor,
     empty_ids: torch.Tensor,
     save=None,
-) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float]]:
-    """Stage 2: UNet + text encoder on scaled latents [N, 4, 8, 8] and their prompts' ids [N, 8].
+) -> list[float]:
+    """Stage 2: train UNet + text encoder in place on scaled latents [N, 4, 8, 8] and prompt ids [N, 8].
 
-    Returns the EMA models and the per-log-interval mean losses; `save(unet, text_encoder)` is called with
-    EMA weights every `settings.save_every` steps.
+    Ends with the EMA weights loaded; returns the per-log-interval mean losses. `save(unet, text_encoder)`
+    is called with EMA weights every `settings.save_every` steps.
     """
-    torch.manual_seed(settings.seed + 2)
     device = settings.device
     scheduler = build_scheduler()
-    unet = build_unet(settings.architecture).to(device).train()
-    text_encoder = build_text_encoder(settings.architecture, vocab_size=int(input_ids.max()) + 1).to(device).train()
+    unet.to(device).train()
+    text_encoder.to(device).train()
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=settings.unet_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -183,13 +197,21 @@ def train_denoiser(
     started, running, history = time.time(), [], []
     for step in range(settings.unet_steps):
         rows = torch.randint(len(latent_mean), (settings.unet_batch_size,), generator=generator)
-        latents = latent_mean[rows] + latent_std[rows] * torch.randn(latent_mean[rows].shape, generator=generator)
+        latents = latent_mean[rows] + latent_std[rows] * torch.randn(
+            latent_mean[rows].shape, generator=generator
+        )
         dropped = torch.rand(len(rows), generator=generator) < settings.prompt_dropout
         ids = torch.where(dropped[:, None], empty_ids, input_ids[rows])  # [B, 8]
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(rows),), generator=generator)
         loss = denoiser_loss(
-            unet, text_encoder, scheduler, latents.to(device), ids.to(device), noise.to(device), timesteps.to(device)
+            unet,
+            text_encoder,
+            scheduler,
+            latents.to(device),
+            ids.to(device),
+            noise.to(device),
+            timesteps.to(device),
         ).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -201,13 +223,17 @@ def train_denoiser(
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.unet_steps:
             history.append(float(np.mean(running)))
             rate = (step + 1) / (time.time() - started)
-            print(f"unet step {step + 1:5d}  loss {history[-1]:.4f}  {time.time() - started:6.0f}s  {rate:.2f} it/s",
-                  flush=True)
+            print(
+                f"unet step {step + 1:5d}  loss {history[-1]:.4f}  {time.time() - started:6.0f}s  {rate:.2f} it/s",
+                flush=True,
+            )
             running = []
         if save is not None and settings.save_every and (step + 1) % settings.save_every == 0:
             with_ema_weights(save)
     ema.copy_to(parameters)
-    return unet.eval(), text_encoder.eval(), history
+    unet.eval()
+    text_encoder.eval()
+    return history
 
 
 def assemble_pipeline(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
@@ -234,7 +260,10 @@ def run(settings: TeacherSettings) -> Path:
     input_ids, empty_ids = tokenize(tokenizer, prompts), tokenize(tokenizer, [""])[0]
 
     # Stage 1: the VAE; Stable Diffusion's scaling factor makes the latents unit-variance.
-    vae = train_vae(settings, images).to("cpu")
+    torch.manual_seed(settings.seed)
+    vae = build_vae(settings.architecture)
+    vae_history = train_vae(settings, vae, images)
+    vae.to("cpu")
     latent_mean, latent_std = encode_pool(vae, images)
     scaling = 1.0 / float((latent_mean + latent_std * torch.randn_like(latent_mean)).std())
     vae.register_to_config(scaling_factor=scaling)
@@ -246,11 +275,26 @@ def run(settings: TeacherSettings) -> Path:
         unet.to(settings.device)
         text_encoder.to(settings.device)
 
-    unet, text_encoder, history = train_denoiser(
-        settings, latent_mean * scaling, latent_std * scaling, input_ids, empty_ids, save=save
+    torch.manual_seed(settings.seed + 2)
+    unet = build_unet(settings.architecture)
+    text_encoder = build_text_encoder(settings.architecture, vocab_size=len(tokenizer))
+    history = train_denoiser(
+        settings,
+        unet,
+        text_encoder,
+        latent_mean * scaling,
+        latent_std * scaling,
+        input_ids,
+        empty_ids,
+        save=save,
     )
     save(unet, text_encoder)
-    record = {"settings": asdict(settings), "unet_loss_history": history, "seconds": round(time.time() - started)}
+    record = {
+        "settings": asdict(settings),
+        "vae_loss_history": vae_history,
+        "unet_loss_history": history,
+        "seconds": round(time.time() - started),
+    }
     (out / "teacher_training.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {out} in {time.time() - started:.0f}s", flush=True)
     return out

@@ -1,0 +1,50 @@
+"""A writer in its own process, for the store's crash and concurrency tests.
+
+    python -m tests.store_writer_process URL FIRST STOP [--batch-size 4] [--writer-id ID] [--hang-at-commit K]
+
+Writes samples FIRST..STOP-1 (skipping those already committed). With --hang-at-commit K, the K-th
+commit writes its arrays, prints ARRAYS_WRITTEN and then sleeps before publishing its manifest, so
+the test can SIGKILL it in the middle of a batch.
+"""
+
+import argparse
+import sys
+import time
+
+from shared.store.writer import StoreWriter
+from tests.store_fixtures import write_samples
+
+
+def hang_at_commit(commit_number: int) -> None:
+    publish = StoreWriter._publish_manifest
+    calls = {"count": 0}
+
+    def publish_or_hang(self, table, relative):
+        calls["count"] += 1
+        if calls["count"] == commit_number:
+            print("ARRAYS_WRITTEN", flush=True)
+            time.sleep(600)
+        publish(self, table, relative)
+
+    StoreWriter._publish_manifest = publish_or_hang
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("first", type=int)
+    parser.add_argument("stop", type=int)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--writer-id")
+    parser.add_argument("--hang-at-commit", type=int, default=0)
+    args = parser.parse_args()
+    if args.hang_at_commit:
+        hang_at_commit(args.hang_at_commit)
+    print("STARTED", flush=True)
+    write_samples(args.url, range(args.first, args.stop), args.batch_size, writer_id=args.writer_id)
+    print("DONE", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Bad input to `student-train run`: one clear line, exit status 2, nothing written."""
+
+import pytest
+
+from student_train.cli import main
+from tests.student_store_fixture import shared_capture, write_capture_store
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("stores")
+    capture = shared_capture()
+    return {
+        "full": write_capture_store(capture, folder / "full"),
+        "direct_only": write_capture_store(
+            capture, folder / "direct_only", fields=("noise", "final_latents")
+        ),
+    }
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    status = main(["run", *argv])
+    error = capsys.readouterr().err.strip().splitlines()
+    return status, error[-1] if error else ""
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--method", "lcm"], "cache them with `teacher-cache run --fields trajectory,out,cond`"),
+        (["--method", "progressive"], "`teacher-cache run --fields trajectory,cond`"),
+        (["--method", "consistency"], "unknown --method 'consistency'; valid: direct, lcm, progressive"),
+        (["--method", "direct", "--student", "pruned"], "unknown --student 'pruned'; valid: full, lora"),
+        (["--method", "direct", "--student", "lora", "--lora-rank", "0"], "--lora-rank must be > 0, got 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(stores, tmp_path, capsys, flags, message):
+    out = tmp_path / "out"
+    status, error = run(capsys, "--cache", stores["direct_only"], "--out", str(out), *flags)
+    assert status == 2 and error.startswith("student-train: error: ") and message in error
+    assert not out.exists()
+
+
+def test_missing_store(tmp_path, capsys):
+    status, error = run(capsys, "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "out"))
+    assert status == 2 and "no store at" in error and "teacher-cache run" in error
+
+
+def test_resume_from_a_checkpoint_of_another_run(stores, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    common = [
+        "--cache",
+        stores["full"],
+        "--out",
+        out,
+        "--method",
+        "direct",
+        "--student",
+        "lora",
+        "--lora-rank",
+        "2",
+    ]
+    assert run(capsys, *common, "--train-steps", "1", "--batch-size", "2", "--num-student-steps", "1")[0] == 0
+    status, error = run(
+        capsys,
+        *common,
+        "--train-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--num-student-steps",
+        "1",
+        "--lr",
+        "0.5",
+        "--resume",
+    )
+    assert status == 2 and "is a checkpoint of another run" in error
+    status, error = run(
+        capsys, *common, "--train-steps", "1", "--batch-size", "2", "--num-student-steps", "1"
+    )
+    assert status == 2 and "pass --resume to continue it" in error

@@ -1,0 +1,119 @@
+"""The exported student folder loads into a stock StableDiffusionPipeline with its own scheduler,
+samples, and gives exactly what student_train.sampling gives from the cached noise and conditioning."""
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+import student_train.training_loop as training_loop
+from shared.schedule import NoiseSchedule
+from student_train.config import TrainConfig
+from student_train.export import load_exported_student, load_student_scheduler
+from student_train.randomness import SampleRandom
+from student_train.sampling import sample
+from tests.student_store_fixture import capture_batch, shared_capture, write_capture_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
+
+
+def train_tiny(store, out, **overrides):
+    settings = dict(
+        cache=store,
+        out=str(out),
+        train_steps=2,
+        batch_size=3,
+        lr=1e-2,
+        lora_rank=4,
+        lora_alpha=8,
+        num_student_steps=2,
+        w_min=0.5,
+        w_max=2.0,
+    )
+    settings.update(overrides)
+    training_loop.train(TrainConfig(**settings))
+    return json.loads((out / "distill.json").read_text())
+
+
+def stock_pipeline(student_dir, distill) -> StableDiffusionPipeline:
+    teacher_dir = shared_capture().teacher_dir
+    if distill["student"] == "lora":
+        pipe = StableDiffusionPipeline.from_pretrained(
+            teacher_dir, scheduler=load_student_scheduler(student_dir)
+        )
+        pipe.load_lora_weights(student_dir)
+    else:
+        unet = UNet2DConditionModel.from_pretrained(student_dir, subfolder="unet")
+        pipe = StableDiffusionPipeline.from_pretrained(
+            teacher_dir, unet=unet, scheduler=load_student_scheduler(student_dir)
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ours(student_dir, distill, num_steps: int, rows) -> torch.Tensor:
+    capture = shared_capture()
+    settings = capture.settings
+    model, _ = load_exported_student(student_dir)
+    batch = capture_batch(capture, rows)
+    schedule = NoiseSchedule.from_scheduler_config(
+        settings["scheduler"]["config"], settings["scheduler"]["class"]
+    )
+    sampling = distill["sampling"]
+    guidance_w = None if sampling["guidance_w"] is None else torch.full((len(rows),), sampling["guidance_w"])
+
+    def denoise(x_t, timesteps, cond, w=None):
+        from student_train.denoiser import call_denoiser
+
+        return call_denoiser(model, x_t, timesteps, cond, w)
+
+    with torch.no_grad():
+        return sample(
+            denoise,
+            schedule,
+            batch.fields["noise"],
+            batch.cond,
+            sampling["timesteps"][str(num_steps)],
+            sampling["prediction_type"],
+            sampling["sampler"],
+            SampleRandom(0, 0, batch.sample_ids),
+            guidance_w,
+        )
+
+
+@pytest.mark.parametrize(
+    "method, student, num_steps",
+    [("lcm", "full", 1), ("lcm", "lora", 1), ("direct", "lora", 2), ("direct", "full", 2)],
+)
+def test_stock_pipeline_matches_our_sampler(store, tmp_path, method, student, num_steps):
+    out = tmp_path / f"{method}_{student}"
+    distill = train_tiny(store, out, method=method, student=student)
+    pipe = stock_pipeline(out, distill)
+    capture, rows = shared_capture(), [0, 1]
+    latents = pipe(
+        prompt_embeds=capture.arrays["cond.encoder_hidden_states"][rows],
+        latents=capture.arrays["noise"][rows],
+        timesteps=distill["sampling"]["timesteps"][str(num_steps)] if method == "lcm" else None,
+        num_inference_steps=num_steps,
+        guidance_scale=distill["recommended"]["guidance_scale"],
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(latents, ours(out, distill, num_steps, rows), rtol=1e-4, atol=1e-4)
+
+
+def test_progressive_student_samples_in_a_stock_pipeline_from_a_prompt(store, tmp_path):
+    out = tmp_path / "progressive"
+    distill = train_tiny(store, out, method="progressive", student="full")
+    assert (out / "scheduler" / "scheduler_config.json").exists()
+    pipe = stock_pipeline(out, distill)
+    image = pipe(
+        "a red seven on blue",
+        timesteps=distill["recommended"]["timesteps"],
+        guidance_scale=distill["recommended"]["guidance_scale"],
+        output_type="np",
+    ).images
+    assert image.shape == (1, 16, 16, 3) and torch.isfinite(torch.as_tensor(image)).all()
