@@ -11,6 +11,7 @@ until the embedded teacher exists; the result says which). Targets: <= 1.05 with
 <= 1.15 with the outputs of every down/mid/up block at 4 steps.
 """
 
+import shutil
 import statistics
 import tempfile
 import time
@@ -30,6 +31,7 @@ PROMPTS = 32
 BATCH_SIZE = 8
 STEPS = 50
 REPEATS = 3
+THREADS = 1  # torch threads for both sides: on a shared 2-core machine, more threads mostly add noise
 UNET_BLOCKS = ("down_blocks.*", "mid_block", "up_blocks.*")
 WITHOUT_FEATURES = tuple(group for group in ALL_FIELD_GROUPS if group != "features")
 OVERHEAD_CASES = {  # name: (CaptureConfig overrides, target ratio)
@@ -82,6 +84,8 @@ def bytes_per_sample(store: str) -> tuple[float, float]:
 
 def main() -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench_capture_"))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
     teacher, label = bench_teacher(workdir)
     base = with_resolved_guidance(
         CaptureConfig(
@@ -143,6 +147,8 @@ def main() -> dict:
         on_disk, raw = bytes_per_sample(store)
         results["bytes_per_sample"][name] = {"on_disk": round(on_disk), "uncompressed": round(raw)}
         print(f"  {name:36s} {on_disk / 1024:8.1f} KiB {raw / 1024:8.1f} KiB")
+    torch.set_num_threads(previous_threads)
+    shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 

@@ -6,7 +6,8 @@
 The online variants do what the in-loop recipes do, then call the very same loss object as the
 cached ones (student_train.losses): only where the teacher tensors come from differs.
 
-  cache           `teacher-cache run` of the bench store: seconds per cached row (the price of the cache)
+  cache           `teacher-cache run` of the bench store: cost per cached row (the price of the cache,
+                  start-up included, so over-stated for a bench store much smaller than a real cache)
   lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*)
   lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py: text-encode the prompts,
                   VAE-encode real images (shared.digits), noise them to t_n, teacher cond + uncond
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 VARIANTS = ("lcm-cached", "lcm-online", "direct-cached", "direct-online")
+CACHE_VARIANT = "cache"
 BENCH_STORE = Path("runs/bench/train_cache")
 STUDENTS_PER_CACHE = 3  # "three students trained from one cache"
 
@@ -46,9 +48,9 @@ class BenchSettings:
     warmup_steps: int = 2
     timed_steps: int = 8
     seed: int = 0
-    threads: int = (
-        1  # torch CPU threads: one per variant keeps CPU-time figures comparable on a shared machine
-    )
+    threads: int = 1  # torch CPU threads; one per variant keeps CPU-time figures comparable on shared cores
+    teacher: str = ""  # cache variant: the teacher ("" = teacher-cache run's default, the embedded one)
+    cache_rows: int = 64  # cache variant: rows of the default prompt list to cache
 
 
 def peak_rss_mib() -> float:
@@ -281,6 +283,8 @@ def measure(settings: BenchSettings) -> dict:
         "step_seconds": seconds,
         "step_cpu_seconds_median": statistics.median(cpu_seconds),
         "held_mib": held_mib(student.model, student.ema, optimizer, *resident),
+        # cached: the store's fields loaded for training; online: the teacher pipeline's modules
+        "source_mib": held_mib(*resident),
         "peak_rss_mib": peak_rss_mib(),
         "rss_after_imports_mib": rss_after_imports,
         "loss": float(loss),
@@ -290,17 +294,30 @@ def measure(settings: BenchSettings) -> dict:
     return figures
 
 
-def time_cache(store: Path, rows: int) -> dict:
-    """`teacher-cache run` of `rows` rows of the default prompts into a fresh store: seconds per row."""
+def time_cache(settings: BenchSettings) -> dict:
+    """`teacher-cache run` of `cache_rows` rows of the default prompts into a fresh store."""
+    import torch
+
     from teacher_cache.config import CaptureConfig
     from teacher_cache.runner import run
 
+    torch.set_num_threads(settings.threads)
+    store = Path(settings.store)
     if store.exists():
         shutil.rmtree(store)
-    started = time.perf_counter()
-    summary = run(CaptureConfig(out=str(store), limit=rows, progress=False))
-    seconds = time.perf_counter() - started
-    return {"rows": summary.written, "seconds": seconds, "seconds_per_row": seconds / max(summary.written, 1)}
+    overrides = {"teacher": settings.teacher} if settings.teacher else {}
+    started, cpu_started = time.perf_counter(), time.process_time()
+    summary = run(CaptureConfig(out=str(store), limit=settings.cache_rows, progress=False, **overrides))
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    rows = max(summary.written, 1)
+    return {
+        "variant": CACHE_VARIANT,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "rows": summary.written,
+        "step_seconds_median": seconds / rows,  # per row
+        "step_cpu_seconds_median": cpu_seconds / rows,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 # ---------------------------------------------------------------- orchestration (make bench)
@@ -338,7 +355,7 @@ def summarize(cache: dict, runs: dict[str, dict], scenario: dict) -> dict:
     """The README figures: lcm speed-up and memory ratios; direct three-students-from-one-cache cost."""
     lcm_cached, lcm_online = runs["lcm-cached"], runs["lcm-online"]
     direct_cached, direct_online = runs["direct-cached"], runs["direct-online"]
-    three_cached = scenario["cache_rows"] * cache["seconds_per_row"] + STUDENTS_PER_CACHE * scenario[
+    three_cached = scenario["cache_rows"] * step_cost(cache) + STUDENTS_PER_CACHE * scenario[
         "train_steps"
     ] * step_cost(direct_cached)
     three_online = STUDENTS_PER_CACHE * scenario["train_steps"] * step_cost(direct_online)
@@ -356,7 +373,7 @@ def summarize(cache: dict, runs: dict[str, dict], scenario: dict) -> dict:
         "direct_three_students_online_seconds": three_online,
         "direct_three_students_cost_ratio": three_online / three_cached,
         "scenario": scenario,
-        "cache_seconds_per_row": cache["seconds_per_row"],
+        "cache_seconds_per_row": step_cost(cache),
     }
     if "peak_cuda_mib" in lcm_cached:
         summary["lcm_peak_cuda_ratio"] = lcm_cached["peak_cuda_mib"] / lcm_online["peak_cuda_mib"]
@@ -372,7 +389,7 @@ def print_table(runs: dict[str, dict], summary: dict) -> None:
         added = run["peak_rss_mib"] - run["rss_after_imports_mib"]
         print(
             f"| {name} | {run['step_seconds_median']:.3f} | {run['step_cpu_seconds_median']:.3f} | "
-            f"{run['peak_rss_mib']:.0f} | {added:.0f} | {run['held_mib']:.1f} |"
+            f"{run['peak_rss_mib']:.0f} | {added:.0f} | {run['held_mib']:.1f} | {run['source_mib']:.1f} |"
         )
     print(
         f"lcm: online / cached step {summary['lcm_speedup']:.2f}x (target >= 1.5x); cached / online memory: "
@@ -388,16 +405,26 @@ def print_table(runs: dict[str, dict], summary: dict) -> None:
     )
 
 
-def main(store: Path = BENCH_STORE, cache_rows: int = 64, student: str = "full") -> dict:
-    """Build the bench store (timed), measure every variant in its own process, print and return figures."""
-    cache = time_cache(store, cache_rows)
-    runs = {
-        variant: run_variant(BenchSettings(variant=variant, store=str(store), student=student))
-        for variant in VARIANTS
-    }
+def main(store: Path = BENCH_STORE, cache_rows: int = 64, teacher: str = "") -> dict:
+    """Build the bench store (timed; default teacher: the embedded one), then measure every variant
+    with the default student (full) and the lcm pair with a LoRA student, each in its own process."""
+    cache = run_variant(
+        BenchSettings(variant=CACHE_VARIANT, store=str(store), teacher=teacher, cache_rows=cache_rows)
+    )
+    runs = {variant: run_variant(BenchSettings(variant=variant, store=str(store))) for variant in VARIANTS}
     summary = summarize(cache, runs, default_scenario())
-    print_table(runs, summary)
-    return {"cache": cache, "runs": runs, "summary": summary}
+    lora = {v: run_variant(BenchSettings(variant=v, store=str(store), student="lora")) for v in VARIANTS[:2]}
+    summary["lora"] = {
+        "lcm_speedup": step_cost(lora["lcm-online"]) / step_cost(lora["lcm-cached"]),
+        "lcm_peak_rss_ratio": lora["lcm-cached"]["peak_rss_mib"] / lora["lcm-online"]["peak_rss_mib"],
+        "lcm_held_ratio": lora["lcm-cached"]["held_mib"] / lora["lcm-online"]["held_mib"],
+    }
+    print_table({**runs, **{f"{v} (lora)": r for v, r in lora.items()}}, summary)
+    print(
+        f"lcm, LoRA student: online / cached step {summary['lora']['lcm_speedup']:.2f}x; cached / online "
+        f"peak RSS {summary['lora']['lcm_peak_rss_ratio']:.2f}, held tensors {summary['lora']['lcm_held_ratio']:.2f}"
+    )
+    return {"cache": cache, "runs": runs, "lora_runs": lora, "summary": summary}
 
 
 def parse_settings(argv: list[str]) -> BenchSettings:
@@ -406,10 +433,11 @@ def parse_settings(argv: list[str]) -> BenchSettings:
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=value)
     args = parser.parse_args(argv)
-    if args.variant not in VARIANTS:
-        parser.error(f"--variant {args.variant!r}: choose from {', '.join(VARIANTS)}")
+    if args.variant not in (*VARIANTS, CACHE_VARIANT):
+        parser.error(f"--variant {args.variant!r}: choose from {', '.join((*VARIANTS, CACHE_VARIANT))}")
     return BenchSettings(**vars(args))
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(parse_settings(sys.argv[1:]))))
+    chosen = parse_settings(sys.argv[1:])
+    print(json.dumps(time_cache(chosen) if chosen.variant == CACHE_VARIANT else measure(chosen)))

@@ -1,5 +1,6 @@
 """Run a command-line entry point so that user errors become one line and exit status 2."""
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -16,3 +17,6 @@ def run_cli(entry: Callable[[], int | None], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `teacher-cache info STORE | head`: the reader left; exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python docs' SIGPIPE recipe
+        return 0

@@ -49,6 +49,9 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "direct: recompute each student step in the backward pass")
     mixed_precision: str = option("no", "no | fp16 | bf16 (accelerate)")
     cpu: bool = option(False, "force CPU even when a GPU is visible")
+    threads: int = option(
+        1, "torch CPU threads when training on CPU; 0: torch's default (1 is fastest for small denoisers)"
+    )
     seed: int = option(0, "seed of the data order and of every per-sample draw")
     split: str = option("train", 'manifest split to train on ("all": every row)')
     max_samples: int = option(0, "0: every row of the split")
@@ -64,6 +67,6 @@ class TrainConfig:
     def run_digest(self) -> str:
         """What makes two runs the same run (a checkpoint may only resume its own): everything but
         where the output goes and the resume / logging switches."""
-        ignored = {"out", "resume", "log_every", "checkpoint_every"}
+        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads"}
         identity = {k: v for k, v in self.to_json().items() if k not in ignored}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

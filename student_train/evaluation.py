@@ -32,6 +32,7 @@ TARGET_STEPS = 4
 ADHERENCE_MARGIN = 3.0  # points: student@4 adherence >= teacher@S adherence - 3
 PSNR_MARGIN_DB = 3.0  # student@4 paired PSNR >= teacher@4 paired PSNR + 3 dB
 REQUIRED_FIELDS = ("noise", "final_latents")
+REAL_REFERENCE = 2000  # held-out real digits whose judge features FD is measured against
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Models:
     vae: torch.nn.Module  # the teacher's VAE: decodes every column
     student: torch.nn.Module  # the student's denoiser (LoRA: the teacher's plus the adapter)
     distill: dict  # the student's distill.json
-    judge: object | None  # shared.judge.Judge, or None when the prompts are outside the digit grammar
+    judge: "DigitJudge | None"  # None with --no-judge or prompts outside the digit grammar
 
 
 def resolve_unseen_cache(config: EvalConfig) -> str | None:
@@ -183,7 +184,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def judge_for(prompts: list[str], device: torch.device):
+@dataclass
+class DigitJudge:
+    """The judge and the features of REAL_REFERENCE held-out real digits, computed once per eval."""
+
+    judge: object  # shared.judge.Judge
+    real_features: np.ndarray  # [REAL_REFERENCE, D]
+
+    def scores(self, images: np.ndarray, prompts: list[str]) -> dict:
+        """Adherence in points (% of images whose digit and both colours match) and FD to real digits."""
+        from shared.judge import frechet_distance
+
+        return {
+            "adherence": 100.0 * float(self.judge.adherence(images, prompts)),
+            "fd": frechet_distance(self.judge.features(images), self.real_features),
+        }
+
+    def real_record(self, set_name: str, prompts: list[str]) -> dict:
+        """Real digits drawn for the same prompts: the best adherence and the FD floor at this sample size."""
+        from shared.digits import make_images
+
+        real, _ = make_images(len(prompts), seed=1, split="heldout", prompts=prompts)
+        record = {"set": set_name, "column": "real digits", "model": "real", "steps": 0, "sampler": "data"}
+        return {**record, "samples": len(prompts), **self.scores(real, prompts)}
+
+
+def judge_for(prompts: list[str], device: torch.device) -> DigitJudge | None:
     """The digit judge when every prompt follows the digit grammar, else None (no adherence / FD)."""
     from shared.digits import parse_prompt
 
@@ -194,9 +220,12 @@ def judge_for(prompts: list[str], device: torch.device):
             parse_prompt(prompt)
     except DistillCacheError:
         return None
+    from shared.digits import make_images
     from shared.judge import load_judge
 
-    return load_judge(str(device))
+    judge = load_judge(str(device))
+    real, _ = make_images(REAL_REFERENCE, seed=0, split="heldout")
+    return DigitJudge(judge, judge.features(real))
 
 
 def load_models(config: EvalConfig, distill: dict, reader, prompts: list[str]) -> Models:
@@ -327,22 +356,13 @@ def generate(eval_set: EvalSet, models: Models, config: EvalConfig, train_settin
     return columns
 
 
-def judge_scores(judge, images: np.ndarray, prompts: list[str]) -> dict:
-    """Prompt adherence in points (percent of images the judge reads as their prompt) and FD to real digits."""
-    if judge is None:
-        return {}
-    return {
-        "adherence": 100.0 * float(judge.adherence(images, prompts)),
-        "fd": float(judge.fd_to_real(images)),
-    }
-
-
-def score(set_name: str, columns: Columns, judge) -> list[dict]:
-    """One record per column: paired PSNR / MSE to teacher@S (pixels and latents), adherence, FD."""
+def score(set_name: str, columns: Columns, judge: DigitJudge | None) -> list[dict]:
+    """One record per column: paired PSNR / MSE to teacher@S (pixels and latents), adherence, FD;
+    with the judge, a first record for real digits of the same prompts (the reference)."""
     from student_train.image_metrics import mse, psnr, to_unit_float
 
     reference = to_unit_float(columns.all_images(columns.reference))  # [N, H, W, 3] in [0, 1]
-    records = []
+    records = [] if judge is None else [judge.real_record(set_name, columns.prompts)]
     for label in columns.images:
         images = columns.all_images(label)
         record = {"set": set_name, "column": label, **columns.kinds[label], "samples": len(images)}
@@ -350,7 +370,7 @@ def score(set_name: str, columns: Columns, judge) -> list[dict]:
             record["psnr_db"] = float(psnr(to_unit_float(images), reference).mean())
             record["pixel_mse"] = float(mse(to_unit_float(images), reference).mean())
             record["latent_mse"] = float(torch.cat(columns.latent_mse[label]).mean())
-        records.append({**record, **judge_scores(judge, images, columns.prompts)})
+        records.append({**record, **(judge.scores(images, columns.prompts) if judge else {})})
     return records
 
 

@@ -4,18 +4,26 @@
 
 rows[r][c] is a uint8 image [H, W, 3]; every image has the same size. Images are enlarged by an
 integer `scale` (nearest neighbour, so pixels stay visible) and laid out with a small gap; titles
-are drawn with PIL's default bitmap font above each column and, optionally, left of each row.
+are drawn with PIL's default font above each column and, optionally, left of each row.
 """
 
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 GAP = 4
-TITLE_HEIGHT = 14
-CHAR_WIDTH = 6  # PIL's default bitmap font
+FONT_SIZE = 12
+TITLE_HEIGHT = FONT_SIZE + 4
+
+
+def title_font() -> ImageFont.ImageFont:
+    """PIL's bundled scalable font (Pillow >= 10.1), else its small bitmap font."""
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except TypeError:
+        return ImageFont.load_default()
 
 
 def grid_image(
@@ -34,14 +42,14 @@ def grid_image(
         (left + n_cols * (cell_w + GAP) + GAP, TITLE_HEIGHT + n_rows * (cell_h + GAP) + GAP),
         "white",
     )
-    draw = ImageDraw.Draw(canvas)
+    draw, font = ImageDraw.Draw(canvas), title_font()
     for c, title in enumerate(column_titles):
-        draw.text((left + GAP + c * (cell_w + GAP), 1), title, fill="black")
+        draw.text((left + GAP + c * (cell_w + GAP), 1), title, fill="black", font=font)
     for r, row in enumerate(rows):
         if len(row) != n_cols:
             raise ValueError(f"grid row {r} has {len(row)} images for {n_cols} column titles")
         if row_titles is not None:
-            draw.text((GAP, TITLE_HEIGHT + GAP + r * (cell_h + GAP)), row_titles[r], fill="black")
+            draw.text((GAP, TITLE_HEIGHT + GAP + r * (cell_h + GAP)), row_titles[r], fill="black", font=font)
         for c, image in enumerate(row):
             cell = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(cell, cell_origin(r, c, cell_h, cell_w, left))
@@ -54,7 +62,9 @@ def cell_origin(row: int, column: int, cell_h: int, cell_w: int, left: int) -> t
 
 
 def label_width(row_titles: Sequence[str] | None) -> int:
-    return 0 if not row_titles else GAP + CHAR_WIDTH * max(len(t) for t in row_titles)
+    """Pixels left of the first column: the widest row title plus a gap (0 without titles)."""
+    font = title_font()
+    return 0 if not row_titles else 2 * GAP + max(round(font.getlength(t)) for t in row_titles)
 
 
 def write_grid(

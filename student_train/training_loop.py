@@ -149,6 +149,8 @@ def train(config: TrainConfig) -> Path:
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+    if accelerator.device.type == "cpu" and config.threads > 0:
+        torch.set_num_threads(config.threads)
     optimizer = torch.optim.AdamW(
         student.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )

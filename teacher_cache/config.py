@@ -36,7 +36,7 @@ FALLBACK_GUIDANCE = 5.0  # when --guidance is not given and the teacher recommen
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Settings of one `teacher-cache run`; defaults build the embedded teacher's training cache."""
+    """Settings of one `teacher-cache run`; defaults: the embedded teacher on the bundled prompts."""
 
     out: str  # the store: a folder or an fsspec URL
     teacher: str = str(EMBEDDED_TEACHER)  # a diffusers pipeline folder or a Hub id
@@ -44,9 +44,7 @@ class CaptureConfig:
     prompts: str = str(DEFAULT_TRAIN_PROMPTS)  # .txt, .csv, .parquet or .jsonl
     seeds_per_prompt: int = 4  # for prompt rows without their own seed
     steps: int = 50  # num_inference_steps
-    guidance: float | None = (
-        None  # for rows without their own; None = the teacher's recommended; <= 1 = no CFG
-    )
+    guidance: float | None = None  # rows without their own; None = teacher's recommended; <= 1 = no CFG
     negative_prompt: str = ""  # for rows without their own
     height: int | None = None  # image height in pixels; None = the pipeline's default
     width: int | None = None
@@ -58,6 +56,7 @@ class CaptureConfig:
     batch_size: int = 8  # prompts per pipeline call (the denoiser sees twice as many under CFG)
     device: str = "auto"  # auto = this rank's accelerator (cuda if available) else cpu
     dtype: str = "auto"  # the teacher's compute dtype; auto = float16 on cuda, float32 on cpu
+    threads: int = 0  # torch CPU threads (0 = torch's default); 1 is fastest on a busy shared CPU
     val_fraction: float = 0.05  # rows whose sample_id hashes below this form the val split
     limit: int = 0  # keep only the first N jobs of the list (0 = all); for quick tries
     progress: bool = True  # tqdm progress bar
@@ -91,6 +90,10 @@ def check_config(config: CaptureConfig) -> None:
         raise DistillCacheError(f"--seeds-per-prompt must be at least 1, not {config.seeds_per_prompt}")
     if config.batch_size <= 0:
         raise DistillCacheError(f"--batch-size must be at least 1, not {config.batch_size}")
+    if config.threads < 0:
+        raise DistillCacheError(
+            f"--threads must be 0 (torch's default) or a positive count, not {config.threads}"
+        )
     if config.limit < 0:
         raise DistillCacheError(f"--limit must be 0 (all jobs) or a positive count, not {config.limit}")
     if not 0.0 <= config.val_fraction < 1.0:

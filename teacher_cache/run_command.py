@@ -116,6 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="teacher compute dtype (auto: float16 on cuda, float32 on cpu)",
     )
     parser.add_argument(
+        "--threads", type=int, default=d["threads"], help="torch CPU threads (default 0 = torch's default)"
+    )
+    parser.add_argument(
         "--val-fraction",
         type=float,
         default=d["val_fraction"],

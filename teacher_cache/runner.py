@@ -12,6 +12,7 @@ the rest in batches, committing each batch's finite rows; print a summary.
 
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -114,7 +115,25 @@ def process_state(device: str) -> PartialState:
     return PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
 
 
+@contextmanager
+def torch_threads(count: int):
+    """torch's CPU thread count set to `count` inside the block (0: unchanged), restored after."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run(config: CaptureConfig) -> CaptureSummary:
+    """Capture every job of `config` not yet in its store; see the module docstring."""
+    with torch_threads(config.threads):
+        return capture_jobs(config)
+
+
+def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     started = time.perf_counter()
     # 1. Validate: settings, prompt file, teacher, feature globs. Nothing is written before this passes.
     config = with_resolved_guidance(config)

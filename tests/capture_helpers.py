@@ -15,7 +15,10 @@ from shared.store import StoreReader
 from teacher_cache.config import CaptureConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SMALL_CAPTURE = dict(seeds_per_prompt=1, steps=3, guidance=4.0, batch_size=2, preview_size=8, progress=False)
+# threads=1: two shared cores are fastest without torch's intra-op threads fighting other processes
+SMALL_CAPTURE = dict(
+    seeds_per_prompt=1, steps=3, guidance=4.0, batch_size=2, preview_size=8, threads=1, progress=False
+)
 
 
 def write_prompts(folder: Path, prompts: list[str], name: str = "prompts.txt") -> Path:
@@ -37,7 +40,7 @@ def cli_args(config: CaptureConfig) -> list[str]:
         *("--out", config.out, "--teacher", config.teacher, "--prompts", config.prompts),
         *("--seeds-per-prompt", str(config.seeds_per_prompt), "--steps", str(config.steps)),
         *("--guidance", str(config.guidance), "--batch-size", str(config.batch_size)),
-        *("--preview-size", str(config.preview_size), "--no-progress"),
+        *("--preview-size", str(config.preview_size), "--threads", str(config.threads), "--no-progress"),
     ]
 
 

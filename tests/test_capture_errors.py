@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.subcommands import main_for
+from teacher_cache.cli import main
 from tests.capture_helpers import cli_args, tiny_capture_config, write_prompts
 from tests.tiny_models import save_tiny_sd_pipeline
 
@@ -13,8 +13,7 @@ def teacher(tmp_path_factory):
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
-    """`teacher-cache run ...` as the CLI runs it (only the run subcommand is imported)."""
-    status = main_for("teacher-cache", "", {"run": "teacher_cache.run_command"}, argv)
+    status = main(argv)
     return status, capsys.readouterr().err.strip()
 
 

@@ -8,8 +8,8 @@ import torch
 
 from shared.store import StoreReader
 from student_train.denoiser import call_denoiser, load_denoiser, nest_conditioning
-from teacher_cache.config import CaptureConfig
 from teacher_cache.runner import run
+from tests.capture_helpers import tiny_capture_config, write_prompts
 from tests.tiny_models import save_tiny_pipeline, save_tiny_sd_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
 STEPS = 4
@@ -30,14 +30,9 @@ EXPECTED_CONDITIONING = {
 
 def capture_family(tmp_path, family: str, **overrides) -> tuple[str, StoreReader]:
     teacher = FAMILIES[family](tmp_path / family)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red one on blue\na blue two on red\n")
-    settings = dict(
-        seeds_per_prompt=1, steps=STEPS, guidance=GUIDANCE, batch_size=2, preview_size=8, progress=False
-    )
-    config = CaptureConfig(
-        out=str(tmp_path / "store"), teacher=str(teacher), prompts=str(prompts), **(settings | overrides)
-    )
+    prompts = write_prompts(tmp_path, ["a red one on blue", "a blue two on red"])
+    settings = dict(steps=STEPS, guidance=GUIDANCE) | overrides
+    config = tiny_capture_config(tmp_path / "store", teacher, prompts, **settings)
     run(config)
     return str(teacher), StoreReader(config.out)
 

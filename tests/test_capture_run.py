@@ -4,7 +4,7 @@ import pytest
 
 import teacher_cache.runner as runner
 from shared.store import StoreReader
-from shared.subcommands import main_for
+from teacher_cache.cli import main
 from teacher_cache.runner import run
 from tests.capture_helpers import cli_args, tiny_capture_config, write_prompts
 from tests.tiny_models import save_tiny_sd_pipeline
@@ -58,9 +58,8 @@ def test_rows_with_nan_outputs_are_reported_and_not_committed(tmp_path, teacher,
 def test_cli_prints_a_closing_summary_and_resumes(tmp_path, teacher, capsys):
     config = tiny_capture_config(tmp_path / "store", teacher, write_prompts(tmp_path, PROMPTS))
     argv = cli_args(config)
-    command = {"run": "teacher_cache.run_command"}
-    assert main_for("teacher-cache", "", command, argv) == 0
+    assert main(argv) == 0
     assert "4 samples written, 0 already in the store, 0 rejected" in capsys.readouterr().out
-    assert main_for("teacher-cache", "", command, argv) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "0 samples written, 4 already in the store" in out and "4 samples" in out and "MB on disk" in out

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from shared.errors import DistillCacheError
-from teacher_cache.config import evenly_spaced_steps
+from teacher_cache.config import CaptureConfig, evenly_spaced_steps
 from teacher_cache.feature_modules import match_feature_modules
 from teacher_cache.preview import preview_shape, to_previews
 from teacher_cache.run_command import comma_list
-from teacher_cache.runner import slice_for_rank
+from teacher_cache.runner import slice_for_rank, with_resolved_guidance
 
 
 def blocks() -> nn.Module:
@@ -52,3 +52,10 @@ def test_cli_lists_and_rank_slices():
     assert sorted(sum(slices, [])) == jobs and all(
         set(a).isdisjoint(b) for a in slices for b in slices if a is not b
     )
+
+
+def test_default_guidance_is_the_teacher_folders_recommendation(tmp_path):
+    (tmp_path / "teacher_eval.json").write_text('{"recommended_guidance_scale": 3.0}')
+    assert with_resolved_guidance(CaptureConfig(out="x", teacher=str(tmp_path))).guidance == 3.0
+    assert with_resolved_guidance(CaptureConfig(out="x", teacher=str(tmp_path), guidance=7.5)).guidance == 7.5
+    assert with_resolved_guidance(CaptureConfig(out="x", teacher=str(tmp_path / "none"))).guidance == 5.0

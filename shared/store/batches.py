@@ -10,12 +10,15 @@
 One epoch: every (row, step) pair exactly once. Rows are shuffled and read `block_rows` at a time,
 whole (one batched read per field, so Zarr decodes each chunk once instead of once per example);
 the block's pairs are then shuffled in memory and cut into batches, a block's leftover carried into
-the next. `step_fields` maps a per-step field to the offsets read from the drawn step (e.g.
+the next, and the next block is read in a background thread while batches are cut from this one.
+`step_fields` maps a per-step field to the offsets read from the drawn step (e.g.
 {"trajectory": (0, 2)} for a point and the one two grid steps later); only steps for which every
-offset exists are drawn. Reading a block of SD1.5-sized samples takes ~1-2 GB of memory for 64 rows.
+offset exists are drawn. Memory: two blocks (for SD1.5, 64 rows of trajectory, cond/uncond outputs and
+embeddings are ~170 MB each).
 """
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -41,24 +44,12 @@ def example_batches(
     steps = valid_steps(reader, step_fields, steps)
     rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
     shuffled = rows[torch.randperm(len(rows), generator=generator)]
+    blocks = [block.sort().values for block in shuffled.split(block_rows)]  # sorted: fewer, longer runs
     leftover: dict[str, torch.Tensor] | None = None
-    for block in shuffled.split(block_rows):
-        block = block.sort().values  # sorted rows read as fewer, longer runs
-        # stored numpy values: numpy's fancy indexing copies float16 rows far faster than torch's
-        stored = {name: reader.read_stored(name, block) for name in (*step_fields, *sample_fields)}
+    for block, stored in prefetched_blocks(reader, blocks, (*step_fields, *sample_fields)):
         pairs = torch.randperm(len(block) * len(steps), generator=generator)
         for chosen in pairs.split(batch_size):
-            local_rows, drawn_steps = chosen // len(steps), steps[chosen % len(steps)]
-            piece = {"row": block[local_rows], "step": drawn_steps}
-            for name, offsets in step_fields.items():
-                step_index = drawn_steps.numpy()[:, None] + np.asarray(offsets)[None, :]  # (b, len(offsets))
-                values = stored[name][
-                    local_rows.numpy()[:, None], step_index
-                ]  # (b, len(offsets), *shape[1:])
-                piece[name] = from_storage(values, reader.fields[name].dtype)
-            for name in sample_fields:
-                values = np.take(stored[name], local_rows.numpy(), axis=0)  # (b, *shape)
-                piece[name] = from_storage(values, reader.fields[name].dtype)
+            piece = gather_examples(reader, block, stored, chosen, steps, step_fields, sample_fields)
             if leftover is not None:
                 piece = {name: torch.cat([leftover[name], piece[name]]) for name in piece}
                 leftover = None
@@ -69,6 +60,46 @@ def example_batches(
                 leftover = piece
     if leftover is not None and not drop_last:
         yield leftover
+
+
+def prefetched_blocks(reader, blocks: list[torch.Tensor], names: Sequence[str]) -> Iterator[tuple]:
+    """(block rows, {field: stored values of those rows}); the next block is read while this one is used."""
+
+    def read(block: torch.Tensor) -> dict[str, np.ndarray]:
+        return {name: reader.read_stored(name, block) for name in names}
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(read, blocks[0]) if blocks else None
+        for index, block in enumerate(blocks):
+            stored = upcoming.result()
+            if index + 1 < len(blocks):
+                upcoming = pool.submit(read, blocks[index + 1])
+            yield block, stored
+
+
+def gather_examples(
+    reader,
+    block: torch.Tensor,
+    stored: dict[str, np.ndarray],
+    chosen: torch.Tensor,
+    steps: torch.Tensor,
+    step_fields: Mapping[str, Sequence[int]],
+    sample_fields: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    """The examples `chosen` (indices of (row in block, step) pairs) as tensors.
+
+    Numpy does the gathering: its fancy indexing copies float16 rows far faster than torch's.
+    """
+    local_rows, drawn_steps = (chosen // len(steps)).numpy(), steps[chosen % len(steps)]
+    piece = {"row": block[local_rows], "step": drawn_steps}
+    for name, offsets in step_fields.items():
+        step_index = drawn_steps.numpy()[:, None] + np.asarray(offsets)[None, :]  # (b, len(offsets))
+        values = stored[name][local_rows[:, None], step_index]  # (b, len(offsets), *shape[1:])
+        piece[name] = from_storage(values, reader.fields[name].dtype)
+    for name in sample_fields:
+        values = np.take(stored[name], local_rows, axis=0)  # (b, *shape)
+        piece[name] = from_storage(values, reader.fields[name].dtype)
+    return piece
 
 
 def valid_steps(
