@@ -150,7 +150,7 @@ def train(config: TrainConfig) -> Path:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     if accelerator.device.type == "cpu" and config.threads > 0:
-        torch.set_num_threads(config.threads)
+        torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
     optimizer = torch.optim.AdamW(
         student.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )

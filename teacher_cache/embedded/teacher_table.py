@@ -2,12 +2,13 @@
 
     python -m teacher_cache.embedded.teacher_table [--teacher DIR] [--n-prompts 560] [--out-dir docs]
 
-Samples one image per prompt (every digit x colour combination, seed = prompt index) with DDIM at
-50 steps for several guidance scales (1.0 = no CFG), then at 1, 2, 4 and 8 steps with the best
-guidance, and judges each set: prompt adherence (digit and both colours right), per-attribute
-accuracy, and the Frechet distance of judge features to held-out real digits. Prints a markdown
-table, writes it to OUT_DIR/teacher_table.md, the grid (rows: prompts, columns: step counts) to
-OUT_DIR/teacher_grid.png, and the numbers plus the chosen guidance to TEACHER/teacher_eval.json.
+Samples one image per prompt (all 560 digit x colour combinations, or `--n-prompts` of them spread
+evenly; image i uses seed i) with DDIM at 50 steps for several guidance scales (1.0 = no CFG), then
+at 1, 2, 4 and 8 steps with the best guidance, and judges each set: prompt adherence (digit and both
+colours right), per-attribute accuracy, and the Frechet distance of judge features to held-out real
+digits. Prints a markdown table and writes it to OUT_DIR/teacher_table.md, the grid (rows: prompts,
+columns: step counts) to OUT_DIR/teacher_grid.png, and the numbers plus the chosen guidance to
+TEACHER/teacher_eval.json.
 """
 
 import argparse
@@ -130,7 +131,8 @@ def run(settings: TableSettings) -> list[dict]:
     torch.set_num_threads(settings.threads)
     pipe = load_teacher(settings.teacher, settings.device)
     judge = load_judge(settings.device)
-    prompts = all_prompts()[: settings.n_prompts]
+    every = all_prompts()
+    prompts = [every[i * len(every) // settings.n_prompts] for i in range(min(settings.n_prompts, len(every)))]
     rows, started = [], time.time()
 
     def measure(steps: int, guidance: float) -> dict:
