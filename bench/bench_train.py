@@ -8,11 +8,14 @@ cached ones (student_train.losses): only where the teacher tensors come from dif
 
   cache           `teacher-cache run` of the bench store: cost per cached row (the price of the cache,
                   start-up included, so over-stated for a bench store much smaller than a real cache)
-  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*)
+  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*), the
+                  store's rows loaded into memory once, as `student-train run` does (student_train.batches)
+  lcm-streamed    the same, each batch read from the store when needed (memory independent of the
+                  cache size; the store's per-read cost in the step time)
   lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py: text-encode the prompts,
                   VAE-encode real images (shared.digits), noise them to t_n, teacher cond + uncond
                   passes at x_t; the loss then takes its DDIM solver step from those outputs
-  direct-cached   the direct loss on (noise, final_latents, cond.*) from the store
+  direct-cached   the direct loss on (noise, final_latents, cond.*) from the store (and direct-streamed)
   direct-online   the teacher's S-step CFG sampling of each batch inside the loop, then the same loss
 
 Each variant runs in its own subprocess, so `ru_maxrss` is that variant's own peak; the RSS right
@@ -31,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-VARIANTS = ("lcm-cached", "lcm-online", "direct-cached", "direct-online")
+VARIANTS = ("lcm-cached", "lcm-streamed", "lcm-online", "direct-cached", "direct-streamed", "direct-online")
 CACHE_VARIANT = "cache"
 BENCH_STORE = Path("runs/bench/train_cache")
 STUDENTS_PER_CACHE = 3  # "three students trained from one cache"
@@ -111,6 +114,30 @@ def cached_batches(settings: BenchSettings, config, reader, device):
         return data.batch(rows_for_micro_step(len(data), settings.batch_size, settings.seed, step), device)
 
     return batch_at, [data.fields, data.cond]
+
+
+def streamed_batches(settings: BenchSettings, config, reader, device):
+    """Each batch read from the store at its step: the same rows as `cached_batches`, nothing kept."""
+    from student_train.batches import Batch, rows_for_micro_step
+    from student_train.denoiser import nest_conditioning
+    from student_train.losses import get_method
+
+    fields = get_method(config.method).fields
+    cond_names = [name for name in reader.fields if name.startswith("cond.")]
+    all_rows, sample_ids = reader.indices(None), reader.manifest.column("sample_id").to_pylist()
+
+    def batch_at(step: int):
+        rows = [
+            int(all_rows[i])
+            for i in rows_for_micro_step(len(all_rows), settings.batch_size, settings.seed, step)
+        ]
+        loaded = {name: reader.read(name, rows).float().to(device) for name in fields}
+        cond = nest_conditioning(
+            {name[len("cond.") :]: reader.read(name, rows).float().to(device) for name in cond_names}
+        )
+        return Batch(loaded, cond, [sample_ids[r] for r in rows])
+
+    return batch_at, []
 
 
 def online_prompts(step: int, batch_size: int, seed: int) -> list[str]:
@@ -239,11 +266,12 @@ def measure(settings: BenchSettings) -> dict:
     spec = get_method(method)
     loss_fn = spec.build(config, reader.settings, schedule)
     teacher_source = reader.fingerprint["source"]
-    if source == "cached":  # the denoiser's weights only, as student-train run
+    if source in ("cached", "streamed"):  # the denoiser's weights only, as student-train run
         denoiser = load_denoiser(teacher_source, reader.settings.get("denoiser", "unet"))
         student = build_student(config.student, denoiser.to(device), config, spec.w_conditioned)
         del denoiser
-        batch_at, resident = cached_batches(settings, config, reader, device)
+        make_batches = cached_batches if source == "cached" else streamed_batches
+        batch_at, resident = make_batches(settings, config, reader, device)
     else:  # the whole teacher pipeline in memory, run in the loop
         pipe = DiffusionPipeline.from_pretrained(teacher_source).to(device)
         pipe.set_progress_bar_config(disable=True)
@@ -351,80 +379,95 @@ def step_cost(run: dict) -> float:
     return run["step_cpu_seconds_median"] if run["device"] == "cpu" else run["step_seconds_median"]
 
 
-def summarize(cache: dict, runs: dict[str, dict], scenario: dict) -> dict:
-    """The README figures: lcm speed-up and memory ratios; direct three-students-from-one-cache cost."""
-    lcm_cached, lcm_online = runs["lcm-cached"], runs["lcm-online"]
-    direct_cached, direct_online = runs["direct-cached"], runs["direct-online"]
-    three_cached = scenario["cache_rows"] * step_cost(cache) + STUDENTS_PER_CACHE * scenario[
-        "train_steps"
-    ] * step_cost(direct_cached)
-    three_online = STUDENTS_PER_CACHE * scenario["train_steps"] * step_cost(direct_online)
+LOADERS = ("cached", "streamed")
+
+
+def comparison(runs: dict[str, dict], method: str, loader: str) -> dict:
+    """Online vs `loader` for one method: step speed-up and memory ratios (cached / online)."""
+    ours, online = runs[f"{method}-{loader}"], runs[f"{method}-online"]
 
     def added(run: dict) -> float:
         return run["peak_rss_mib"] - run["rss_after_imports_mib"]
 
-    summary = {
-        "lcm_speedup": step_cost(lcm_online) / step_cost(lcm_cached),
-        "lcm_peak_rss_ratio": lcm_cached["peak_rss_mib"] / lcm_online["peak_rss_mib"],
-        "lcm_added_rss_ratio": added(lcm_cached) / added(lcm_online),
-        "lcm_held_ratio": lcm_cached["held_mib"] / lcm_online["held_mib"],
-        "direct_step_speedup": step_cost(direct_online) / step_cost(direct_cached),
-        "direct_three_students_cached_seconds": three_cached,
-        "direct_three_students_online_seconds": three_online,
-        "direct_three_students_cost_ratio": three_online / three_cached,
+    figures = {
+        "speedup": step_cost(online) / step_cost(ours),
+        "peak_rss_ratio": ours["peak_rss_mib"] / online["peak_rss_mib"],
+        "added_rss_ratio": added(ours) / added(online),
+        "held_ratio": ours["held_mib"] / online["held_mib"],
+    }
+    if "peak_cuda_mib" in ours:
+        figures["peak_cuda_ratio"] = ours["peak_cuda_mib"] / online["peak_cuda_mib"]
+    return figures
+
+
+def three_students(cache: dict, runs: dict[str, dict], scenario: dict, loader: str) -> dict:
+    """Three direct students from one cache (its cost included) vs three online runs, in seconds."""
+    cached = scenario["cache_rows"] * step_cost(cache)
+    cached += STUDENTS_PER_CACHE * scenario["train_steps"] * step_cost(runs[f"direct-{loader}"])
+    online = STUDENTS_PER_CACHE * scenario["train_steps"] * step_cost(runs["direct-online"])
+    return {"cached_seconds": cached, "online_seconds": online, "cost_ratio": online / cached}
+
+
+def summarize(cache: dict, runs: dict[str, dict], lora_runs: dict[str, dict], scenario: dict) -> dict:
+    """The README figures, for both loaders: lcm (full and LoRA) speed-up and memory; direct cost."""
+    return {
         "scenario": scenario,
         "cache_seconds_per_row": step_cost(cache),
+        **{f"lcm_{loader}": comparison(runs, "lcm", loader) for loader in LOADERS},
+        **{f"lcm_lora_{loader}": comparison(lora_runs, "lcm", loader) for loader in LOADERS},
+        **{f"direct_{loader}": comparison(runs, "direct", loader) for loader in LOADERS},
+        **{
+            f"direct_three_students_{loader}": three_students(cache, runs, scenario, loader)
+            for loader in LOADERS
+        },
     }
-    if "peak_cuda_mib" in lcm_cached:
-        summary["lcm_peak_cuda_ratio"] = lcm_cached["peak_cuda_mib"] / lcm_online["peak_cuda_mib"]
-    return summary
 
 
 def print_table(runs: dict[str, dict], summary: dict) -> None:
     print(
-        "| variant | step (s, median) | step CPU (s, median) | peak RSS (MiB) | RSS added (MiB) | held (MiB) |"
+        "| variant | step (s) | step CPU (s) | peak RSS (MiB) | RSS added (MiB) | held (MiB) "
+        "| of which data / teacher (MiB) |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, run in runs.items():
         added = run["peak_rss_mib"] - run["rss_after_imports_mib"]
         print(
             f"| {name} | {run['step_seconds_median']:.3f} | {run['step_cpu_seconds_median']:.3f} | "
             f"{run['peak_rss_mib']:.0f} | {added:.0f} | {run['held_mib']:.1f} | {run['source_mib']:.1f} |"
         )
-    print(
-        f"lcm: online / cached step {summary['lcm_speedup']:.2f}x (target >= 1.5x); cached / online memory: "
-        f"peak RSS {summary['lcm_peak_rss_ratio']:.2f}, RSS added {summary['lcm_added_rss_ratio']:.2f}, "
-        f"held tensors {summary['lcm_held_ratio']:.2f} (target <= 0.6)"
-    )
+    for key in ("lcm_cached", "lcm_streamed", "lcm_lora_cached", "lcm_lora_streamed"):
+        figures = summary[key]
+        print(
+            f"{key}: online / ours step {figures['speedup']:.2f}x (target >= 1.5x); ours / online peak RSS "
+            f"{figures['peak_rss_ratio']:.2f}, RSS added {figures['added_rss_ratio']:.2f}, held tensors "
+            f"{figures['held_ratio']:.2f} (target <= 0.6)"
+        )
     scenario = summary["scenario"]
-    print(
-        f"direct: three students of {scenario['train_steps']} steps from one cache of {scenario['cache_rows']} rows "
-        f"({summary['cache_seconds_per_row']:.3f} s/row) = {summary['direct_three_students_cached_seconds']:.0f} s; "
-        f"three online runs = {summary['direct_three_students_online_seconds']:.0f} s: "
-        f"{summary['direct_three_students_cost_ratio']:.1f}x cheaper (target >= 3x)"
-    )
+    for loader in LOADERS:
+        figures = summary[f"direct_three_students_{loader}"]
+        print(
+            f"direct ({loader}): three students of {scenario['train_steps']} steps from one cache of "
+            f"{scenario['cache_rows']} rows ({summary['cache_seconds_per_row']:.3f} s/row) = "
+            f"{figures['cached_seconds']:.0f} s; three online runs = {figures['online_seconds']:.0f} s: "
+            f"{figures['cost_ratio']:.1f}x cheaper (target >= 3x)"
+        )
 
 
 def main(store: Path = BENCH_STORE, cache_rows: int = 64, teacher: str = "") -> dict:
     """Build the bench store (timed; default teacher: the embedded one), then measure every variant
-    with the default student (full) and the lcm pair with a LoRA student, each in its own process."""
+    with the default student (full) and the lcm variants with a LoRA student, each in its own process."""
     cache = run_variant(
         BenchSettings(variant=CACHE_VARIANT, store=str(store), teacher=teacher, cache_rows=cache_rows)
     )
     runs = {variant: run_variant(BenchSettings(variant=variant, store=str(store))) for variant in VARIANTS}
-    summary = summarize(cache, runs, default_scenario())
-    lora = {v: run_variant(BenchSettings(variant=v, store=str(store), student="lora")) for v in VARIANTS[:2]}
-    summary["lora"] = {
-        "lcm_speedup": step_cost(lora["lcm-online"]) / step_cost(lora["lcm-cached"]),
-        "lcm_peak_rss_ratio": lora["lcm-cached"]["peak_rss_mib"] / lora["lcm-online"]["peak_rss_mib"],
-        "lcm_held_ratio": lora["lcm-cached"]["held_mib"] / lora["lcm-online"]["held_mib"],
+    lora_runs = {
+        variant: run_variant(BenchSettings(variant=variant, store=str(store), student="lora"))
+        for variant in VARIANTS
+        if variant.startswith("lcm")
     }
-    print_table({**runs, **{f"{v} (lora)": r for v, r in lora.items()}}, summary)
-    print(
-        f"lcm, LoRA student: online / cached step {summary['lora']['lcm_speedup']:.2f}x; cached / online "
-        f"peak RSS {summary['lora']['lcm_peak_rss_ratio']:.2f}, held tensors {summary['lora']['lcm_held_ratio']:.2f}"
-    )
-    return {"cache": cache, "runs": runs, "lora_runs": lora, "summary": summary}
+    summary = summarize(cache, runs, lora_runs, default_scenario())
+    print_table({**runs, **{f"{v} (lora)": r for v, r in lora_runs.items()}}, summary)
+    return {"cache": cache, "runs": runs, "lora_runs": lora_runs, "summary": summary}
 
 
 def parse_settings(argv: list[str]) -> BenchSettings:

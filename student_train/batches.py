@@ -80,7 +80,8 @@ def load_training_data(
         for name in reader.fields
         if name.startswith("cond.")
     }
-    sample_ids = [str(reader.manifest.column("sample_id")[r]) for r in rows]
+    all_ids = reader.manifest.column("sample_id").to_pylist()
+    sample_ids = [str(all_ids[r]) for r in rows]
     return TrainingData(loaded, cond, sample_ids)
 
 

@@ -2,7 +2,7 @@
 
     STUDENT/
       unet/                               full students: UNet2DConditionModel.from_pretrained(STUDENT, subfolder="unet")
-      pytorch_lora_weights.safetensors    lora students, diffusers keys: pipe.load_lora_weights(STUDENT)
+      pytorch_lora_weights.safetensors    lora students ("unet." + peft keys): pipe.load_lora_weights(STUDENT)
       scheduler/scheduler_config.json     the few-step scheduler (LCMScheduler for lcm, DDIM / Euler otherwise)
       distill.json                        method, teacher, store, recommended steps / guidance / timesteps, settings
 
@@ -98,10 +98,13 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
     model = unwrap(student.model)
     denoiser_name = reader.settings.get("denoiser", "unet")
     if student.kind == "lora":
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        lora_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        # peft keys (lora_A / lora_B), which diffusers' loaders read directly. Not
+        # convert_state_dict_to_diffusers: it renames only the attention keys (to_q.lora.down ...), and
+        # diffusers picks the format from the first key, so a UNet whose first adapted module is a conv
+        # (no attention in down_blocks.0, as the embedded teacher) would reload without its attention LoRA.
+        lora_layers = get_peft_model_state_dict(model)
         pipeline_class = getattr(diffusers, reader.fingerprint.get("pipeline_class", ""), None)
         if not hasattr(pipeline_class, "save_lora_weights"):
             pipeline_class = diffusers.StableDiffusionPipeline

@@ -90,8 +90,6 @@ def build_lora(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Studen
     """peft adapters (rank, alpha) on attention, feed-forward and conv modules; the base stays frozen."""
     from peft import LoraConfig
 
-    if config.lora_rank <= 0:
-        raise DistillCacheError(f"--lora-rank must be > 0, got {config.lora_rank}")
     model = copy.deepcopy(denoiser).requires_grad_(False)
     model.add_adapter(
         LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGET_MODULES)
@@ -103,7 +101,13 @@ def build_lora(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Studen
 STUDENTS: dict[str, Callable[..., Student]] = {"full": build_full, "lora": build_lora}
 
 
-def build_student(kind: str, denoiser: torch.nn.Module, config, w_conditioned: bool = False) -> Student:
+def check_student_settings(kind: str, lora_rank: int) -> None:
     if kind not in STUDENTS:
         raise DistillCacheError(f"unknown --student {kind!r}; valid: {', '.join(STUDENTS)}")
+    if kind == "lora" and lora_rank <= 0:
+        raise DistillCacheError(f"--lora-rank must be > 0, got {lora_rank}")
+
+
+def build_student(kind: str, denoiser: torch.nn.Module, config, w_conditioned: bool = False) -> Student:
+    check_student_settings(kind, config.lora_rank)
     return STUDENTS[kind](denoiser, config, w_conditioned)

@@ -30,7 +30,7 @@ from student_train.denoiser import load_denoiser
 from student_train.export import export_student
 from student_train.losses import get_method
 from student_train.randomness import SampleRandom
-from student_train.students import STUDENTS, build_student
+from student_train.students import build_student, check_student_settings
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CHECKPOINTS_KEPT = 2
@@ -49,10 +49,7 @@ def open_store(url: str):
 def validate_settings(config: TrainConfig) -> None:
     """Checks that need nothing but the config."""
     get_method(config.method)
-    if config.student not in STUDENTS:
-        raise DistillCacheError(f"unknown --student {config.student!r}; valid: {', '.join(STUDENTS)}")
-    if config.student == "lora" and config.lora_rank <= 0:
-        raise DistillCacheError(f"--lora-rank must be > 0, got {config.lora_rank}")
+    check_student_settings(config.student, config.lora_rank)
     if config.mixed_precision not in MIXED_PRECISION:
         raise DistillCacheError(
             f"unknown --mixed-precision {config.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}"

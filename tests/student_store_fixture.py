@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -29,6 +30,16 @@ PROMPTS = [
     "a pink zero on grey",
     "an orange four on purple",
 ]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the 2 shared cores stay usable (import it into a test
+    module to apply it there); the previous setting is restored after each test."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from student_train.losses.distance import Distance
 from student_train.randomness import SampleRandom
 from student_train.sampling import sample, student_timesteps
 from student_train.students import Student
-from tests.student_store_fixture import capture_batch, shared_capture
+from tests.student_store_fixture import capture_batch, one_torch_thread, shared_capture  # noqa: F401 (autouse)
 
 
 def schedule_of(settings) -> NoiseSchedule:

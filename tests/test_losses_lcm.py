@@ -9,7 +9,7 @@ from student_train.losses.distance import Distance
 from student_train.losses.lcm import LcmLoss, pick_steps
 from student_train.randomness import SampleRandom
 from student_train.sampling import cached_grid
-from tests.student_store_fixture import capture_batch, shared_capture
+from tests.student_store_fixture import capture_batch, one_torch_thread, shared_capture  # noqa: F401 (autouse)
 
 
 def lcm_loss(capture, **kwargs) -> LcmLoss:

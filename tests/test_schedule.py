@@ -5,6 +5,7 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from shared.schedule import NoiseSchedule
+from tests.student_store_fixture import one_torch_thread  # noqa: F401 (autouse)
 from tests.tiny_models import tiny_ddim_scheduler
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from student_train.cli import main
-from tests.student_store_fixture import shared_capture, write_capture_store
+from tests.student_store_fixture import one_torch_thread, shared_capture, write_capture_store  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")

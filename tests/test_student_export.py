@@ -2,6 +2,7 @@
 samples, and gives exactly what student_train.sampling gives from the cached noise and conditioning."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from student_train.config import TrainConfig
 from student_train.export import load_exported_student, load_student_scheduler
 from student_train.randomness import SampleRandom
 from student_train.sampling import sample
-from tests.student_store_fixture import capture_batch, shared_capture, write_capture_store
+from tests.student_store_fixture import capture_batch, one_torch_thread, shared_capture, write_capture_store  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,31 @@ def test_progressive_student_samples_in_a_stock_pipeline_from_a_prompt(store, tm
         output_type="np",
     ).images
     assert image.shape == (1, 16, 16, 3) and torch.isfinite(torch.as_tensor(image)).all()
+
+
+def without_adapter_name(name: str) -> str:
+    """x.lora_B.default_0.weight -> x.lora_B.weight (the saved key, without the "unet." prefix)."""
+    return re.sub(r"\.default(_\d+)?\.", ".", name)
+
+
+def test_lora_export_reloads_every_adapter_with_its_trained_values(store, tmp_path):
+    from safetensors.torch import load_file
+
+    from student_train.denoiser import load_denoiser
+    from student_train.students import build_lora
+
+    out = tmp_path / "lora"
+    distill = train_tiny(store, out, method="lcm", student="lora")
+    trained = build_lora(
+        load_denoiser(str(shared_capture().teacher_dir)), TrainConfig(store, str(out), lora_rank=4), False
+    )
+    adapted = {without_adapter_name(name) for name, _ in trained.model.named_parameters() if "lora_B" in name}
+    saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    for model in (load_exported_student(out)[0], stock_pipeline(out, distill).unet):
+        reloaded = {without_adapter_name(name): value for name, value in model.named_parameters()}
+        assert {name for name in reloaded if "lora_B" in name} == adapted  # attention, ff and conv adapters
+        for name in adapted:
+            assert torch.equal(reloaded[name], saved["unet." + name]), name
+    assert any(
+        saved[k].abs().sum() > 0 for k in saved if "attn1.to_q.lora_B" in k
+    )  # trained, not the zero init

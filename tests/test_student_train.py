@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import student_train.training_loop as training_loop
 from student_train.config import TrainConfig
-from tests.student_store_fixture import shared_capture, write_capture_store
+from tests.student_store_fixture import one_torch_thread, shared_capture, write_capture_store  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
