@@ -23,7 +23,7 @@ def option(default, help: str, required: bool = False):
 class TrainConfig:
     cache: str = option(None, "the store (path or fsspec URL)", required=True)
     out: str = option(None, "output folder: the exported student + logs + checkpoints", required=True)
-    method: str = option("lcm", "direct | lcm | progressive")
+    method: str = option("direct", "direct | lcm | progressive")
     student: str = option("full", "full | lora")
     teacher: str = option("", "the denoiser's source; default: the store fingerprint's source")
     num_student_steps: int = option(

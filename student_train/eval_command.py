@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
         unseen_cache=args.unseen_cache,
         steps=parse_steps(args.steps),
         teacher=args.teacher,
+        teacher_spacing=args.teacher_spacing,
         limit=args.limit,
         batch_size=args.batch_size,
         grid_prompts=args.grid_prompts,

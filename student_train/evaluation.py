@@ -45,6 +45,7 @@ class EvalConfig:
     unseen_cache: str = "auto"  # unseen-prompt store; auto = <cache>_unseen if it exists; none = skip
     steps: tuple[int, ...] = DEFAULT_STEPS  # K: student and teacher step counts
     teacher: str = ""  # the teacher folder / Hub id; "" = the source the store's fingerprint names
+    teacher_spacing: str = "trailing"  # teacher@K's DDIM timesteps: trailing (from t = T-1) | store (its own)
     limit: int = 0  # at most this many rows per eval set (0 = all)
     batch_size: int = 16
     grid_prompts: int = 4  # grid rows taken from each eval set
@@ -78,6 +79,12 @@ def check_config(config: EvalConfig) -> None:
         raise DistillCacheError(f"--grid-prompts must be >= 0, not {config.grid_prompts}")
     if config.dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise DistillCacheError(f"--dtype {config.dtype!r} is not one of auto, float32, float16, bfloat16")
+    from student_train.teacher_baseline import SPACINGS
+
+    if config.teacher_spacing not in SPACINGS:
+        raise DistillCacheError(
+            f"--teacher-spacing {config.teacher_spacing!r} is not one of {', '.join(SPACINGS)}"
+        )
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise DistillCacheError(f"--out {config.out} exists and is not a folder; give a folder path")
 
@@ -348,7 +355,13 @@ def generate(eval_set: EvalSet, models: Models, config: EvalConfig, train_settin
         for steps in config.steps:
             with autocast:
                 teacher = sample_with_cfg(
-                    models.teacher, ddim_scheduler(reader.settings), noise, cond, uncond, guidance, steps
+                    models.teacher,
+                    ddim_scheduler(reader.settings, config.teacher_spacing),
+                    noise,
+                    cond,
+                    uncond,
+                    guidance,
+                    steps,
                 )
                 student = student_latents(models, train_settings, noise, cond, sample_ids, steps)
             add(f"teacher@{steps}", "teacher", steps, "ddim", teacher)

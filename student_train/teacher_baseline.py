@@ -4,7 +4,7 @@ The teacher's own denoiser, diffusers' DDIMScheduler at K steps (deterministic, 
 classifier-free guidance at the store's guidance scale, started from the cached initial noise and
 fed the cached cond / uncond conditioning, so no text encoder is needed:
 
-    scheduler = ddim_scheduler(reader.settings)
+    scheduler = ddim_scheduler(reader.settings, spacing="trailing")
     cond, uncond = read_conditioning(reader, rows, "cond"), read_conditioning(reader, rows, "uncond")
     latents = sample_with_cfg(unet, scheduler, reader.read("noise", rows), cond, uncond, guidance, 4)
 
@@ -22,10 +22,23 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from shared.errors import DistillCacheError
 from student_train.denoiser import call_denoiser, nest_conditioning
 
+SPACINGS = ("trailing", "store")
 
-def ddim_scheduler(settings: dict) -> DDIMScheduler:
-    """A DDIMScheduler on the teacher's noise schedule (the store's `settings["scheduler"]`)."""
-    return DDIMScheduler.from_config(settings["scheduler"]["config"])
+
+def ddim_scheduler(settings: dict, spacing: str = "store") -> DDIMScheduler:
+    """A DDIMScheduler on the teacher's noise schedule (the store's `settings["scheduler"]`).
+
+    spacing "store" keeps the teacher's own `timestep_spacing`; "trailing" makes every K start at
+    t = T - 1, from pure noise like the cached noise (Lin et al. 2024, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed"): Stable Diffusion's "leading" spacing starts K = 1 at
+    t = 1 and K = 4 at t = 751, a strawman baseline at few steps.
+    """
+    if spacing not in SPACINGS:
+        raise DistillCacheError(f"unknown timestep spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
+    config = dict(settings["scheduler"]["config"])
+    if spacing == "trailing":
+        config["timestep_spacing"] = "trailing"
+    return DDIMScheduler.from_config(config)
 
 
 def read_conditioning(reader, rows: Sequence[int], half: str) -> dict:

@@ -1,7 +1,7 @@
 """`student-train eval` end to end on a tiny teacher: val split + unseen store, metrics.json, grid.png.
 
 The teacher here samples with DDIM at S = 4 steps and guidance 1, so the teacher baseline at K = S
-reproduces the cache, and a student that is an untrained copy of the teacher sampling the cached
+with the teacher's own timestep spacing reproduces the cache, and a student that is an untrained copy of the teacher sampling the cached
 grid (progressive at K = S) is a perfect pair: PSNR is infinite up to float noise.
 """
 
@@ -93,6 +93,7 @@ def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
         ["--cache", str(tmp_path / "missing"), "--student", str(root / "student")],
         ["--cache", cache, "--student", str(tmp_path)],  # no distill.json
         ["--cache", cache, "--student", str(root / "student"), "--steps", "0,2"],
+        ["--cache", cache, "--student", str(root / "student"), "--teacher-spacing", "leading-ish"],
         ["--cache", cache, "--student", str(root / "student"), "--unseen-cache", str(tmp_path / "nope")],
     ]
     for args in cases:

@@ -3,7 +3,7 @@
 import torch
 
 from student_train.teacher_baseline import concat_halves, ddim_scheduler, guided_output, sample_with_cfg
-from tests.tiny_models import LATENT_SHAPE, tiny_sd_pipeline
+from tests.tiny_models import LATENT_SHAPE, tiny_ddim_scheduler, tiny_sd_pipeline
 
 
 def test_matches_stable_diffusion_pipeline_from_the_same_noise_and_embeddings():
@@ -42,3 +42,16 @@ def test_per_row_guidance_and_nested_halves():
         {"a": torch.zeros(1), "b": {"c": torch.zeros(1)}}, {"a": torch.ones(1), "b": {"c": torch.ones(1)}}
     )
     assert joined["a"].tolist() == [0.0, 1.0] and joined["b"]["c"].tolist() == [0.0, 1.0]
+
+
+def test_trailing_spacing_starts_every_step_count_from_pure_noise():
+    settings = {
+        "scheduler": {"config": dict(tiny_ddim_scheduler().config)}
+    }  # SD's "leading" + steps_offset 1
+    for steps, first in [(1, 999), (4, 999)]:
+        trailing = ddim_scheduler(settings, "trailing")
+        trailing.set_timesteps(steps)
+        assert int(trailing.timesteps[0]) == first and len(trailing.timesteps) == steps
+    own = ddim_scheduler(settings, "store")
+    own.set_timesteps(1)
+    assert own.timesteps.tolist() == [1]  # what "leading" gives at K = 1: the strawman trailing avoids

@@ -2,12 +2,13 @@
 
     python -m teacher_cache.embedded.teacher_table [--teacher DIR] [--n-prompts 280] [--out-dir docs]
 
-Samples one image per prompt (`--n-prompts` of the 560 digit x colour combinations, spread
-evenly; image i uses seed i) with DDIM at 50 steps for several guidance scales (1.0 = no CFG), then
-at 1, 2, 4 and 8 steps with the best guidance, and judges each set: prompt adherence (digit and both
-colours right), per-attribute accuracy, and the Frechet distance of judge features to held-out real
-digits. Prints a markdown table and writes it to OUT_DIR/teacher_table.md, the grid (rows: prompts,
-columns: step counts) to OUT_DIR/teacher_grid.png, and the numbers plus the chosen guidance to
+Samples one image per prompt (`--n-prompts` of the 560 digit x colour combinations, spread evenly;
+image i uses seed i) with DDIM at 50 steps for several guidance scales (1.0 = no CFG), then at 1, 2,
+4 and 8 steps with the best guidance (with the teacher's "leading" timestep spacing, then with
+"trailing"), and judges each set: prompt adherence (digit and both colours right), per-attribute
+accuracy, and the Frechet distance of judge features to held-out real digits. Prints a markdown
+table and writes it to OUT_DIR/teacher_table.md, the grid (rows: prompts, columns: step counts) to
+OUT_DIR/teacher_grid.png, and the numbers plus the chosen guidance to
 TEACHER/teacher_eval.json.
 """
 
@@ -22,7 +23,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image, ImageDraw
 
-from shared.digits import all_prompts
+from shared.digits import all_prompts, make_images
 from shared.judge import load_judge
 from teacher_cache.embedded import DEFAULT_TEACHER_DIR
 
@@ -58,6 +59,12 @@ def load_teacher(path: str, device: str) -> StableDiffusionPipeline:
     return pipe
 
 
+def use_spacing(pipe: StableDiffusionPipeline, spacing: str) -> None:
+    """DDIM with "leading" spacing (Stable Diffusion's config: 1 step evaluates t=1) or "trailing" (Lin et
+    al., "Common Diffusion Noise Schedules and Sample Steps are Flawed": 1 step evaluates t=999)."""
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+
+
 def sample_images(
     pipe: StableDiffusionPipeline,
     prompts: list[str],
@@ -78,10 +85,13 @@ def sample_images(
     return np.concatenate(chunks)
 
 
-def judge_row(judge, images: np.ndarray, prompts: list[str], steps: int, guidance: float) -> dict:
+def judge_row(
+    judge, images: np.ndarray, prompts: list[str], steps: int, guidance: float, spacing: str
+) -> dict:
     accuracy = judge.attribute_accuracy(images, prompts)
     return {
         "steps": steps,
+        "spacing": spacing,
         "guidance": guidance,
         "adherence": round(float(accuracy["all"]), 4),
         "digit": round(float(accuracy["digit"]), 4),
@@ -93,8 +103,8 @@ def judge_row(judge, images: np.ndarray, prompts: list[str], steps: int, guidanc
 
 def markdown_table(rows: list[dict], real_row: dict) -> str:
     lines = [
-        "| DDIM steps | guidance | adherence | digit | fg | bg | FD to real |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| DDIM steps | spacing | guidance | adherence | digit | fg | bg | FD to real |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in [*rows, real_row]:
         steps = "real held-out" if row is real_row else row["steps"]
@@ -102,7 +112,7 @@ def markdown_table(rows: list[dict], real_row: dict) -> str:
             "-" if row is real_row else ("1 (no CFG)" if row["guidance"] == 1.0 else f"{row['guidance']:g}")
         )
         lines.append(
-            f"| {steps} | {guidance} | {row['adherence']:.1%} | {row['digit']:.1%} | {row['fg']:.1%} "
+            f"| {steps} | {row['spacing']} | {guidance} | {row['adherence']:.1%} | {row['digit']:.1%} | {row['fg']:.1%} "
             f"| {row['bg']:.1%} | {row['fd']:.2f} |"
         )
     return "\n".join(lines)
@@ -137,13 +147,11 @@ def run(settings: TableSettings) -> list[dict]:
     ]
     rows, started = [], time.time()
 
-    def measure(steps: int, guidance: float) -> dict:
+    def measure(steps: int, guidance: float, spacing: str = "leading") -> dict:
+        use_spacing(pipe, spacing)
         images = sample_images(pipe, prompts, steps, guidance, settings.batch_size)
-        rows.append(judge_row(judge, images, prompts, steps, guidance))
-        print(
-            f"  {steps:2d} steps, guidance {guidance:g}: {rows[-1]}  ({time.time() - started:.0f}s)",
-            flush=True,
-        )
+        rows.append(judge_row(judge, images, prompts, steps, guidance, spacing))
+        print(f"  {rows[-1]}  ({time.time() - started:.0f}s)", flush=True)
         return rows[-1]
 
     # 50 steps: the guidance sweep picks the best scale (adherence first, then FD).
@@ -151,19 +159,22 @@ def run(settings: TableSettings) -> list[dict]:
     best = max((r for r in sweep if r["guidance"] != 1.0), key=lambda r: (r["adherence"], -r["fd"]))[
         "guidance"
     ]
-    for steps in FEW_STEPS:
-        measure(steps, best)
-
-    from shared.digits import make_images
+    for spacing in ("leading", "trailing"):
+        for steps in FEW_STEPS:
+            measure(steps, best, spacing)
+    use_spacing(pipe, "leading")  # the teacher's own scheduler config, for the grid
 
     real, real_prompts = make_images(len(prompts), seed=1, split="heldout", prompts=prompts)
-    real_row = judge_row(judge, real, real_prompts, 0, 0.0)
+    real_row = judge_row(judge, real, real_prompts, 0, 0.0, "-")
     table = markdown_table(rows, real_row)
     print(table)
 
     # Grid: a few prompts at every few-step count with the best guidance, then 50 steps with and without CFG.
     columns = [
-        (f"{steps} steps", sample_images(pipe, list(GRID_PROMPTS), steps, best, len(GRID_PROMPTS)))
+        (
+            f"{steps} step{'s' * (steps > 1)}",
+            sample_images(pipe, list(GRID_PROMPTS), steps, best, len(GRID_PROMPTS)),
+        )
         for steps in (*FEW_STEPS, REFERENCE_STEPS)
     ]
     columns.append(

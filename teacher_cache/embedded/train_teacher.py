@@ -46,7 +46,7 @@ class TeacherSettings:
     out: str = str(DEFAULT_TEACHER_DIR)
     seed: int = 0
     pool_size: int = 24000  # training images, drawn once from shared.digits (split "train")
-    vae_steps: int = 400
+    vae_steps: int = 600
     vae_batch_size: int = 64
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-4  # on the per-sample KL sum, against the per-sample squared-error sum
@@ -58,9 +58,6 @@ class TeacherSettings:
     ema_power: float = 0.75  # EMAModel warmup: decay = 1 - (1 + step) ** -power, at most 0.999
     save_every: int = 500  # write the pipeline (EMA weights) every N UNet steps, 0 = only at the end
     log_every: int = 50
-    vae_from: str = (
-        ""  # a teacher folder whose vae/ to reuse instead of running stage 1 (same seed: same VAE)
-    )
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     threads: int = 1  # on a shared CPU, 2 OpenMP threads ran 5-10x slower than 1 (oversubscription)
     architecture: TeacherArchitecture = field(default_factory=TeacherArchitecture)
@@ -263,18 +260,13 @@ def run(settings: TeacherSettings) -> Path:
     input_ids, empty_ids = tokenize(tokenizer, prompts), tokenize(tokenizer, [""])[0]
 
     # Stage 1: the VAE; Stable Diffusion's scaling factor makes the latents unit-variance.
-    if settings.vae_from:
-        vae, vae_history = AutoencoderKL.from_pretrained(settings.vae_from, subfolder="vae"), []
-        latent_mean, latent_std = encode_pool(vae, images)
-        scaling = vae.config.scaling_factor
-    else:
-        torch.manual_seed(settings.seed)
-        vae = build_vae(settings.architecture)
-        vae_history = train_vae(settings, vae, images)
-        vae.to("cpu")
-        latent_mean, latent_std = encode_pool(vae, images)
-        scaling = 1.0 / float((latent_mean + latent_std * torch.randn_like(latent_mean)).std())
-        vae.register_to_config(scaling_factor=scaling)
+    torch.manual_seed(settings.seed)
+    vae = build_vae(settings.architecture)
+    vae_history = train_vae(settings, vae, images)
+    latent_mean, latent_std = encode_pool(vae, images)
+    vae.to("cpu")
+    scaling = 1.0 / float((latent_mean + latent_std * torch.randn_like(latent_mean)).std())
+    vae.register_to_config(scaling_factor=scaling)
     print(f"vae  done: scaling_factor {scaling:.4f}  {time.time() - started:.0f}s", flush=True)
 
     # Stage 2: UNet + text encoder, saving EMA snapshots along the way.
