@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="teacher folder or Hub id; default: the one the store names",
     )
     parser.add_argument(
+        "--teacher-spacing",
+        default=defaults.teacher_spacing,
+        help="teacher@K's DDIM timesteps: trailing (every K starts at t = T-1) or store (the teacher's own)",
+    )
+    parser.add_argument(
         "--limit", type=int, default=defaults.limit, help="at most N rows per eval set (0 = all)"
     )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)

@@ -35,10 +35,9 @@ def ddim_scheduler(settings: dict, spacing: str = "store") -> DDIMScheduler:
     """
     if spacing not in SPACINGS:
         raise DistillCacheError(f"unknown timestep spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
-    config = dict(settings["scheduler"]["config"])
-    if spacing == "trailing":
-        config["timestep_spacing"] = "trailing"
-    return DDIMScheduler.from_config(config)
+    config = {key: value for key, value in settings["scheduler"]["config"].items() if not key.startswith("_")}
+    overrides = {"timestep_spacing": "trailing"} if spacing == "trailing" else {}
+    return DDIMScheduler.from_config(config, **overrides)
 
 
 def read_conditioning(reader, rows: Sequence[int], half: str) -> dict:

@@ -83,10 +83,3 @@ def test_heldout_prompts_are_a_fixed_tenth_and_leave_every_word_in_training():
     parsed = [parse_prompt(p) for p in train]
     assert {d for d, _, _ in parsed} == set(range(len(DIGIT_WORDS)))
     assert {fg for _, fg, _ in parsed} == {bg for _, _, bg in parsed} == set(COLOURS)
-
-
-def test_committed_prompt_files_are_current():
-    from teacher_cache.embedded.prompt_files import prompt_file_texts
-
-    for path, text in prompt_file_texts().items():
-        assert path.read_text() == text, f"{path} is stale: run python -m teacher_cache.embedded.prompt_files"
