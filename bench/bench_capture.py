@@ -30,7 +30,7 @@ from teacher_cache.teacher_loading import loading_bars_hidden
 PROMPTS = 32
 BATCH_SIZE = 8
 STEPS = 50
-REPEATS = 3
+REPEATS = 5
 THREADS = 1  # torch threads for both sides: on a shared 2-core machine, more threads mostly add noise
 UNET_BLOCKS = ("down_blocks.*", "mid_block", "up_blocks.*")
 WITHOUT_FEATURES = tuple(group for group in ALL_FIELD_GROUPS if group != "features")
@@ -72,6 +72,7 @@ def plain_pipeline(config: CaptureConfig) -> None:
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
             generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+            output_type="pt",  # decoded, as the capture decodes for its previews (no PIL conversion)
         )
 
 

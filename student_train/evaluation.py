@@ -4,7 +4,8 @@ Two eval sets: the `val` split of the training store (rows never trained on) and
 unseen-prompt store (prompts absent from the training store). For each K in `--steps`, from the
 cached initial noise and the cached conditioning of each row:
 
-    teacher@K   the teacher's denoiser, DDIM at K steps, CFG at the row's guidance (teacher_baseline.py)
+    teacher@K   the teacher's denoiser, DDIM at K steps, CFG at the row's guidance (teacher_baseline.py),
+                "trailing" timesteps by default (every K starts at t = T-1, from the pure cached noise)
     student@K   the student, its method's few-step sampler (sampling.py)
 
 Both are decoded with the teacher's VAE (eval may load the VAE; training never does) and compared,
@@ -114,7 +115,10 @@ def resolve_unseen_cache(config: EvalConfig) -> str | None:
         return None
     if config.unseen_cache == "auto":
         candidate = config.cache.rstrip("/") + UNSEEN_SUFFIX
-        return candidate if Path(candidate, "store.json").exists() else None
+        if Path(candidate, "store.json").exists():
+            return candidate
+        print(f"eval: no unseen-prompt store at {candidate}: val split only (pass --unseen-cache STORE)")
+        return None
     return config.unseen_cache
 
 

@@ -51,7 +51,11 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
     assert len(reader.indices("val")) > 0, "the fixture needs val rows"
     metrics = run(
         EvalConfig(
-            cache=cache, student=str(root / "student"), out=str(root / "out"), steps=(1, STEPS), judge=False
+            cache=cache,
+            student=str(root / "student"),
+            out=str(root / "out"),
+            steps=(1, STEPS),
+            teacher_spacing="store",  # the teacher's own DDIM spacing: teacher@S is the cache
         )
     )
 
