@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 
 TEACHER ?= teacher_cache/embedded/default_teacher
 CACHE ?= runs/cache
+CACHE_UNSEEN ?= $(CACHE)_unseen
+CACHE_RUN_ARGS ?= --features "down_blocks.*,mid_block,up_blocks.*" --batch-size 64 --threads 1
 STUDENT ?= runs/student
 EVAL ?= runs/eval
 CACHE_ARGS ?=
@@ -26,9 +28,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# Phase one on the embedded teacher; rerunning resumes and skips committed rows.
+# Phase one on the embedded teacher: the training store, then the unseen-prompt eval store
+# (<cache>_unseen, read by student-train eval). Rerunning resumes and skips committed rows.
 cache: $(STAMP)
-	$(PY) -m teacher_cache run --out $(CACHE) $(CACHE_ARGS)
+	$(PY) -m teacher_cache run --out $(CACHE) $(CACHE_RUN_ARGS) $(CACHE_ARGS)
+	$(PY) -m teacher_cache run --out $(CACHE_UNSEEN) --prompts teacher_cache/prompts/default_unseen.txt \
+		--seeds-per-prompt 2 --fields noise,final_latents,cond,preview --batch-size 64 --threads 1 $(CACHE_ARGS)
 
 train: cache
 	$(PY) -m student_train run --cache $(CACHE) --out $(STUDENT) $(TRAIN_ARGS)

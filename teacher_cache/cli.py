@@ -1,8 +1,8 @@
 """`teacher-cache`: phase one. Run a many-step CFG teacher once and keep what it computed.
 
-    teacher-cache run --teacher PATH_OR_ID --prompts FILE --out STORE ...
-    teacher-cache info STORE [--json]
-    teacher-cache verify STORE
+teacher-cache run --teacher PATH_OR_ID --prompts FILE --out STORE ...
+teacher-cache info STORE [--json]
+teacher-cache verify STORE
 """
 
 import sys
