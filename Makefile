@@ -6,7 +6,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-TEACHER ?= teacher_cache/embedded/default_teacher
 CACHE ?= runs/cache
 CACHE_UNSEEN ?= $(CACHE)_unseen
 CACHE_RUN_ARGS ?= --features "down_blocks.*,mid_block,up_blocks.*" --batch-size 64 --threads 1

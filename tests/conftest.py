@@ -1,0 +1,13 @@
+"""Test-wide settings: one torch thread per process.
+
+The tests run tiny models, where thread start-up costs more than it saves, and several tests start
+subprocesses (writers, accelerate ranks) that would otherwise fight over the two cores.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads at import)
+
+torch.set_num_threads(1)
