@@ -35,7 +35,7 @@ cache: $(STAMP)
 		--seeds-per-prompt 2 --fields noise,final_latents,cond,preview --batch-size 64 --threads 1 $(CACHE_ARGS)
 
 train: cache
-	$(PY) -m student_train run --cache $(CACHE) --out $(STUDENT) $(TRAIN_ARGS)
+	$(PY) -m student_train run --cache $(CACHE) --out $(STUDENT) --resume $(TRAIN_ARGS)
 
 eval: $(STAMP)
 	$(PY) -m student_train eval --cache $(CACHE) --student $(STUDENT) --out $(EVAL) $(EVAL_ARGS)

@@ -33,6 +33,7 @@ class TrainConfig:
     batch_size: int = option(16, "samples per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer update")
     lr: float = option(1e-4, "LCM: 1e-6 full / 1e-4 LoRA (SD); Direct Distill: 1e-5 full / 1e-4 LoRA")
+    lr_schedule: str = option("cosine", "constant | cosine (decays to 0 at --train-steps)")
     lr_warmup_steps: int = option(0, "linear warm-up of the learning rate over N updates")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm")

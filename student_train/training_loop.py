@@ -15,8 +15,10 @@ OUT/ holds the student folder (export.py) plus train_config.json, logs/ and chec
 
 import csv
 import json
+import math
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,6 +35,7 @@ from student_train.randomness import SampleRandom
 from student_train.students import build_student, check_student_settings
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS_KEPT = 2
 
 
@@ -54,6 +57,10 @@ def validate_settings(config: TrainConfig) -> None:
         raise DistillCacheError(
             f"unknown --mixed-precision {config.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}"
         )
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise DistillCacheError(
+            f"unknown --lr-schedule {config.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"
+        )
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         raise DistillCacheError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
     for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every"):
@@ -61,6 +68,15 @@ def validate_settings(config: TrainConfig) -> None:
             raise DistillCacheError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
     if config.w_min > config.w_max:
         raise DistillCacheError(f"--w-min {config.w_min} is above --w-max {config.w_max}")
+
+
+def lr_factor(config: TrainConfig, num_processes: int, n: int) -> float:
+    """LR multiplier after n scheduler steps (accelerate steps the schedule once per process)."""
+    update = n / num_processes
+    warmup = min(1.0, (update + 1) / config.lr_warmup_steps) if config.lr_warmup_steps else 1.0
+    if config.lr_schedule == "cosine":
+        return warmup * 0.5 * (1 + math.cos(math.pi * min(update / config.train_steps, 1.0)))
+    return warmup
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -151,9 +167,8 @@ def train(config: TrainConfig) -> Path:
     optimizer = torch.optim.AdamW(
         student.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    warmup = config.lr_warmup_steps * accelerator.num_processes
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0
+        optimizer, partial(lr_factor, config, accelerator.num_processes)
     )
     student.model, optimizer, lr_schedule = accelerator.prepare(student.model, optimizer, lr_schedule)
     if student.ema is not None:

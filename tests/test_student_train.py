@@ -2,6 +2,7 @@
 and a run killed and resumed ends with the same weights as an uninterrupted one."""
 
 import json
+import math
 
 import diffusers
 import pytest
@@ -116,3 +117,14 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(store, tmp_path, monk
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
     distill = json.loads((tmp_path / "killed" / "distill.json").read_text())
     assert distill["train"]["resumed_from_step"] == 2
+
+
+def test_lr_schedule_factors():
+    cosine = TrainConfig("c", "o", train_steps=100, lr_schedule="cosine", lr_warmup_steps=10)
+    assert training_loop.lr_factor(cosine, 1, 4) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.04)))
+    assert training_loop.lr_factor(cosine, 1, 50) == pytest.approx(0.5)
+    assert training_loop.lr_factor(cosine, 2, 100) == pytest.approx(
+        0.5
+    )  # two processes step it twice per update
+    assert training_loop.lr_factor(cosine, 1, 100) == pytest.approx(0.0, abs=1e-12)
+    assert training_loop.lr_factor(TrainConfig("c", "o", lr_schedule="constant"), 1, 500) == 1.0
