@@ -167,3 +167,24 @@ def write_capture_store(
     writer = StoreWriter(str(url), fingerprint=capture.fingerprint, settings=capture.settings, fields=specs)
     writer.commit(capture.rows, keep)
     return str(url)
+
+
+def tiny_train_config(store: str, out, **overrides):
+    """A TrainConfig for seconds-long runs on the tiny store; overrides win."""
+    from student_train.config import TrainConfig
+
+    settings = dict(
+        cache=str(store),
+        out=str(out),
+        train_steps=4,
+        batch_size=3,
+        lr=1e-3,
+        lora_rank=4,
+        lora_alpha=4,
+        num_student_steps=2,
+        w_min=0.5,
+        w_max=2.0,
+        log_every=1,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)

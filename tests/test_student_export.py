@@ -14,7 +14,13 @@ from student_train.config import TrainConfig
 from student_train.export import load_exported_student, load_student_scheduler
 from student_train.randomness import SampleRandom
 from student_train.sampling import sample
-from tests.student_store_fixture import capture_batch, one_torch_thread, shared_capture, write_capture_store  # noqa: F401 (autouse)
+from tests.student_store_fixture import (  # noqa: F401 (autouse)
+    capture_batch,
+    one_torch_thread,
+    shared_capture,
+    tiny_train_config,
+    write_capture_store,
+)  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +29,8 @@ def store(tmp_path_factory) -> str:
 
 
 def train_tiny(store, out, **overrides):
-    settings = dict(
-        cache=store,
-        out=str(out),
-        train_steps=2,
-        batch_size=3,
-        lr=1e-2,
-        lora_rank=4,
-        lora_alpha=8,
-        num_student_steps=2,
-        w_min=0.5,
-        w_max=2.0,
-    )
-    settings.update(overrides)
-    training_loop.train(TrainConfig(**settings))
+    """Two updates at lr 1e-2 (enough to move every adapter), then the exported distill.json."""
+    training_loop.train(tiny_train_config(store, out, train_steps=2, lr=1e-2, lora_alpha=8, **overrides))
     return json.loads((out / "distill.json").read_text())
 
 

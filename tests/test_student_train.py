@@ -12,30 +12,17 @@ from safetensors.torch import load_file
 
 import student_train.training_loop as training_loop
 from student_train.config import TrainConfig
-from tests.student_store_fixture import one_torch_thread, shared_capture, write_capture_store  # noqa: F401 (autouse)
+from tests.student_store_fixture import (  # noqa: F401 (autouse)
+    one_torch_thread,
+    shared_capture,
+    tiny_train_config,
+    write_capture_store,
+)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
-
-
-def tiny_config(store: str, out, **overrides) -> TrainConfig:
-    settings = dict(
-        cache=store,
-        out=str(out),
-        train_steps=4,
-        batch_size=3,
-        lr=1e-3,
-        lora_rank=4,
-        lora_alpha=4,
-        num_student_steps=2,
-        w_min=0.5,
-        w_max=2.0,
-        log_every=1,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
 
 
 def logged_losses(out) -> list[float]:
@@ -46,7 +33,9 @@ def logged_losses(out) -> list[float]:
 def test_direct_lora_loss_falls(store, tmp_path):
     out = tmp_path / "direct"
     training_loop.train(
-        tiny_config(store, out, method="direct", student="lora", train_steps=16, log_every=4, loss="l2")
+        tiny_train_config(
+            store, out, method="direct", student="lora", train_steps=16, log_every=4, loss="l2", lr=3e-3
+        )
     )
     losses = logged_losses(out)
     assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], (
@@ -61,7 +50,7 @@ def test_direct_lora_loss_falls(store, tmp_path):
 @pytest.mark.parametrize("method", ["lcm", "progressive"])
 def test_full_student_trains_and_exports(store, tmp_path, method):
     out = tmp_path / method
-    training_loop.train(tiny_config(store, out, method=method, student="full", train_steps=3))
+    training_loop.train(tiny_train_config(store, out, method=method, student="full", train_steps=3))
     unet_config = json.loads((out / "unet" / "config.json").read_text())
     assert unet_config["time_cond_proj_dim"] == (256 if method == "lcm" else None)  # LCM's w-embedding
     assert all(loss == loss for loss in logged_losses(out))  # finite, logged every update
@@ -88,7 +77,9 @@ def test_only_the_denoiser_is_loaded_and_the_teacher_never_runs(store, tmp_path,
         "forward",
         lambda self, *a, **k: forwards.append(id(self)) or forward(self, *a, **k),
     )
-    training_loop.train(tiny_config(store, tmp_path / "lcm", method="lcm", student="full", train_steps=3))
+    training_loop.train(
+        tiny_train_config(store, tmp_path / "lcm", method="lcm", student="full", train_steps=3)
+    )
     assert len(loaded) == 1 and loaded[0].__class__.__name__ == "UNet2DConditionModel"
     assert id(loaded[0]) not in forwards  # the teacher's weights never ran
     assert len(forwards) == 2 * 3 and len(set(forwards)) == 2  # per update: the student and its EMA target
@@ -96,7 +87,7 @@ def test_only_the_denoiser_is_loaded_and_the_teacher_never_runs(store, tmp_path,
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(store, tmp_path, monkeypatch):
     settings = dict(method="lcm", student="full", train_steps=5, checkpoint_every=2)
-    training_loop.train(tiny_config(store, tmp_path / "whole", **settings))
+    training_loop.train(tiny_train_config(store, tmp_path / "whole", **settings))
 
     write = training_loop.TrainLog.write
 
@@ -107,9 +98,9 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(store, tmp_path, monk
 
     monkeypatch.setattr(training_loop.TrainLog, "write", die_after_step_3)
     with pytest.raises(KeyboardInterrupt):
-        training_loop.train(tiny_config(store, tmp_path / "killed", **settings))
+        training_loop.train(tiny_train_config(store, tmp_path / "killed", **settings))
     monkeypatch.setattr(training_loop.TrainLog, "write", write)
-    training_loop.train(tiny_config(store, tmp_path / "killed", resume=True, **settings))
+    training_loop.train(tiny_train_config(store, tmp_path / "killed", resume=True, **settings))
 
     whole = load_file(str(tmp_path / "whole" / "unet" / "diffusion_pytorch_model.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "unet" / "diffusion_pytorch_model.safetensors"))
