@@ -1,7 +1,8 @@
 """`make bench` = `python -m bench [NAME ...]`: run every benchmark module `bench/bench_*.py`.
 
 Each module has `main() -> dict`; it prints its own table and returns its figures, which are
-collected into runs/bench/results.json so README figures can be traced to one run.
+collected into runs/bench/results.json (each benchmark's newest run; the others' are kept) so README
+figures can be traced to the run that made them.
 """
 
 import importlib
@@ -35,7 +36,8 @@ def main(argv: list[str]) -> int:
         print(f"({name}: {time.perf_counter() - started:.0f} s)", flush=True)
     out = Path("runs/bench/results.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
+    earlier = json.loads(out.read_text()) if out.exists() else {}  # other benchmarks' last figures stay
+    out.write_text(json.dumps({**earlier, **results}, indent=2, default=str))
     print(f"\nfigures written to {out}")
     return 0
 

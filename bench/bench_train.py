@@ -8,15 +8,19 @@ cached ones (student_train.losses): only where the teacher tensors come from dif
 
   cache           `teacher-cache run` of the bench store: cost per cached row (the price of the cache,
                   start-up included, so over-stated for a bench store much smaller than a real cache)
-  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*), the
-                  store's rows loaded into memory once, as `student-train run` does (student_train.batches)
-  lcm-streamed    the same, each batch read from the store when needed (memory independent of the
-                  cache size; the store's per-read cost in the step time)
+  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*), read
+                  exactly as `student-train run` reads them (student_train.batches: streamed, one batch
+                  ahead in a reader thread)
+  lcm-preloaded   the same with the split preloaded into memory (`student-train run --preload`)
   lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py: text-encode the prompts,
                   VAE-encode real images (shared.digits), noise them to t_n, teacher cond + uncond
                   passes at x_t; the loss then takes its DDIM solver step from those outputs
-  direct-cached   the direct loss on (noise, final_latents, cond.*) from the store (and direct-streamed)
+  direct-cached   the direct loss on (noise, final_latents, cond.*) from the store (and direct-preloaded)
   direct-online   the teacher's S-step CFG sampling of each batch inside the loop, then the same loss
+
+Two teachers: the embedded one (every variant; full students, lcm with LoRA too) and one with SD1.5's
+architecture and random weights (bench/sd15_shaped_teacher.py; lcm LoRA cached vs online), whose
+UNet / text encoder / VAE proportions are those a user's run has.
 
 Each variant runs in its own subprocess, so `ru_maxrss` is that variant's own peak; the RSS right
 after the imports is reported too (peak minus it = what the variant itself added). Step time is the
@@ -24,6 +28,7 @@ median over the timed steps, after warm-up steps.
 """
 
 import argparse
+import copy
 import json
 import resource
 import shutil
@@ -34,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-VARIANTS = ("lcm-cached", "lcm-streamed", "lcm-online", "direct-cached", "direct-streamed", "direct-online")
+VARIANTS = ("lcm-cached", "lcm-preloaded", "lcm-online", "direct-cached", "direct-preloaded", "direct-online")
 CACHE_VARIANT = "cache"
 BENCH_STORE = Path("runs/bench/train_cache")
 STUDENTS_PER_CACHE = 3  # "three students trained from one cache"
@@ -54,6 +59,10 @@ class BenchSettings:
     threads: int = 1  # torch CPU threads; one per variant keeps CPU-time figures comparable on shared cores
     teacher: str = ""  # cache variant: the teacher ("" = teacher-cache run's default, the embedded one)
     cache_rows: int = 64  # cache variant: rows of the default prompt list to cache
+    cache_steps: int = 0  # cache variant: the teacher's steps; 0 = teacher-cache run's default (50)
+    cache_size: int = 0  # cache variant: image side in pixels; 0 = the pipeline's default
+    cache_fields: str = ""  # cache variant: comma-separated field groups; "" = all
+    gradient_checkpointing: bool = False  # as student-train run --gradient-checkpointing
 
 
 def peak_rss_mib() -> float:
@@ -100,44 +109,20 @@ def train_config(settings: BenchSettings, method: str):
         method=method,
         student=settings.student,
         batch_size=settings.batch_size,
+        gradient_checkpointing=settings.gradient_checkpointing,
     )
 
 
-def cached_batches(settings: BenchSettings, config, reader, device):
-    """Batches the way student-train run makes them: the split loaded once, rows per micro-step."""
-    from student_train.batches import load_training_data, rows_for_micro_step
+def store_batches(settings: BenchSettings, config, reader, device, preload: bool):
+    """Batches exactly as `student-train run` makes them (student_train.batches): streamed from the
+    store one batch ahead by default, or the split preloaded into memory (--preload)."""
+    from student_train.batches import TrainingData, rows_for_micro_step
     from student_train.losses import get_method
 
-    data = load_training_data(reader, get_method(config.method).fields, split="all")
-
-    def batch_at(step: int):
-        return data.batch(rows_for_micro_step(len(data), settings.batch_size, settings.seed, step), device)
-
-    return batch_at, [data.fields, data.cond]
-
-
-def streamed_batches(settings: BenchSettings, config, reader, device):
-    """Each batch read from the store at its step: the same rows as `cached_batches`, nothing kept."""
-    from student_train.batches import Batch, rows_for_micro_step
-    from student_train.denoiser import nest_conditioning
-    from student_train.losses import get_method
-
-    fields = get_method(config.method).fields
-    cond_names = [name for name in reader.fields if name.startswith("cond.")]
-    all_rows, sample_ids = reader.indices(None), reader.manifest.column("sample_id").to_pylist()
-
-    def batch_at(step: int):
-        rows = [
-            int(all_rows[i])
-            for i in rows_for_micro_step(len(all_rows), settings.batch_size, settings.seed, step)
-        ]
-        loaded = {name: reader.read(name, rows).float().to(device) for name in fields}
-        cond = nest_conditioning(
-            {name[len("cond.") :]: reader.read(name, rows).float().to(device) for name in cond_names}
-        )
-        return Batch(loaded, cond, [sample_ids[r] for r in rows])
-
-    return batch_at, []
+    data = TrainingData(reader, get_method(config.method).fields, split="all", preload=preload)
+    steps = range(settings.warmup_steps + settings.timed_steps)
+    schedule = (rows_for_micro_step(len(data), settings.batch_size, settings.seed, step) for step in steps)
+    return data.batches(schedule, device), [data.preloaded or {}]
 
 
 def online_prompts(step: int, batch_size: int, seed: int) -> list[str]:
@@ -171,6 +156,7 @@ def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
     grid = torch.tensor(cached_grid(reader.settings, schedule), device=device)  # (S + 1,)
     num_steps = len(grid) - 1
     scaling = pipe.vae.config.scaling_factor
+    image_size = tuple(side * pipe.vae_scale_factor for side in reader.settings["latent_shape"][1:])
     uncond = empty_prompt_embeds(pipe, settings.batch_size, device)  # once, as the script does
 
     @torch.no_grad()
@@ -184,6 +170,9 @@ def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
         n = SampleRandom(settings.seed, step, sample_ids, device).randint(0, num_steps)  # (B,)
         cond = pipe.encode_prompt(prompts, device, 1, False)[0]  # [B, L, D]
         pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 32, 32]
+        pixels = torch.nn.functional.interpolate(
+            pixels, size=image_size, mode="bilinear"
+        )  # the teacher's size
         latents = pipe.vae.encode(pixels).latent_dist.sample() * scaling  # [B, C, h, w]
         t = grid[n]
         alpha, sigma = (v.view(-1, 1, 1, 1) for v in schedule.alpha_sigma(t))
@@ -266,31 +255,33 @@ def measure(settings: BenchSettings) -> dict:
     spec = get_method(method)
     loss_fn = spec.build(config, reader.settings, schedule)
     teacher_source = reader.fingerprint["source"]
-    if source in ("cached", "streamed"):  # the denoiser's weights only, as student-train run
+    steps = range(settings.warmup_steps + settings.timed_steps)
+    if source in ("cached", "preloaded"):  # the denoiser's weights only, as student-train run
         denoiser = load_denoiser(teacher_source, reader.settings.get("denoiser", "unet"))
         student = build_student(config.student, denoiser.to(device), config, spec.w_conditioned)
         del denoiser
-        make_batches = cached_batches if source == "cached" else streamed_batches
-        batch_at, resident = make_batches(settings, config, reader, device)
+        batches, resident = store_batches(settings, config, reader, device, preload=source == "preloaded")
     else:  # the whole teacher pipeline in memory, run in the loop
         pipe = DiffusionPipeline.from_pretrained(teacher_source).to(device)
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.requires_grad_(False).eval()
-        student = build_student(config.student, pipe.unet, config, spec.w_conditioned)
+        # The student's UNet is loaded beside the teacher's, as in diffusers' LCM and LCM-LoRA scripts.
+        student = build_student(config.student, copy.deepcopy(pipe.unet), config, spec.w_conditioned)
         resident = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
         if method == "lcm":
             batch_at = online_lcm_batches(settings, reader, pipe, schedule, device)
         else:
             batch_at = online_direct_batches(settings, reader, pipe, device)
+        batches = (batch_at(step) for step in steps)
     student.model.to(device)
     if student.ema is not None:
         student.ema.to(device)
     optimizer = torch.optim.AdamW(student.trainable_parameters(), lr=config.lr)
 
     seconds, cpu_seconds = [], []
-    for step in range(settings.warmup_steps + settings.timed_steps):
+    for step in steps:
         started, cpu_started = time.perf_counter(), time.process_time()
-        batch = batch_at(step)
+        batch = next(batches)
         random = SampleRandom(settings.seed, step, batch.sample_ids, device)
         loss = loss_fn(student, batch, random, step).mean()
         loss.backward()
@@ -302,6 +293,7 @@ def measure(settings: BenchSettings) -> dict:
         if step >= settings.warmup_steps:
             seconds.append(time.perf_counter() - started)
             cpu_seconds.append(time.process_time() - cpu_started)
+    batches.close()
     figures = {
         "variant": settings.variant,
         "student": settings.student,
@@ -315,7 +307,7 @@ def measure(settings: BenchSettings) -> dict:
         "source_mib": held_mib(*resident),
         "peak_rss_mib": peak_rss_mib(),
         "rss_after_imports_mib": rss_after_imports,
-        "loss": float(loss),
+        "loss": loss.item(),
     }
     if device.type == "cuda":
         figures["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -334,6 +326,12 @@ def time_cache(settings: BenchSettings) -> dict:
     if store.exists():
         shutil.rmtree(store)
     overrides = {"teacher": settings.teacher} if settings.teacher else {}
+    if settings.cache_steps:
+        overrides["steps"] = settings.cache_steps
+    if settings.cache_size:
+        overrides["height"] = overrides["width"] = settings.cache_size
+    if settings.cache_fields:
+        overrides["fields"] = tuple(settings.cache_fields.split(","))
     started, cpu_started = time.perf_counter(), time.process_time()
     summary = run(CaptureConfig(out=str(store), limit=settings.cache_rows, progress=False, **overrides))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -355,7 +353,8 @@ def run_variant(settings: BenchSettings) -> dict:
     """One variant in a fresh interpreter: its last stdout line is its figures as JSON."""
     command = [sys.executable, "-m", "bench.bench_train"]
     for name, value in asdict(settings).items():
-        command += [f"--{name.replace('_', '-')}", str(value)]
+        flag = f"--{name.replace('_', '-')}"
+        command += ([flag] if value else []) if isinstance(value, bool) else [flag, str(value)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"bench variant {settings.variant} failed:\n{result.stderr[-3000:]}")
@@ -379,12 +378,20 @@ def step_cost(run: dict) -> float:
     return run["step_cpu_seconds_median"] if run["device"] == "cpu" else run["step_seconds_median"]
 
 
-LOADERS = ("cached", "streamed")
+LOADERS = ("cached", "preloaded")
+SD15_TEACHER = Path("runs/bench/sd15_teacher")
+SD15_STORE = Path("runs/bench/sd15_cache")
+# SD1.5-shaped scenario: 256 px (32 x 32 latents), 8 teacher steps (a step of training reads one point
+# of the trajectory, so the grid length barely matters), LoRA students at batch 2: each step is
+# tens of CPU-seconds and online LoRA holds ~12 GB on this 24 GB machine. Full SD1.5 students
+# (weights, EMA, gradients, Adam: ~17 GB before the teacher) do not fit here.
+SD15_CACHE = dict(cache_rows=4, cache_steps=8, cache_size=256, cache_fields="trajectory,out,cond")
+SD15_TRAIN = dict(student="lora", batch_size=2, warmup_steps=1, timed_steps=3)
 
 
-def comparison(runs: dict[str, dict], method: str, loader: str) -> dict:
-    """Online vs `loader` for one method: step speed-up and memory ratios (cached / online)."""
-    ours, online = runs[f"{method}-{loader}"], runs[f"{method}-online"]
+def comparison(runs: dict[str, dict], ours: str, online: str) -> dict:
+    """runs[online] vs runs[ours]: step speed-up (online / ours) and memory ratios (ours / online)."""
+    ours, online = runs[ours], runs[online]
 
     def added(run: dict) -> float:
         return run["peak_rss_mib"] - run["rss_after_imports_mib"]
@@ -408,21 +415,6 @@ def three_students(cache: dict, runs: dict[str, dict], scenario: dict, loader: s
     return {"cached_seconds": cached, "online_seconds": online, "cost_ratio": online / cached}
 
 
-def summarize(cache: dict, runs: dict[str, dict], lora_runs: dict[str, dict], scenario: dict) -> dict:
-    """The README figures, for both loaders: lcm (full and LoRA) speed-up and memory; direct cost."""
-    return {
-        "scenario": scenario,
-        "cache_seconds_per_row": step_cost(cache),
-        **{f"lcm_{loader}": comparison(runs, "lcm", loader) for loader in LOADERS},
-        **{f"lcm_lora_{loader}": comparison(lora_runs, "lcm", loader) for loader in LOADERS},
-        **{f"direct_{loader}": comparison(runs, "direct", loader) for loader in LOADERS},
-        **{
-            f"direct_three_students_{loader}": three_students(cache, runs, scenario, loader)
-            for loader in LOADERS
-        },
-    }
-
-
 def print_table(runs: dict[str, dict], summary: dict) -> None:
     print(
         "| variant | step (s) | step CPU (s) | peak RSS (MiB) | RSS added (MiB) | held (MiB) "
@@ -435,50 +427,78 @@ def print_table(runs: dict[str, dict], summary: dict) -> None:
             f"| {name} | {run['step_seconds_median']:.3f} | {run['step_cpu_seconds_median']:.3f} | "
             f"{run['peak_rss_mib']:.0f} | {added:.0f} | {run['held_mib']:.1f} | {run['source_mib']:.1f} |"
         )
-    for key in ("lcm_cached", "lcm_streamed", "lcm_lora_cached", "lcm_lora_streamed"):
-        figures = summary[key]
-        print(
-            f"{key}: online / ours step {figures['speedup']:.2f}x (target >= 1.5x); ours / online peak RSS "
-            f"{figures['peak_rss_ratio']:.2f}, RSS added {figures['added_rss_ratio']:.2f}, held tensors "
-            f"{figures['held_ratio']:.2f} (target <= 0.6)"
-        )
-    scenario = summary["scenario"]
-    for loader in LOADERS:
-        figures = summary[f"direct_three_students_{loader}"]
-        print(
-            f"direct ({loader}): three students of {scenario['train_steps']} steps from one cache of "
-            f"{scenario['cache_rows']} rows ({summary['cache_seconds_per_row']:.3f} s/row) = "
-            f"{figures['cached_seconds']:.0f} s; three online runs = {figures['online_seconds']:.0f} s: "
-            f"{figures['cost_ratio']:.1f}x cheaper (target >= 3x)"
-        )
+    for key, figures in summary.items():
+        if "speedup" in figures:
+            print(
+                f"{key}: online / ours step {figures['speedup']:.2f}x (target >= 1.5x); ours / online peak "
+                f"RSS {figures['peak_rss_ratio']:.2f}, RSS added {figures['added_rss_ratio']:.2f}, held "
+                f"tensors {figures['held_ratio']:.2f} (target <= 0.6)"
+            )
+        elif "cost_ratio" in figures:
+            print(
+                f"{key}: three students of {summary['scenario']['train_steps']} steps from one cache of "
+                f"{summary['scenario']['cache_rows']} rows ({summary['cache_seconds_per_row']:.3f} s/row) = "
+                f"{figures['cached_seconds']:.0f} s; three online runs = {figures['online_seconds']:.0f} s: "
+                f"{figures['cost_ratio']:.1f}x cheaper (target >= 3x)"
+            )
 
 
-def main(store: Path = BENCH_STORE, cache_rows: int = 64, teacher: str = "") -> dict:
-    """Build the bench store (timed; default teacher: the embedded one), then measure every variant
-    with the default student (full) and the lcm variants with a LoRA student, each in its own process."""
-    cache = run_variant(
-        BenchSettings(variant=CACHE_VARIANT, store=str(store), teacher=teacher, cache_rows=cache_rows)
-    )
+def embedded_scenario(store: Path = BENCH_STORE, cache_rows: int = 64) -> dict:
+    """The embedded teacher: every variant with the default (full) student, lcm with LoRA too."""
+    cache = run_variant(BenchSettings(variant=CACHE_VARIANT, store=str(store), cache_rows=cache_rows))
     runs = {variant: run_variant(BenchSettings(variant=variant, store=str(store))) for variant in VARIANTS}
-    lora_runs = {
-        variant: run_variant(BenchSettings(variant=variant, store=str(store), student="lora"))
-        for variant in VARIANTS
-        if variant.startswith("lcm")
-    }
-    summary = summarize(cache, runs, lora_runs, default_scenario())
-    print_table({**runs, **{f"{v} (lora)": r for v, r in lora_runs.items()}}, summary)
-    return {"cache": cache, "runs": runs, "lora_runs": lora_runs, "summary": summary}
+    for variant in VARIANTS[:3]:  # the lcm ones
+        runs[f"{variant} (lora)"] = run_variant(
+            BenchSettings(variant=variant, store=str(store), student="lora")
+        )
+    scenario = default_scenario()
+    summary = {"scenario": scenario, "cache_seconds_per_row": step_cost(cache)}
+    for loader in LOADERS:
+        summary[f"lcm_full_{loader}"] = comparison(runs, f"lcm-{loader}", "lcm-online")
+        summary[f"lcm_lora_{loader}"] = comparison(runs, f"lcm-{loader} (lora)", "lcm-online (lora)")
+        summary[f"direct_{loader}"] = comparison(runs, f"direct-{loader}", "direct-online")
+        summary[f"direct_three_students_{loader}"] = three_students(cache, runs, scenario, loader)
+    print_table(runs, summary)
+    return {"cache": cache, "runs": runs, "summary": summary}
+
+
+def sd15_scenario() -> dict:
+    """SD1.5's architecture (random weights, bench/sd15_shaped_teacher.py): lcm LoRA, cached vs online."""
+    from bench.sd15_shaped_teacher import save_sd15_shaped_teacher
+
+    teacher = save_sd15_shaped_teacher(SD15_TEACHER)
+    cache = run_variant(
+        BenchSettings(variant=CACHE_VARIANT, store=str(SD15_STORE), teacher=str(teacher), **SD15_CACHE)
+    )
+    runs, summary = {}, {"cache_seconds_per_row": step_cost(cache)}
+    for checkpointing in (False, True):
+        label = "lora, SD1.5-shaped" + (", gradient checkpointing" if checkpointing else "")
+        for variant in ("lcm-cached", "lcm-online"):
+            runs[f"{variant} ({label})"] = run_variant(
+                BenchSettings(
+                    variant=variant, store=str(SD15_STORE), gradient_checkpointing=checkpointing, **SD15_TRAIN
+                )
+            )
+        key = "lcm_lora_sd15_cached" + ("_checkpointing" if checkpointing else "")
+        summary[key] = comparison(runs, f"lcm-cached ({label})", f"lcm-online ({label})")
+    print_table(runs, summary)
+    return {"cache": cache, "runs": runs, "summary": summary}
+
+
+def main() -> dict:
+    """Both scenarios, each variant in its own process."""
+    return {"embedded": embedded_scenario(), "sd15_shaped": sd15_scenario()}
 
 
 def parse_settings(argv: list[str]) -> BenchSettings:
-    defaults = BenchSettings()
+    from shared.config_flags import add_config_flags, config_from_args
+
     parser = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__.splitlines()[0])
-    for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=value)
-    args = parser.parse_args(argv)
-    if args.variant not in (*VARIANTS, CACHE_VARIANT):
-        parser.error(f"--variant {args.variant!r}: choose from {', '.join((*VARIANTS, CACHE_VARIANT))}")
-    return BenchSettings(**vars(args))
+    add_config_flags(parser, BenchSettings)
+    settings = config_from_args(BenchSettings, parser.parse_args(argv))
+    if settings.variant not in (*VARIANTS, CACHE_VARIANT):
+        parser.error(f"--variant {settings.variant!r}: choose from {', '.join((*VARIANTS, CACHE_VARIANT))}")
+    return settings
 
 
 if __name__ == "__main__":

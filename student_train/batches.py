@@ -1,17 +1,24 @@
-"""Store -> batches of tensors on the training device.
+"""Store -> batches of tensors on the training device, streamed from the store.
 
-The rows of one split are read into memory once, one batched read per field (the store reads whole
-chunks: per-read overhead, not bandwidth, limits a naive loader), as float32. The order of samples
-is a function of (seed, position) only — position p = micro_step * batch_size + j goes to epoch
-p // N, slot p % N of that epoch's permutation — so a resumed run sees exactly the batches an
-uninterrupted one would, whatever was cached before.
+Each micro-batch is read from the store when it is needed (one batched read per field: the store
+reads whole chunks, so the cost does not grow with one call per sample), while the previous one
+trains: a reader thread keeps one batch ahead. Memory is a few batches, whatever the cache's size —
+an SD1.5 lcm row (trajectory + cond/uncond outputs, float16) is ~5 MB, so a 10k-row cache would not
+fit in RAM. `preload=True` reads the split once into host memory instead (in its stored dtypes),
+faster for caches that fit. Values arrive as float32 on the device either way.
 
-    data = load_training_data(reader, ("trajectory", "out_cond", "out_uncond"), split="train")
-    batch = data.batch(rows_for_micro_step(len(data), batch_size, seed, micro_step), device)
-    batch.fields["trajectory"]   # (B, S + 1, C, H, W)
-    batch.cond                   # nested denoiser kwargs, e.g. {"encoder_hidden_states": (B, 77, 768)}
+The order of samples is a function of (seed, position) only — position p = micro_step * batch_size
++ j goes to epoch p // N, slot p % N of that epoch's permutation — so a resumed run sees exactly the
+batches an uninterrupted one would, streamed or preloaded.
+
+    data = TrainingData(reader, ("trajectory", "out_cond", "out_uncond"), split="train")
+    for batch in data.batches([rows_for_micro_step(len(data), 16, seed, m) for m in micro_steps], device):
+        batch.fields["trajectory"]   # (B, S + 1, C, H, W) float32
+        batch.cond                   # nested denoiser kwargs, e.g. {"encoder_hidden_states": (B, 77, 768)}
 """
 
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -31,19 +38,55 @@ class Batch:
     sample_ids: list[str]
 
 
-@dataclass
 class TrainingData:
-    fields: dict[str, torch.Tensor]  # name -> (N, ...), float32, in host memory
-    cond: dict[str, torch.Tensor]  # flat "encoder_hidden_states" / "added_cond_kwargs.time_ids" -> (N, ...)
-    sample_ids: list[str]
+    """The rows of one split of a store and the fields a method reads (plus every cond.* field)."""
+
+    def __init__(
+        self,
+        reader,
+        fields: tuple[str, ...],
+        split: str = "train",
+        max_samples: int = 0,
+        preload: bool = False,
+    ):
+        self.reader = reader
+        self.rows = select_rows(reader, split, max_samples)
+        self.names = (*fields, *(name for name in reader.fields if name.startswith("cond.")))
+        all_ids = reader.manifest.column("sample_id").to_pylist()
+        self.sample_ids = [str(all_ids[r]) for r in self.rows]
+        self.preloaded = {name: reader.read(name, self.rows) for name in self.names} if preload else None
 
     def __len__(self) -> int:
-        return len(self.sample_ids)
+        return len(self.rows)
 
-    def batch(self, rows: torch.Tensor, device: torch.device | str) -> Batch:
-        take = {name: value[rows].to(device, non_blocking=True) for name, value in self.fields.items()}
-        cond = nest_conditioning({name: value[rows].to(device) for name, value in self.cond.items()})
-        return Batch(take, cond, [self.sample_ids[i] for i in rows.tolist()])
+    def read(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{field: (B, ...)} of the split's rows at `positions`, in the stored dtypes, on the host."""
+        if self.preloaded is not None:
+            return {name: values[positions] for name, values in self.preloaded.items()}
+        rows = [self.rows[i] for i in positions.tolist()]
+        return {name: self.reader.read(name, rows) for name in self.names}
+
+    def batch(self, positions: torch.Tensor, device: torch.device | str) -> Batch:
+        return self.on_device(positions, self.read(positions), device)
+
+    def batches(self, schedule: Iterable[torch.Tensor], device: torch.device | str) -> Iterator[Batch]:
+        """The batches of `schedule` (positions per micro-batch), in order; the next one is read in a
+        background thread while the caller trains on this one."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader") as pool:
+            pending = None  # (positions, future of their values)
+            for positions in schedule:
+                upcoming = (positions, pool.submit(self.read, positions))
+                if pending is not None:
+                    yield self.on_device(pending[0], pending[1].result(), device)
+                pending = upcoming
+            if pending is not None:
+                yield self.on_device(pending[0], pending[1].result(), device)
+
+    def on_device(self, positions: torch.Tensor, values: dict[str, torch.Tensor], device) -> Batch:
+        values = {name: value.to(device).float() for name, value in values.items()}
+        cond = {name[len("cond.") :]: value for name, value in values.items() if name.startswith("cond.")}
+        fields = {name: value for name, value in values.items() if not name.startswith("cond.")}
+        return Batch(fields, nest_conditioning(cond), [self.sample_ids[i] for i in positions.tolist()])
 
 
 def check_fields(reader, method_name: str, needed: tuple[str, ...]) -> None:
@@ -68,21 +111,6 @@ def select_rows(reader, split: str, max_samples: int) -> list[int]:
             f"the store has no rows in split {split!r}; use --split all or a bigger cache"
         )
     return rows
-
-
-def load_training_data(
-    reader, fields: tuple[str, ...], split: str = "train", max_samples: int = 0
-) -> TrainingData:
-    rows = select_rows(reader, split, max_samples)
-    loaded = {name: reader.read(name, rows).float() for name in fields}
-    cond = {
-        name[len("cond.") :]: reader.read(name, rows).float()
-        for name in reader.fields
-        if name.startswith("cond.")
-    }
-    all_ids = reader.manifest.column("sample_id").to_pylist()
-    sample_ids = [str(all_ids[r]) for r in rows]
-    return TrainingData(loaded, cond, sample_ids)
 
 
 def rows_for_micro_step(num_rows: int, batch_size: int, seed: int, micro_step: int) -> torch.Tensor:

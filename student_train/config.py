@@ -9,14 +9,9 @@ README "students"); the reference recipes' values for Stable Diffusion are in th
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-def option(default, help: str, required: bool = False):
-    """A TrainConfig field with its --flag help text (run_command.py builds the parser from these)."""
-    if required:
-        return field(metadata={"help": help, "required": True})
-    return field(default=default, metadata={"help": help})
+from shared.config_flags import option
 
 
 @dataclass(frozen=True)
@@ -47,7 +42,11 @@ class TrainConfig:
     time_cond_proj_dim: int = option(256, "lcm full students' w-embedding; 0: none")
     timestep_scaling: float = option(10.0, "lcm boundary conditions")
     weighting: str = option("truncated_snr", "progressive: truncated_snr | snr_plus_one")
-    gradient_checkpointing: bool = option(False, "direct: recompute each student step in the backward pass")
+    gradient_checkpointing: bool = option(
+        False,
+        "recompute activations in the backward pass (the denoiser's own gradient checkpointing; "
+        "direct also recomputes each of its K steps): less memory, ~1 more forward per step",
+    )
     mixed_precision: str = option("no", "no | fp16 | bf16 (accelerate)")
     cpu: bool = option(False, "force CPU even when a GPU is visible")
     threads: int = option(
@@ -56,6 +55,11 @@ class TrainConfig:
     seed: int = option(0, "seed of the data order and of every per-sample draw")
     split: str = option("train", 'manifest split to train on ("all": every row)')
     max_samples: int = option(0, "0: every row of the split")
+    preload: bool = option(
+        False,
+        "read the split's fields into host memory once (fast for caches that fit in RAM); "
+        "default: stream each batch from the store, the next one read while this one trains",
+    )
     checkpoint_every: int = option(0, "save a resumable checkpoint every N updates; 0: only at the end")
     resume: bool = option(
         False, "continue from the newest checkpoint in OUT/checkpoints (if any) of this same run"
@@ -67,7 +71,7 @@ class TrainConfig:
 
     def run_digest(self) -> str:
         """What makes two runs the same run (a checkpoint may only resume its own): everything but
-        where the output goes and the resume / logging switches."""
-        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads"}
+        where the output goes, the resume / logging switches and how batches are read (same batches)."""
+        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads", "preload"}
         identity = {k: v for k, v in self.to_json().items() if k not in ignored}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.config_flags import add_config_flags, config_from_args, option
 from shared.errors import DistillCacheError
 
 HELP = "generate one image with a student folder (stock diffusers pipeline + the student)"
@@ -24,47 +25,25 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 class SampleConfig:
     """Settings of one `student-train sample`; CLI flags map 1:1 onto the fields."""
 
-    student: str  # the student folder
-    prompt: str
-    out: str  # the image file
-    steps: int = 0  # 0 = distill.json's recommended num_inference_steps
-    guidance: float | None = None  # pipeline guidance_scale; None = distill.json's recommended
-    seed: int = 0
-    teacher: str = ""  # the teacher pipeline; "" = the source distill.json names
-    device: str = "auto"  # auto = cuda if available, else cpu
-    dtype: str = "auto"  # auto = float16 on cuda, float32 on cpu
+    student: str = option(None, "the student folder (student-train run --out)", required=True)
+    prompt: str = option(None, "the text to draw", required=True)
+    out: str = option(None, "the image file to write (.png, .jpg, .webp)", required=True)
+    steps: int = option(0, "sampling steps; 0 = the student's recommended count")
+    guidance: float | None = option(
+        None, "pipeline guidance_scale", default_text="the one distill.json recommends"
+    )
+    seed: int = option(0, "noise seed, as the store's rows")
+    teacher: str = option("", "the teacher pipeline", default_text="the one distill.json names")
+    device: str = option("auto", "auto = cuda if available, else cpu")
+    dtype: str = option("auto", "auto = float16 on cuda, float32 on cpu")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = SampleConfig(student="", prompt="", out="")
-    parser.add_argument("--student", required=True, help="the student folder (student-train run --out)")
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--out", required=True, help="the image file to write (.png, .jpg, .webp)")
-    parser.add_argument(
-        "--steps", type=int, default=defaults.steps, help="0 = the student's recommended count"
-    )
-    parser.add_argument(
-        "--guidance", type=float, default=defaults.guidance, help="default: the recommended one"
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="noise seed, as the store's rows")
-    parser.add_argument("--teacher", default=defaults.teacher, help="default: the teacher distill.json names")
-    parser.add_argument("--device", default=defaults.device, help="auto = cuda if available, else cpu")
-    parser.add_argument("--dtype", default=defaults.dtype, help="auto = float16 on cuda, float32 on cpu")
+    add_config_flags(parser, SampleConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    config = SampleConfig(
-        student=args.student,
-        prompt=args.prompt,
-        out=args.out,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        teacher=args.teacher,
-        device=args.device,
-        dtype=args.dtype,
-    )
-    run(config)
+    run(config_from_args(SampleConfig, args))
     return 0
 
 
@@ -111,7 +90,7 @@ def custom_timesteps(pipe, distill: dict, steps: int) -> list[int | float] | Non
 def student_pipeline(config: SampleConfig, distill: dict):
     """The teacher pipeline with the student's denoiser (or adapter) and scheduler, on the device."""
     from student_train.denoiser import load_denoiser
-    from student_train.evaluation import place, resolve_device
+    from student_train.devices import place, resolve_device
     from student_train.export import load_student_scheduler
     from teacher_cache.teacher_loading import load_teacher, resolve_dtype
 

@@ -1,8 +1,8 @@
-"""Students built from the teacher's denoiser: `full` (a trainable copy, plus an EMA copy) and `lora`
+"""Students built from the teacher's denoiser: `full` (trainable, plus an EMA copy) and `lora`
 (peft adapters on the frozen denoiser). Both are one `Student` and go through one training path;
 LoRA only adds the adapter and saves only the adapter's keys (as diffusers' LCM-LoRA script).
 
-    student = build_student("lora", denoiser, config, w_conditioned=False)
+    student = build_student("lora", denoiser, config, w_conditioned=False)   # takes `denoiser` over
     output = student.denoise(x_t, timesteps, cond)              # trainable forward
     target = student.target_denoise(x_s, s, cond)               # EMA (full) or the student itself, no grad
 """
@@ -70,7 +70,7 @@ class Student:
 
 
 def build_full(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Student:
-    """A trainable copy of the denoiser; a w-conditioned one (LCM) gets `time_cond_proj_dim`."""
+    """The denoiser made trainable, plus its EMA copy; a w-conditioned one (LCM) gets `time_cond_proj_dim`."""
     if w_conditioned and config.time_cond_proj_dim > 0 and isinstance(denoiser, UNet2DConditionModel):
         model = UNet2DConditionModel.from_config(
             denoiser.config, time_cond_proj_dim=config.time_cond_proj_dim
@@ -80,20 +80,23 @@ def build_full(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Studen
         # Zero-initialised w projection: the student starts as the teacher (the script leaves it random).
         torch.nn.init.zeros_(model.time_embedding.cond_proj.weight)
     else:
-        model = copy.deepcopy(denoiser)
+        model = denoiser
     model.requires_grad_(True).train()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     return Student("full", model, ema, config.ema_decay)
 
 
 def build_lora(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Student:
-    """peft adapters (rank, alpha) on attention, feed-forward and conv modules; the base stays frozen."""
+    """peft adapters (rank, alpha) on attention, feed-forward and conv modules of `denoiser` itself
+    (no copy: an SD1.5 UNet is 3.4 GB); the base stays frozen."""
     from peft import LoraConfig
 
-    model = copy.deepcopy(denoiser).requires_grad_(False)
-    model.add_adapter(
-        LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGET_MODULES)
-    )
+    model = denoiser.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):  # lora_A's random init: a function of --seed alone
+        torch.manual_seed(config.seed)
+        model.add_adapter(
+            LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGET_MODULES)
+        )
     model.train()
     return Student("lora", model, None, config.ema_decay)
 
@@ -109,5 +112,10 @@ def check_student_settings(kind: str, lora_rank: int) -> None:
 
 
 def build_student(kind: str, denoiser: torch.nn.Module, config, w_conditioned: bool = False) -> Student:
+    """The student made from `denoiser`, which it takes over (LoRA adds its adapter in place): pass a
+    copy to keep the original."""
     check_student_settings(kind, config.lora_rank)
-    return STUDENTS[kind](denoiser, config, w_conditioned)
+    student = STUDENTS[kind](denoiser, config, w_conditioned)
+    if config.gradient_checkpointing and getattr(student.model, "_supports_gradient_checkpointing", False):
+        student.model.enable_gradient_checkpointing()  # diffusers' own: blocks recomputed in backward
+    return student

@@ -2,8 +2,8 @@
 
     train(TrainConfig(cache="runs/cache", out="runs/student", method="lcm", student="lora"))
 
-Read top to bottom: validate every input (nothing is written before), load the cached fields and the
-teacher's denoiser weights only (no text encoder, no VAE, no teacher forward pass), build the student
+Read top to bottom: validate every input (nothing is written before), open the cached fields (streamed
+batch by batch, or preloaded) and load the teacher's denoiser weights only (no text encoder, no VAE, no teacher forward pass), build the student
 and the method's loss, then an accelerate loop (mixed precision, gradient accumulation, DDP when
 launched with `accelerate launch`) that logs to CSV + TensorBoard under a tqdm bar and saves a
 resumable checkpoint every N updates. Data order and every random draw are functions of
@@ -14,6 +14,7 @@ OUT/ holds the student folder (export.py) plus train_config.json, logs/ and chec
 """
 
 import csv
+import itertools
 import json
 import math
 import shutil
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
-from student_train.batches import check_fields, load_training_data, rows_for_micro_step
+from student_train.batches import TrainingData, check_fields, rows_for_micro_step
 from student_train.config import TrainConfig
 from student_train.denoiser import load_denoiser
 from student_train.export import export_student
@@ -77,6 +78,16 @@ def lr_factor(config: TrainConfig, num_processes: int, n: int) -> float:
     if config.lr_schedule == "cosine":
         return warmup * 0.5 * (1 + math.cos(math.pi * min(update / config.train_steps, 1.0)))
     return warmup
+
+
+def micro_step_schedule(config: TrainConfig, start_step: int, num_processes: int, rank: int) -> list[int]:
+    """This process's micro-batches from `start_step` on, in loop order, as global micro-batch indices
+    (grad_accum per update, interleaved across processes): what picks each one's rows and draws."""
+    return [
+        (step * config.grad_accum + micro) * num_processes + rank
+        for step in range(start_step, config.train_steps)
+        for micro in range(config.grad_accum)
+    ]
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -147,8 +158,8 @@ def train(config: TrainConfig) -> Path:
     )
     loss_fn = method.build(config, settings, schedule)
 
-    # 2. The cached fields and the teacher's denoiser weights: nothing else of the teacher.
-    data = load_training_data(reader, method.fields, config.split, config.max_samples)
+    # 2. The cached fields (streamed) and the teacher's denoiser weights: nothing else of the teacher.
+    data = TrainingData(reader, method.fields, config.split, config.max_samples, config.preload)
     source = config.teacher or reader.fingerprint.get("source", "")
     denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
     student = build_student(config.student, denoiser, config, method.w_conditioned)
@@ -193,13 +204,16 @@ def train(config: TrainConfig) -> Path:
         desc=f"{config.method}/{config.student}",
         disable=not accelerator.is_local_main_process,
     )
+    micro_steps = micro_step_schedule(
+        config, start_step, accelerator.num_processes, accelerator.process_index
+    )
+    batches = data.batches(
+        (rows_for_micro_step(len(data), config.batch_size, config.seed, m) for m in micro_steps),
+        accelerator.device,
+    )
+    micro_batches = zip(micro_steps, batches)
     for step in progress:
-        for micro in range(config.grad_accum):
-            micro_step = (
-                step * config.grad_accum + micro
-            ) * accelerator.num_processes + accelerator.process_index
-            rows = rows_for_micro_step(len(data), config.batch_size, config.seed, micro_step)
-            batch = data.batch(rows, accelerator.device)
+        for micro_step, batch in itertools.islice(micro_batches, config.grad_accum):
             random = SampleRandom(config.seed, micro_step, batch.sample_ids, accelerator.device)
             with accelerator.accumulate(student.model), accelerator.autocast():
                 loss = loss_fn(student, batch, random, step).mean()
@@ -219,6 +233,7 @@ def train(config: TrainConfig) -> Path:
             window = []
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.train_steps:
             save_checkpoint(accelerator, config, out, done)
+    batches.close()  # stops the reader thread
 
     # 5. Export the student folder.
     accelerator.wait_for_everyone()

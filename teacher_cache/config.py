@@ -1,14 +1,16 @@
 """`CaptureConfig`: every setting of `teacher-cache run`, one frozen dataclass.
 
-The command line maps 1:1 onto its fields (`run_command.py`); `run(config)` (`runner.py`) is the
-only consumer. The settings that define the data (steps, guidance, fields, features, dtypes ...)
-are written into the store's store.json by the runner; the ones that only shape one run (batch
-size, device, which prompt file, rank) are not, so a store can be resumed or extended with others.
+The command line maps 1:1 onto its fields (`run_command.py`), each flag's help in its `option`
+(`--no-progress` switches `progress` off); `run(config)` (`runner.py`) is the only consumer. The
+settings that define the data (steps, guidance, fields, features, dtypes ...) are written into the
+store's store.json by the runner; the ones that only shape one run (batch size, device, which
+prompt file, rank) are not, so a store can be resumed or extended with others.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
+from shared.config_flags import comma_separated, option
 from shared.errors import DistillCacheError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -38,28 +40,56 @@ FALLBACK_GUIDANCE = 5.0  # when --guidance is not given and the teacher recommen
 class CaptureConfig:
     """Settings of one `teacher-cache run`; defaults: the embedded teacher on the bundled prompts."""
 
-    out: str  # the store: a folder or an fsspec URL
-    teacher: str = str(EMBEDDED_TEACHER)  # a diffusers pipeline folder or a Hub id
-    revision: str | None = None  # Hub revision (branch, tag or commit)
-    prompts: str = str(DEFAULT_TRAIN_PROMPTS)  # .txt, .csv, .parquet or .jsonl
-    seeds_per_prompt: int = 4  # for prompt rows without their own seed
-    steps: int = 50  # num_inference_steps
-    guidance: float | None = None  # rows without their own; None = teacher's recommended; <= 1 = no CFG
-    negative_prompt: str = ""  # for rows without their own
-    height: int | None = None  # image height in pixels; None = the pipeline's default
-    width: int | None = None
-    fields: tuple[str, ...] = ALL_FIELD_GROUPS  # groups of FIELD_GROUPS to keep
-    features: tuple[str, ...] = ()  # module globs of the denoiser, e.g. ("down_blocks.*", "mid_block")
-    feature_steps: tuple[int, ...] | None = None  # step indices; None = 4 evenly spaced steps
-    feature_dtype: str = "float16"
-    preview_size: int = 32  # longest side of the stored previews, in pixels (never upscaled)
-    batch_size: int = 8  # prompts per pipeline call (the denoiser sees twice as many under CFG)
-    device: str = "auto"  # auto = this rank's accelerator (cuda if available) else cpu
-    dtype: str = "auto"  # the teacher's compute dtype; auto = float16 on cuda, float32 on cpu
-    threads: int = 0  # torch CPU threads (0 = torch's default); 1 is fastest on a busy shared CPU
-    val_fraction: float = 0.05  # rows whose sample_id hashes below this form the val split
-    limit: int = 0  # keep only the first N jobs of the list (0 = all); for quick tries
-    progress: bool = True  # tqdm progress bar
+    out: str = option(None, "the store: a folder or an fsspec URL (created or resumed)", required=True)
+    teacher: str = option(
+        str(EMBEDDED_TEACHER), "diffusers pipeline folder or Hub id", default_text="the embedded teacher"
+    )
+    revision: str | None = option(None, "Hub revision of the teacher (branch, tag or commit)")
+    prompts: str = option(
+        str(DEFAULT_TRAIN_PROMPTS),
+        ".txt (one prompt a line) or .csv/.parquet/.jsonl with a 'prompt' column and optional "
+        "negative_prompt, seed, guidance_scale",
+        default_text="the bundled digit prompts",
+    )
+    seeds_per_prompt: int = option(4, "seeds for rows without a seed")
+    steps: int = option(50, "num_inference_steps")
+    guidance: float | None = option(
+        None,
+        "guidance_scale for rows without one; <= 1 = no CFG",
+        default_text=f"the teacher folder's teacher_eval.json recommended_guidance_scale, else {FALLBACK_GUIDANCE}",
+    )
+    negative_prompt: str = option("", "for rows without one")
+    height: int | None = option(None, "image height in pixels", default_text="the pipeline's")
+    width: int | None = option(None, "image width in pixels", default_text="the pipeline's")
+    fields: tuple[str, ...] = option(
+        ALL_FIELD_GROUPS,
+        f"comma-separated groups to keep: {'; '.join(f'{k} = {v}' for k, v in FIELD_GROUPS.items())}",
+        default_text="all",
+    )
+    features: tuple[str, ...] = option(
+        (),
+        "comma-separated denoiser module globs whose outputs to keep, e.g. "
+        "'down_blocks.*,mid_block,up_blocks.*' (* stays within one dotted name)",
+    )
+    feature_steps: tuple[int, ...] | None = option(
+        None,
+        "comma-separated step indices for features",
+        type=comma_separated(int, "step indices"),
+        default_text=f"{DEFAULT_FEATURE_STEP_COUNT} evenly spaced",
+    )
+    feature_dtype: str = option("float16", "dtype the features are stored in", choices=FEATURE_DTYPES)
+    preview_size: int = option(32, "longest side of the stored previews in pixels (never upscaled)")
+    batch_size: int = option(8, "prompts per pipeline call (the denoiser sees twice as many under CFG)")
+    device: str = option("auto", "auto (this rank's accelerator, else cpu), cpu, cuda, cuda:1, ...")
+    dtype: str = option(
+        "auto", "teacher compute dtype (auto: float16 on cuda, float32 on cpu)", choices=DTYPES
+    )
+    threads: int = option(0, "torch CPU threads (0 = torch's default; 1 is fastest on a busy shared CPU)")
+    val_fraction: float = option(
+        0.05, "share of rows in the val split (the rows whose sample_id hashes below it)"
+    )
+    limit: int = option(0, "keep only the first N jobs (0 = all); for quick tries")
+    progress: bool = option(True, "no progress bar", flag="--no-progress")  # tqdm progress bar
 
     @property
     def resolved_feature_steps(self) -> tuple[int, ...]:
@@ -76,10 +106,6 @@ def evenly_spaced_steps(steps: int, count: int) -> tuple[int, ...]:
     if steps <= count:
         return tuple(range(steps))
     return tuple(sorted({round(i * (steps - 1) / (count - 1)) for i in range(count)}))
-
-
-def config_field_names() -> list[str]:
-    return [field.name for field in fields(CaptureConfig)]
 
 
 def check_config(config: CaptureConfig) -> None:

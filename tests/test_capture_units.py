@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from shared.config_flags import comma_list
 from shared.errors import DistillCacheError
 from teacher_cache.config import CaptureConfig, evenly_spaced_steps
 from teacher_cache.feature_modules import match_feature_modules
 from teacher_cache.preview import preview_shape, to_previews
-from teacher_cache.run_command import comma_list
 from teacher_cache.runner import slice_for_rank, with_resolved_guidance
 
 

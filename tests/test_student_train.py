@@ -119,3 +119,13 @@ def test_lr_schedule_factors():
     )  # two processes step it twice per update
     assert training_loop.lr_factor(cosine, 1, 100) == pytest.approx(0.0, abs=1e-12)
     assert training_loop.lr_factor(TrainConfig("c", "o", lr_schedule="constant"), 1, 500) == 1.0
+
+
+def test_preloaded_and_streamed_runs_end_with_the_same_weights(store, tmp_path):
+    settings = dict(method="progressive", student="lora", train_steps=3, batch_size=4)
+    for name, preload in (("streamed", False), ("preloaded", True)):
+        training_loop.train(tiny_train_config(store, tmp_path / name, preload=preload, **settings))
+    streamed = load_file(str(tmp_path / "streamed" / "pytorch_lora_weights.safetensors"))
+    preloaded = load_file(str(tmp_path / "preloaded" / "pytorch_lora_weights.safetensors"))
+    assert streamed.keys() == preloaded.keys() and len(streamed) > 0
+    assert all(torch.equal(streamed[name], preloaded[name]) for name in streamed)

@@ -1,0 +1,130 @@
+"""The columns of `student-train eval`, from the cached initial noise and conditioning of each row:
+
+    teacher@S   the teacher's cached many-step output `final_latents` (the reference, not recomputed)
+    teacher@K   the teacher's denoiser, DDIM at K steps, CFG at the row's guidance (teacher_baseline.py)
+    student@K   the student, its method's few-step sampler (sampling.py)
+
+Every column is decoded with the teacher's VAE and kept with its latent MSE to teacher@S, batch by batch.
+
+    columns = generate(eval_set, models, train_settings, steps=(1, 2, 4), batch_size=16, teacher_spacing="trailing")
+    columns.all_images("student@4")                      # uint8 [N, H, W, 3]
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from student_train.eval_models import Models, decode
+from student_train.eval_sets import EvalSet
+
+
+def reference_label(settings: dict, steps: tuple[int, ...]) -> str:
+    """The column of the cached many-step output: teacher@S (teacher@S cache if S is also a K)."""
+    full = int(settings["num_inference_steps"])
+    return f"teacher@{full} cache" if full in steps else f"teacher@{full}"
+
+
+def student_latents(models: Models, settings: dict, noise, cond: dict, sample_ids: list[str], steps: int):
+    """The student at `steps` steps with its method's sampler, from noise [B, C, h, w] -> [B, C, h, w]."""
+    from functools import partial
+
+    from shared.schedule import NoiseSchedule
+    from student_train.denoiser import call_denoiser
+    from student_train.randomness import SampleRandom
+    from student_train.sampling import sample, student_timesteps
+
+    sampling = models.distill["sampling"]
+    schedule = NoiseSchedule.from_scheduler_config(
+        settings["scheduler"]["config"], settings["scheduler"]["class"]
+    )
+    w = sampling.get("guidance_w")
+    guidance_w = None if w is None else torch.full((noise.shape[0],), float(w), device=noise.device)  # [B]
+    return sample(
+        partial(call_denoiser, models.student),
+        schedule,
+        noise,
+        cond,
+        student_timesteps(models.distill["method"], steps, settings),
+        sampling["prediction_type"],
+        sampler=sampling["sampler"],
+        random=SampleRandom(0, steps, sample_ids, noise.device),
+        guidance_w=guidance_w,
+        timestep_scaling=sampling.get("timestep_scaling", 10.0),
+    ).float()
+
+
+@dataclass
+class Columns:
+    """Everything generated for one eval set: per column label, images and latent MSE to teacher@S."""
+
+    prompts: list[str]
+    reference: str  # the label of the cached teacher@S column
+    images: dict[str, list[np.ndarray]]  # label -> batches of uint8 [B, H, W, 3]
+    latent_mse: dict[str, list[torch.Tensor]]  # label -> batches of [B]
+    kinds: dict[
+        str, dict
+    ]  # label -> {"model": teacher | student, "steps": K, "sampler": cache | ddim | lcm ...}
+
+    def add(self, label: str, kind: dict, images: np.ndarray, latent_mse: torch.Tensor) -> None:
+        self.kinds[label] = kind
+        self.images.setdefault(label, []).append(images)
+        self.latent_mse.setdefault(label, []).append(latent_mse.cpu())
+
+    def all_images(self, label: str) -> np.ndarray:
+        return np.concatenate(self.images[label])  # [N, H, W, 3]
+
+
+@torch.no_grad()
+def generate(
+    eval_set: EvalSet,
+    models: Models,
+    train_settings: dict,
+    steps: tuple[int, ...],
+    batch_size: int,
+    teacher_spacing: str,
+) -> Columns:
+    """teacher@S (cached), then teacher@K and student@K for every K in `steps`, batch by batch from the
+    cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS)."""
+    from student_train.image_metrics import mse
+    from student_train.teacher_baseline import ddim_scheduler, map_tensors, read_conditioning, sample_with_cfg
+
+    reader, manifest = eval_set.reader, eval_set.reader.manifest
+    device = next(models.teacher.parameters()).device
+    dtype = next(models.teacher.parameters()).dtype
+    reference = reference_label(reader.settings, steps)
+    columns = Columns([str(manifest.column("prompt")[r]) for r in eval_set.rows], reference, {}, {}, {})
+    full_steps, student_sampler = (
+        int(reader.settings["num_inference_steps"]),
+        models.distill["sampling"]["sampler"],
+    )
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    for start in range(0, len(eval_set.rows), batch_size):
+        rows = eval_set.rows[start : start + batch_size]
+        noise = reader.read("noise", rows).float().to(device)  # [B, C, h, w]
+        final = reader.read("final_latents", rows).float().to(device)  # [B, C, h, w]
+        cond = map_tensors(read_conditioning(reader, rows, "cond"), lambda x: x.to(device))
+        uncond = map_tensors(read_conditioning(reader, rows, "uncond"), lambda x: x.to(device))
+        guidance = torch.tensor([float(manifest.column("guidance_scale")[r].as_py()) for r in rows])  # [B]
+        sample_ids = [str(manifest.column("sample_id")[r]) for r in rows]
+
+        def add(label: str, model: str, k: int, sampler: str, latents: torch.Tensor, final=final) -> None:
+            kind = {"model": model, "steps": k, "sampler": sampler}
+            columns.add(label, kind, decode(models.vae, latents), mse(latents, final))
+
+        add(reference, "teacher", full_steps, "cache", final)
+        for k in steps:
+            with autocast:
+                teacher = sample_with_cfg(
+                    models.teacher,
+                    ddim_scheduler(reader.settings, teacher_spacing),
+                    noise,
+                    cond,
+                    uncond,
+                    guidance,
+                    k,
+                )
+                student = student_latents(models, train_settings, noise, cond, sample_ids, k)
+            add(f"teacher@{k}", "teacher", k, "ddim", teacher)
+            add(f"student@{k}", "student", k, student_sampler, student)
+    return columns

@@ -1,0 +1,106 @@
+"""What `student-train eval` reports: one record per column, the issue's targets, grid rows and the table.
+
+A record pairs a column with teacher@S (PSNR and MSE of the pixels, MSE of the latents); with the
+judge it also carries adherence and FD, and a first record for real digits of the same prompts.
+The targets are issue 5's at 4 steps: student adherence >= teacher@S - 3 points, student PSNR >=
+teacher@4 DDIM PSNR + 3 dB.
+
+    records = score("val", columns, models.judge)
+    targets = check_targets(records, "val", full_steps=50)    # [{"target": ..., "met": True}, ...]
+    print(format_table(records))                              # Markdown, the README's eval table
+"""
+
+import numpy as np
+import torch
+
+from student_train.eval_generation import Columns
+from student_train.eval_models import DigitJudge
+
+TARGET_STEPS = 4
+ADHERENCE_MARGIN = 3.0  # points: student@4 adherence >= teacher@S adherence - 3
+PSNR_MARGIN_DB = 3.0  # student@4 paired PSNR >= teacher@4 paired PSNR + 3 dB
+
+
+def score(set_name: str, columns: Columns, judge: DigitJudge | None) -> list[dict]:
+    """One record per column: paired PSNR / MSE to teacher@S (pixels and latents), adherence, FD;
+    with the judge, a first record for real digits of the same prompts (the reference)."""
+    from student_train.image_metrics import mse, psnr, to_unit_float
+
+    reference = to_unit_float(columns.all_images(columns.reference))  # [N, H, W, 3] in [0, 1]
+    records = [] if judge is None else [judge.real_record(set_name, columns.prompts)]
+    for label in columns.images:
+        images = columns.all_images(label)
+        record = {"set": set_name, "column": label, **columns.kinds[label], "samples": len(images)}
+        if label != columns.reference:
+            record["psnr_db"] = float(psnr(to_unit_float(images), reference).mean())
+            record["pixel_mse"] = float(mse(to_unit_float(images), reference).mean())
+            record["latent_mse"] = float(torch.cat(columns.latent_mse[label]).mean())
+        records.append({**record, **(judge.scores(images, columns.prompts) if judge else {})})
+    return records
+
+
+def find_record(
+    records: list[dict], set_name: str, model: str, steps: int, sampler: str | None = None
+) -> dict | None:
+    for record in records:
+        if (record["set"], record["model"], record["steps"]) == (set_name, model, steps) and (
+            sampler is None or record["sampler"] == sampler
+        ):
+            return record
+    return None
+
+
+def check_targets(records: list[dict], set_name: str, full_steps: int) -> list[dict]:
+    """Issue 5's targets at 4 steps: adherence >= teacher@S - 3 points, PSNR >= teacher@4 DDIM + 3 dB."""
+    student = find_record(records, set_name, "student", TARGET_STEPS)
+    teacher = find_record(records, set_name, "teacher", TARGET_STEPS, "ddim")
+    reference = find_record(records, set_name, "teacher", full_steps, "cache")
+    if student is None or teacher is None:
+        return []
+    targets = [
+        {
+            "set": set_name,
+            "target": f"student@{TARGET_STEPS} PSNR >= teacher@{TARGET_STEPS} PSNR + {PSNR_MARGIN_DB:g} dB",
+            "value": student["psnr_db"],
+            "threshold": teacher["psnr_db"] + PSNR_MARGIN_DB,
+        }
+    ]
+    if "adherence" in student:
+        targets.append(
+            {
+                "set": set_name,
+                "target": f"student@{TARGET_STEPS} adherence >= teacher@{full_steps} - {ADHERENCE_MARGIN:g} points",
+                "value": student["adherence"],
+                "threshold": reference["adherence"] - ADHERENCE_MARGIN,
+            }
+        )
+    return [{**target, "met": bool(target["value"] >= target["threshold"])} for target in targets]
+
+
+def grid_rows(columns: Columns, count: int) -> tuple[list[list[np.ndarray]], list[str]]:
+    """Up to `count` rows with distinct prompts: [teacher@S, teacher@K, student@K, ...] images each."""
+    chosen, seen = [], set()
+    for index, prompt in enumerate(columns.prompts):
+        if len(chosen) < count and prompt not in seen:
+            chosen.append(index)
+            seen.add(prompt)
+    images = {label: columns.all_images(label) for label in columns.images}
+    return [[images[label][i] for label in images] for i in chosen], [columns.prompts[i] for i in chosen]
+
+
+def format_table(records: list[dict]) -> str:
+    """The records as a Markdown table (the README's eval table)."""
+
+    def number(record: dict, key: str, digits: int) -> str:
+        return f"{record[key]:.{digits}f}" if key in record else "-"
+
+    lines = [
+        "| set | column | PSNR (dB) | pixel MSE | latent MSE | adherence (%) | FD |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['set']} | {r['column']} | {number(r, 'psnr_db', 2)} | {number(r, 'pixel_mse', 5)} | "
+            f"{number(r, 'latent_mse', 4)} | {number(r, 'adherence', 1)} | {number(r, 'fd', 2)} |"
+        )
+    return "\n".join(lines)
