@@ -8,10 +8,10 @@ cached ones (student_train.losses): only where the teacher tensors come from dif
 
   cache           `teacher-cache run` of the bench store: cost per cached row (the price of the cache,
                   start-up included, so over-stated for a bench store much smaller than a real cache)
-  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*), read
-                  exactly as `student-train run` reads them (student_train.batches: streamed, one batch
-                  ahead in a reader thread)
-  lcm-preloaded   the same with the split preloaded into memory (`student-train run --preload`)
+  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*),
+                  streamed as `student-train run --loader stream` reads them (one batch ahead in a
+                  reader thread; what --loader auto does for a split over 2 GiB, any real SD cache)
+  lcm-preloaded   the same with the split in memory (`--loader memory`; auto's choice for small stores)
   lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py: text-encode the prompts,
                   VAE-encode real images (shared.digits), noise them to t_n, teacher cond + uncond
                   passes at x_t; the loss then takes its DDIM solver step from those outputs
@@ -113,13 +113,12 @@ def train_config(settings: BenchSettings, method: str):
     )
 
 
-def store_batches(settings: BenchSettings, config, reader, device, preload: bool):
-    """Batches exactly as `student-train run` makes them (student_train.batches): streamed from the
-    store one batch ahead by default, or the split preloaded into memory (--preload)."""
+def store_batches(settings: BenchSettings, config, reader, device, loader: str):
+    """Batches exactly as `student-train run --loader LOADER` makes them (student_train.batches)."""
     from student_train.batches import TrainingData, rows_for_micro_step
     from student_train.losses import get_method
 
-    data = TrainingData(reader, get_method(config.method).fields, split="all", preload=preload)
+    data = TrainingData(reader, get_method(config.method).fields, split="all", loader=loader)
     steps = range(settings.warmup_steps + settings.timed_steps)
     schedule = (rows_for_micro_step(len(data), settings.batch_size, settings.seed, step) for step in steps)
     return data.batches(schedule, device), [data.preloaded or {}]
@@ -260,7 +259,9 @@ def measure(settings: BenchSettings) -> dict:
         denoiser = load_denoiser(teacher_source, reader.settings.get("denoiser", "unet"))
         student = build_student(config.student, denoiser.to(device), config, spec.w_conditioned)
         del denoiser
-        batches, resident = store_batches(settings, config, reader, device, preload=source == "preloaded")
+        batches, resident = store_batches(
+            settings, config, reader, device, loader="memory" if source == "preloaded" else "stream"
+        )
     else:  # the whole teacher pipeline in memory, run in the loop
         pipe = DiffusionPipeline.from_pretrained(teacher_source).to(device)
         pipe.set_progress_bar_config(disable=True)
@@ -428,6 +429,8 @@ def print_table(runs: dict[str, dict], summary: dict) -> None:
             f"{run['peak_rss_mib']:.0f} | {added:.0f} | {run['held_mib']:.1f} | {run['source_mib']:.1f} |"
         )
     for key, figures in summary.items():
+        if not isinstance(figures, dict):
+            continue
         if "speedup" in figures:
             print(
                 f"{key}: online / ours step {figures['speedup']:.2f}x (target >= 1.5x); ours / online peak "

@@ -1,17 +1,19 @@
-"""Store -> batches of tensors on the training device, streamed from the store.
+"""Store -> batches of tensors on the training device, from memory or streamed from the store.
 
-Each micro-batch is read from the store when it is needed (one batched read per field: the store
-reads whole chunks, so the cost does not grow with one call per sample), while the previous one
-trains: a reader thread keeps one batch ahead. Memory is a few batches, whatever the cache's size —
-an SD1.5 lcm row (trajectory + cond/uncond outputs, float16) is ~5 MB, so a 10k-row cache would not
-fit in RAM. `preload=True` reads the split once into host memory instead (in its stored dtypes),
-faster for caches that fit. Values arrive as float32 on the device either way.
+loader="memory" reads the split's fields into host memory once (in their stored dtypes; one batched
+read per field). loader="stream" reads each micro-batch from the store when it is needed (one batched
+read per field, made in a reader thread while the previous batch trains): memory is a few batches
+whatever the cache's size — an SD1.5 lcm row (trajectory + cond/uncond outputs, float16) is ~5 MB,
+so a 10k-row cache would not fit in RAM — but each batch pays the store's per-read cost (~1 ms per
+row and field: more than a tiny denoiser's step). loader="auto" keeps a split of under
+MEMORY_LOADER_LIMIT bytes in memory and streams a bigger one. Values arrive as float32 on the device
+either way.
 
 The order of samples is a function of (seed, position) only — position p = micro_step * batch_size
 + j goes to epoch p // N, slot p % N of that epoch's permutation — so a resumed run sees exactly the
-batches an uninterrupted one would, streamed or preloaded.
+batches an uninterrupted one would, from memory or streamed.
 
-    data = TrainingData(reader, ("trajectory", "out_cond", "out_uncond"), split="train")
+    data = TrainingData(reader, ("trajectory", "out_cond", "out_uncond"), split="train", loader="auto")
     for batch in data.batches([rows_for_micro_step(len(data), 16, seed, m) for m in micro_steps], device):
         batch.fields["trajectory"]   # (B, S + 1, C, H, W) float32
         batch.cond                   # nested denoiser kwargs, e.g. {"encoder_hidden_states": (B, 77, 768)}
@@ -29,6 +31,8 @@ from student_train.denoiser import nest_conditioning
 # Store field -> the `teacher-cache run --fields` group that writes it.
 FIELD_GROUP = {"noise": "noise", "trajectory": "trajectory", "final_latents": "final_latents"}
 FIELD_GROUP.update({"out_cond": "out", "out_uncond": "out", "cond.*": "cond"})
+LOADERS = ("auto", "memory", "stream")
+MEMORY_LOADER_LIMIT = 2 * 2**30  # bytes of a split that loader="auto" keeps in memory
 
 
 @dataclass
@@ -47,17 +51,25 @@ class TrainingData:
         fields: tuple[str, ...],
         split: str = "train",
         max_samples: int = 0,
-        preload: bool = False,
+        loader: str = "stream",
     ):
         self.reader = reader
         self.rows = select_rows(reader, split, max_samples)
         self.names = (*fields, *(name for name in reader.fields if name.startswith("cond.")))
         all_ids = reader.manifest.column("sample_id").to_pylist()
         self.sample_ids = [str(all_ids[r]) for r in self.rows]
-        self.preloaded = {name: reader.read(name, self.rows) for name in self.names} if preload else None
+        self.in_memory = uses_memory(loader, self.nbytes)
+        self.preloaded = (
+            {name: reader.read(name, self.rows) for name in self.names} if self.in_memory else None
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the split's fields as stored."""
+        return sum(len(self.rows) * self.reader.fields[name].sample_nbytes for name in self.names)
 
     def read(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
         """{field: (B, ...)} of the split's rows at `positions`, in the stored dtypes, on the host."""
@@ -87,6 +99,12 @@ class TrainingData:
         cond = {name[len("cond.") :]: value for name, value in values.items() if name.startswith("cond.")}
         fields = {name: value for name, value in values.items() if not name.startswith("cond.")}
         return Batch(fields, nest_conditioning(cond), [self.sample_ids[i] for i in positions.tolist()])
+
+
+def uses_memory(loader: str, nbytes: int) -> bool:
+    if loader not in LOADERS:
+        raise DistillCacheError(f"unknown --loader {loader!r}; valid: {', '.join(LOADERS)}")
+    return loader == "memory" or (loader == "auto" and nbytes <= MEMORY_LOADER_LIMIT)
 
 
 def check_fields(reader, method_name: str, needed: tuple[str, ...]) -> None:

@@ -55,10 +55,11 @@ class TrainConfig:
     seed: int = option(0, "seed of the data order and of every per-sample draw")
     split: str = option("train", 'manifest split to train on ("all": every row)')
     max_samples: int = option(0, "0: every row of the split")
-    preload: bool = option(
-        False,
-        "read the split's fields into host memory once (fast for caches that fit in RAM); "
-        "default: stream each batch from the store, the next one read while this one trains",
+    loader: str = option(
+        "auto",
+        "memory: read the split's fields into RAM once; stream: read each batch from the store, the next "
+        "one while this one trains (memory independent of the cache size); auto: memory under 2 GiB",
+        choices=("auto", "memory", "stream"),
     )
     checkpoint_every: int = option(0, "save a resumable checkpoint every N updates; 0: only at the end")
     resume: bool = option(
@@ -72,6 +73,6 @@ class TrainConfig:
     def run_digest(self) -> str:
         """What makes two runs the same run (a checkpoint may only resume its own): everything but
         where the output goes, the resume / logging switches and how batches are read (same batches)."""
-        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads", "preload"}
+        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads", "loader"}
         identity = {k: v for k, v in self.to_json().items() if k not in ignored}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
     train(TrainConfig(cache="runs/cache", out="runs/student", method="lcm", student="lora"))
 
 Read top to bottom: validate every input (nothing is written before), open the cached fields (streamed
-batch by batch, or preloaded) and load the teacher's denoiser weights only (no text encoder, no VAE, no teacher forward pass), build the student
+in memory or streamed batch by batch) and load the teacher's denoiser weights only (no text encoder, no VAE, no teacher forward pass), build the student
 and the method's loss, then an accelerate loop (mixed precision, gradient accumulation, DDP when
 launched with `accelerate launch`) that logs to CSV + TensorBoard under a tqdm bar and saves a
 resumable checkpoint every N updates. Data order and every random draw are functions of
@@ -158,8 +158,8 @@ def train(config: TrainConfig) -> Path:
     )
     loss_fn = method.build(config, settings, schedule)
 
-    # 2. The cached fields (streamed) and the teacher's denoiser weights: nothing else of the teacher.
-    data = TrainingData(reader, method.fields, config.split, config.max_samples, config.preload)
+    # 2. The cached fields (in memory or streamed) and the teacher's denoiser weights: nothing else of the teacher.
+    data = TrainingData(reader, method.fields, config.split, config.max_samples, config.loader)
     source = config.teacher or reader.fingerprint.get("source", "")
     denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
     student = build_student(config.student, denoiser, config, method.w_conditioned)

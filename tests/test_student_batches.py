@@ -1,5 +1,5 @@
 """The training batches of phase two: streamed from the store one batch ahead (memory of a few
-batches, whatever the cache's size) or preloaded, with the same values in the same order."""
+batches, whatever the cache's size) or held in memory, with the same values in the same order."""
 
 import threading
 import time
@@ -7,7 +7,9 @@ import time
 import pytest
 import torch
 
+from shared.errors import DistillCacheError
 from shared.store import StoreReader
+from student_train import batches
 from student_train.batches import TrainingData, rows_for_micro_step
 from tests.student_store_fixture import one_torch_thread, shared_capture, write_capture_store  # noqa: F401
 
@@ -32,7 +34,7 @@ def test_streamed_batches_read_only_their_rows_ahead_of_use_in_a_reader_thread(s
         "read",
         lambda name, rows: reads.append((threading.current_thread().name, len(rows))) or read(name, rows),
     )
-    data = TrainingData(reader, FIELDS, split="all")
+    data = TrainingData(reader, FIELDS, split="all", loader="stream")
     assert reads == []  # opening reads nothing: no field of the split is held in memory
     fields_per_batch = len(data.names)
     batches = data.batches(schedule(data, range(5)), "cpu")
@@ -46,8 +48,8 @@ def test_streamed_batches_read_only_their_rows_ahead_of_use_in_a_reader_thread(s
 
 
 def test_streamed_and_preloaded_batches_are_equal(store):
-    streamed = TrainingData(StoreReader(store), FIELDS, split="all")
-    preloaded = TrainingData(StoreReader(store), FIELDS, split="all", preload=True)
+    streamed = TrainingData(StoreReader(store), FIELDS, split="all", loader="stream")
+    preloaded = TrainingData(StoreReader(store), FIELDS, split="all", loader="memory")
     assert set(preloaded.preloaded) == {*FIELDS, "cond.encoder_hidden_states"}
     positions = schedule(streamed, range(6))  # 6 x 4 samples of 6 rows: epoch boundaries inside batches
     for ours, theirs in zip(
@@ -62,8 +64,21 @@ def test_streamed_and_preloaded_batches_are_equal(store):
 
 def test_batches_hold_the_rows_of_the_manifest(store):
     capture = shared_capture()
-    data = TrainingData(StoreReader(store), FIELDS, split="all")
+    data = TrainingData(StoreReader(store), FIELDS, split="all", loader="stream")
     positions = torch.tensor([5, 0, 3, 3])  # any order, repeats allowed
     batch = data.batch(positions, "cpu")
     assert batch.sample_ids == [capture.rows[i]["sample_id"] for i in positions.tolist()]
     assert torch.equal(batch.fields["out_cond"], capture.arrays["out_cond"][positions].float())
+
+
+def test_auto_loader_keeps_small_splits_in_memory_and_streams_big_ones(store, monkeypatch):
+    reader = StoreReader(store)
+    small = TrainingData(reader, FIELDS, split="all", loader="auto")
+    assert small.in_memory and small.nbytes == sum(
+        len(small) * reader.fields[n].sample_nbytes for n in small.names
+    )
+    monkeypatch.setattr(batches, "MEMORY_LOADER_LIMIT", small.nbytes - 1)
+    assert not TrainingData(reader, FIELDS, split="all", loader="auto").in_memory
+    assert TrainingData(reader, FIELDS, split="all", loader="memory").in_memory
+    with pytest.raises(DistillCacheError, match="unknown --loader 'ram'; valid: auto, memory, stream"):
+        TrainingData(reader, FIELDS, split="all", loader="ram")

@@ -123,8 +123,8 @@ def test_lr_schedule_factors():
 
 def test_preloaded_and_streamed_runs_end_with_the_same_weights(store, tmp_path):
     settings = dict(method="progressive", student="lora", train_steps=3, batch_size=4)
-    for name, preload in (("streamed", False), ("preloaded", True)):
-        training_loop.train(tiny_train_config(store, tmp_path / name, preload=preload, **settings))
+    for name, loader in (("streamed", "stream"), ("preloaded", "memory")):
+        training_loop.train(tiny_train_config(store, tmp_path / name, loader=loader, **settings))
     streamed = load_file(str(tmp_path / "streamed" / "pytorch_lora_weights.safetensors"))
     preloaded = load_file(str(tmp_path / "preloaded" / "pytorch_lora_weights.safetensors"))
     assert streamed.keys() == preloaded.keys() and len(streamed) > 0
