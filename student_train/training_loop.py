@@ -194,6 +194,16 @@ def train(config: TrainConfig) -> Path:
         accelerator.load_state(str(resume_from))
         start_step = json.loads((resume_from / "run.json").read_text())["step"]
     log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process)
+    if accelerator.is_main_process:
+        where = "in memory" if data.in_memory else "streamed"
+        print(
+            f"student-train: {config.method}/{config.student} from {config.cache}: {len(data)} {config.split} rows "
+            f"({data.nbytes / 2**20:.0f} MiB, {where}), denoiser of {source}; {config.train_steps} updates of "
+            f"{config.batch_size} x {config.grad_accum} x {accelerator.num_processes} on {accelerator.device}"
+            + (f", resumed at {start_step}" if start_step else "")
+            + f" -> {out}",
+            flush=True,
+        )
 
     # 4. The loop: one optimizer update per step, grad_accum micro-batches each.
     started, window = time.time(), []
