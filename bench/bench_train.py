@@ -384,7 +384,7 @@ SD15_TEACHER = Path("runs/bench/sd15_teacher")
 SD15_STORE = Path("runs/bench/sd15_cache")
 # SD1.5-shaped scenario: 256 px (32 x 32 latents), 8 teacher steps (a step of training reads one point
 # of the trajectory, so the grid length barely matters), LoRA students at batch 2: each step is
-# tens of CPU-seconds and online LoRA holds ~12 GB on this 24 GB machine. Full SD1.5 students
+# tens of CPU-seconds and online LoRA peaks at ~10.5 GB on this 24 GB machine. Full SD1.5 students
 # (weights, EMA, gradients, Adam: ~17 GB before the teacher) do not fit here.
 SD15_CACHE = dict(cache_rows=4, cache_steps=8, cache_size=256, cache_fields="trajectory,out,cond")
 SD15_TRAIN = dict(student="lora", batch_size=2, warmup_steps=1, timed_steps=3)

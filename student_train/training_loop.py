@@ -2,11 +2,12 @@
 
     train(TrainConfig(cache="runs/cache", out="runs/student", method="lcm", student="lora"))
 
-Read top to bottom: validate every input (nothing is written before), open the cached fields (streamed
-in memory or streamed batch by batch) and load the teacher's denoiser weights only (no text encoder, no VAE, no teacher forward pass), build the student
-and the method's loss, then an accelerate loop (mixed precision, gradient accumulation, DDP when
-launched with `accelerate launch`) that logs to CSV + TensorBoard under a tqdm bar and saves a
-resumable checkpoint every N updates. Data order and every random draw are functions of
+Read top to bottom: validate every input (nothing is written before), open the cached fields (in
+memory or streamed batch by batch, batches.py) and load the teacher's denoiser weights only (no text
+encoder, no VAE, no teacher forward pass), build the student and the method's loss, then an
+accelerate loop (mixed precision, gradient accumulation, DDP when launched with `accelerate
+launch`) that logs to CSV + TensorBoard under a tqdm bar and saves a resumable checkpoint every N
+updates. Data order and every random draw are functions of
 (seed, step, sample id), so a run killed and resumed with `--resume` ends with the same weights as
 an uninterrupted one.
 
@@ -158,7 +159,7 @@ def train(config: TrainConfig) -> Path:
     )
     loss_fn = method.build(config, settings, schedule)
 
-    # 2. The cached fields (in memory or streamed) and the teacher's denoiser weights: nothing else of the teacher.
+    # 2. The cached fields and the teacher's denoiser weights: nothing else of the teacher.
     data = TrainingData(reader, method.fields, config.split, config.max_samples, config.loader)
     source = config.teacher or reader.fingerprint.get("source", "")
     denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
