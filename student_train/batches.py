@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import torch
 
 from shared.errors import DistillCacheError
+from student_train.config import LOADERS
 from student_train.denoiser import nest_conditioning
 
 # Store field -> the `teacher-cache run --fields` group that writes it.
 FIELD_GROUP = {"noise": "noise", "trajectory": "trajectory", "final_latents": "final_latents"}
 FIELD_GROUP.update({"out_cond": "out", "out_uncond": "out", "cond.*": "cond"})
-LOADERS = ("auto", "memory", "stream")
 MEMORY_LOADER_LIMIT = 2 * 2**30  # bytes of a split that loader="auto" keeps in memory
 
 

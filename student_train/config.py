@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from shared.config_flags import option
 
+LOADERS = ("auto", "memory", "stream")  # --loader (student_train/batches.py)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -59,7 +61,7 @@ class TrainConfig:
         "auto",
         "memory: read the split's fields into RAM once; stream: read each batch from the store, the next "
         "one while this one trains (memory independent of the cache size); auto: memory under 2 GiB",
-        choices=("auto", "memory", "stream"),
+        choices=LOADERS,
     )
     checkpoint_every: int = option(0, "save a resumable checkpoint every N updates; 0: only at the end")
     resume: bool = option(
