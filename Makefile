@@ -16,7 +16,7 @@ TRAIN_ARGS ?=
 EVAL_ARGS ?=
 BENCH ?=
 
-.PHONY: venv cache train eval test bench teacher lint format clean
+.PHONY: venv cache train eval test test-slow bench teacher lint format clean
 
 venv: $(STAMP)
 
@@ -41,7 +41,10 @@ eval: $(STAMP)
 	$(PY) -m student_train eval --cache $(CACHE) --student $(STUDENT) --out $(EVAL) $(EVAL_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH)

@@ -22,10 +22,10 @@ import torch
 from diffusers import DiffusionPipeline
 
 from shared.store import StoreReader
+from shared.teacher import loading_bars_hidden
 from teacher_cache.config import ALL_FIELD_GROUPS, DEFAULT_TRAIN_PROMPTS, EMBEDDED_TEACHER, CaptureConfig
 from teacher_cache.prompts import read_jobs
 from teacher_cache.runner import run, with_resolved_guidance
-from teacher_cache.teacher_loading import loading_bars_hidden
 
 PROMPTS = 32
 BATCH_SIZE = 8

@@ -114,11 +114,11 @@ def train_config(settings: BenchSettings, method: str):
 
 
 def store_batches(settings: BenchSettings, config, reader, device, loader: str):
-    """Batches exactly as `student-train run --loader LOADER` makes them (student_train.batches)."""
-    from student_train.batches import TrainingData, rows_for_micro_step
+    """Batches exactly as `student-train run --loader LOADER` makes them (student_train.data.batches)."""
+    from student_train.data.batches import TrainingData, rows_for_micro_step
     from student_train.losses import get_method
 
-    data = TrainingData(reader, get_method(config.method).fields, split="all", loader=loader)
+    data = TrainingData(reader, get_method(config.method).fields(config), split="all", loader=loader)
     steps = range(settings.warmup_steps + settings.timed_steps)
     schedule = (rows_for_micro_step(len(data), settings.batch_size, settings.seed, step) for step in steps)
     return data.batches(schedule, device), [data.preloaded or {}]
@@ -148,8 +148,8 @@ def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
     import torch
 
     from shared.digits import make_images
-    from student_train.batches import Batch
-    from student_train.randomness import SampleRandom
+    from student_train.data.batches import Batch
+    from student_train.data.randomness import SampleRandom
     from student_train.sampling import cached_grid
 
     grid = torch.tensor(cached_grid(reader.settings, schedule), device=device)  # (S + 1,)
@@ -200,9 +200,9 @@ def online_direct_batches(settings: BenchSettings, reader, pipe, device):
     """Per step, the teacher's S-step CFG sampling of the batch from fresh seeded noise (as the cache)."""
     import torch
 
-    from student_train.batches import Batch
-    from student_train.teacher_baseline import sample_with_cfg
-    from teacher_cache.noise import initial_noise
+    from shared.noise import initial_noise
+    from student_train.data.batches import Batch
+    from student_train.eval.teacher_baseline import sample_with_cfg
 
     steps, guidance = int(reader.settings["num_inference_steps"]), float(reader.settings["guidance_scale"])
     latent_shape = tuple(reader.settings["latent_shape"])
@@ -237,10 +237,10 @@ def measure(settings: BenchSettings) -> dict:
 
     from shared.schedule import NoiseSchedule
     from shared.store import StoreReader
-    from student_train.denoiser import load_denoiser
+    from student_train.data.randomness import SampleRandom
     from student_train.losses import get_method
-    from student_train.randomness import SampleRandom
     from student_train.students import build_student
+    from student_train.students.denoiser import load_denoiser
 
     torch.set_num_threads(settings.threads)
     rss_after_imports = peak_rss_mib()

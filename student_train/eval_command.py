@@ -10,7 +10,7 @@ Every flag is one field of `EvalConfig` (evaluation.py), with its help text.
 import argparse
 
 from shared.config_flags import add_config_flags, config_from_args
-from student_train.evaluation import EvalConfig, run
+from student_train.eval.run import EvalConfig, run
 
 HELP = "evaluate a student on the val split and unseen prompts: metrics.json + grid.png"
 

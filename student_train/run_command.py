@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from student_train.training_loop import train
+    from student_train.training.loop import train
 
     train(config_from_args(TrainConfig, args))
     return 0

@@ -89,10 +89,10 @@ def custom_timesteps(pipe, distill: dict, steps: int) -> list[int | float] | Non
 
 def student_pipeline(config: SampleConfig, distill: dict):
     """The teacher pipeline with the student's denoiser (or adapter) and scheduler, on the device."""
-    from student_train.denoiser import load_denoiser
-    from student_train.devices import place, resolve_device
-    from student_train.export import load_student_scheduler
-    from teacher_cache.teacher_loading import load_teacher, resolve_dtype
+    from shared.teacher import load_teacher, resolve_dtype
+    from student_train.eval.devices import place, resolve_device
+    from student_train.sampling import load_student_scheduler
+    from student_train.students.denoiser import load_denoiser
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -115,7 +115,7 @@ def student_pipeline(config: SampleConfig, distill: dict):
 
 def run(config: SampleConfig) -> Path:
     """Write one image; returns its path."""
-    from teacher_cache.noise import initial_noise
+    from shared.noise import initial_noise
 
     check_config(config)
     distill = read_student_folder(config)

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import torch
 
 from shared.errors import DistillCacheError
+from shared.noise import init_noise_sigma, initial_noise
+from shared.teacher import Teacher
 from teacher_cache.capture import CaptureHooks, StepRecord
-from teacher_cache.noise import init_noise_sigma, initial_noise
 from teacher_cache.preview import to_previews
 from teacher_cache.prompts import CaptureJob
 from teacher_cache.store_layout import batch_arrays
-from teacher_cache.teacher_loading import Teacher
 
 
 @dataclass(frozen=True)

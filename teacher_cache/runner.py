@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, sample_id_for
+from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
 from teacher_cache.capture import CaptureHooks
 from teacher_cache.commit_queue import CommitQueue
@@ -28,7 +29,6 @@ from teacher_cache.config import FALLBACK_GUIDANCE, CaptureConfig, check_config
 from teacher_cache.feature_modules import match_feature_modules
 from teacher_cache.prompts import CaptureJob, read_jobs
 from teacher_cache.store_layout import dtype_name, field_specs, store_settings
-from teacher_cache.teacher_loading import load_teacher, recommended_guidance, resolve_dtype
 
 
 @dataclass(frozen=True)

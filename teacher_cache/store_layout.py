@@ -5,10 +5,10 @@ Field names and meanings are fixed in docs/contracts.md ("What phase one stores"
 
 import torch
 
+from shared.noise import init_noise_sigma
 from shared.store import FieldSpec
 from teacher_cache.capture import StepRecord
 from teacher_cache.config import CaptureConfig
-from teacher_cache.noise import init_noise_sigma
 
 SCHEDULER_CONFIG_VERSION_KEYS = ("_class_name", "_diffusers_version")
 

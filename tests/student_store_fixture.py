@@ -140,9 +140,9 @@ def shared_capture(num_prompts: int = 6, steps: int = 10, prediction_type: str =
 
 
 def capture_batch(capture: TeacherCapture, rows: list[int] | None = None):
-    """The capture as a training Batch (student_train.batches.Batch), float32 on the CPU."""
-    from student_train.batches import Batch
-    from student_train.denoiser import nest_conditioning
+    """The capture as a training Batch (student_train.data.batches.Batch), float32 on the CPU."""
+    from student_train.data.batches import Batch
+    from student_train.students.denoiser import nest_conditioning
 
     rows = list(range(len(capture.rows))) if rows is None else rows
     fields = {name: value[rows] for name, value in capture.arrays.items() if "." not in name}

@@ -3,6 +3,7 @@ the job list and writes with its own writer; the store's rows equal those of a o
 
 import subprocess
 
+import pytest
 import torch
 
 from shared.store import StoreReader
@@ -31,6 +32,7 @@ LAUNCH = [
 LAUNCH += ["--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+@pytest.mark.slow
 def test_two_ranks_write_the_rows_of_one_process(tmp_path):
     teacher = save_tiny_sd_pipeline(tmp_path / "sd")
     prompts = write_prompts(tmp_path, [f"a red {index} on blue" for index in range(5)])

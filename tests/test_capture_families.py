@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from shared.store import StoreReader
-from student_train.denoiser import call_denoiser, load_denoiser, nest_conditioning
+from student_train.students.denoiser import call_denoiser, load_denoiser, nest_conditioning
 from teacher_cache.runner import run
 from tests.capture_helpers import tiny_capture_config, write_prompts
 from tests.tiny_models import save_tiny_pipeline, save_tiny_sd_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline

@@ -4,6 +4,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from shared.store import StoreReader, verify_store
 from tests.capture_helpers import PYTHON, cli_args, subprocess_env, tiny_capture_config, write_prompts
 from tests.tiny_models import save_tiny_sd_pipeline
@@ -11,6 +13,7 @@ from tests.tiny_models import save_tiny_sd_pipeline
 JOBS = 24
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_commits_every_row_once(tmp_path):
     teacher = save_tiny_sd_pipeline(tmp_path / "sd")
     prompts = write_prompts(tmp_path, [f"a red {index} on blue" for index in range(JOBS)])

@@ -2,8 +2,8 @@
 
 import torch
 
+from shared.noise import initial_noise
 from shared.store import StoreReader
-from teacher_cache.noise import initial_noise
 from teacher_cache.runner import run
 from tests.capture_helpers import rows_by_sample_id, tiny_capture_config, write_prompts
 from tests.tiny_models import save_tiny_sd_pipeline

@@ -9,7 +9,7 @@ import pytest
 from shared.config_flags import add_config_flags, comma_list, comma_separated, config_from_args, option
 from shared.errors import DistillCacheError
 from student_train.config import TrainConfig
-from student_train.evaluation import EvalConfig
+from student_train.eval.run import EvalConfig
 from student_train.sample_command import SampleConfig
 from teacher_cache.config import CaptureConfig
 

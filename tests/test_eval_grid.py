@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from student_train.grid import cell_origin, label_width, write_grid
+from student_train.eval.grid import cell_origin, label_width, write_grid
 
 
 def test_grid_places_each_image_in_its_cell(tmp_path):

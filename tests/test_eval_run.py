@@ -15,10 +15,10 @@ from PIL import Image
 from shared.store import StoreReader
 from student_train.cli import main as student_train_main
 from student_train.config import TrainConfig
-from student_train.denoiser import load_denoiser
-from student_train.evaluation import EvalConfig, run
+from student_train.eval.run import EvalConfig, run
 from student_train.export import export_student
 from student_train.students import build_student
+from student_train.students.denoiser import load_denoiser
 from tests.student_store_fixture import capture_tiny_teacher, write_capture_store
 
 STEPS = 4

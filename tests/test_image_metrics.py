@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from student_train.image_metrics import mse, psnr, to_unit_float
+from student_train.eval.image_metrics import mse, psnr, to_unit_float
 
 
 def test_identical_images_have_zero_mse_and_infinite_psnr():

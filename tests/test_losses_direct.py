@@ -3,12 +3,12 @@
 import torch
 
 from shared.schedule import NoiseSchedule
-from student_train.denoiser import call_denoiser, load_denoiser
+from student_train.data.randomness import SampleRandom
 from student_train.losses.direct import DirectLoss
 from student_train.losses.distance import Distance
-from student_train.randomness import SampleRandom
 from student_train.sampling import sample, student_timesteps
 from student_train.students import Student
+from student_train.students.denoiser import call_denoiser, load_denoiser
 from tests.student_store_fixture import capture_batch, one_torch_thread, shared_capture  # noqa: F401 (autouse)
 
 

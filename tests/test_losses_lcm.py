@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from shared.schedule import NoiseSchedule
-from student_train.consistency import boundary_scalings
+from student_train.data.points import pick_steps
+from student_train.data.randomness import SampleRandom
 from student_train.losses.distance import Distance
-from student_train.losses.lcm import LcmLoss, pick_steps
-from student_train.randomness import SampleRandom
+from student_train.losses.lcm import LcmLoss
 from student_train.sampling import cached_grid
+from student_train.sampling.consistency import boundary_scalings
 from tests.student_store_fixture import capture_batch, one_torch_thread, shared_capture  # noqa: F401 (autouse)
 
 

@@ -3,9 +3,9 @@
 import torch
 
 from shared.schedule import NoiseSchedule
+from student_train.data.randomness import SampleRandom
 from student_train.losses.distance import Distance
 from student_train.losses.progressive import ProgressiveLoss, x_target
-from student_train.randomness import SampleRandom
 from student_train.sampling import cached_grid, progressive_jump, student_timesteps
 from tests.student_store_fixture import capture_batch, one_torch_thread, shared_capture  # noqa: F401 (autouse)
 

@@ -6,13 +6,14 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from shared.noise import initial_noise
 from shared.store import StoreReader
 from student_train.cli import main as student_train_main
 from student_train.config import TrainConfig
-from student_train.denoiser import load_denoiser
-from student_train.export import export_student, load_student_scheduler
+from student_train.export import export_student
+from student_train.sampling import load_student_scheduler
 from student_train.students import build_student
-from teacher_cache.noise import initial_noise
+from student_train.students.denoiser import load_denoiser
 from tests.student_store_fixture import shared_capture, write_capture_store
 
 PROMPT = "a red seven on blue"

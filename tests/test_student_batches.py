@@ -9,8 +9,8 @@ import torch
 
 from shared.errors import DistillCacheError
 from shared.store import StoreReader
-from student_train import batches
-from student_train.batches import TrainingData, rows_for_micro_step
+from student_train.data import batches
+from student_train.data.batches import TrainingData, rows_for_micro_step
 from tests.student_store_fixture import one_torch_thread, shared_capture, write_capture_store  # noqa: F401
 
 FIELDS = ("trajectory", "out_cond", "out_uncond")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-import student_train.training_loop as training_loop
+import student_train.training.loop as training_loop
 from shared.schedule import NoiseSchedule
 from student_train.config import TrainConfig
-from student_train.export import load_exported_student, load_student_scheduler
-from student_train.randomness import SampleRandom
-from student_train.sampling import sample
+from student_train.data.randomness import SampleRandom
+from student_train.export import load_exported_student
+from student_train.sampling import load_student_scheduler, sample
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
     capture_batch,
     one_torch_thread,
@@ -62,7 +62,7 @@ def ours(student_dir, distill, num_steps: int, rows) -> torch.Tensor:
     guidance_w = None if sampling["guidance_w"] is None else torch.full((len(rows),), sampling["guidance_w"])
 
     def denoise(x_t, timesteps, cond, w=None):
-        from student_train.denoiser import call_denoiser
+        from student_train.students.denoiser import call_denoiser
 
         return call_denoiser(model, x_t, timesteps, cond, w)
 
@@ -122,8 +122,8 @@ def without_adapter_name(name: str) -> str:
 def test_lora_export_reloads_every_adapter_with_its_trained_values(store, tmp_path):
     from safetensors.torch import load_file
 
-    from student_train.denoiser import load_denoiser
     from student_train.students import build_lora
+    from student_train.students.denoiser import load_denoiser
 
     out = tmp_path / "lora"
     distill = train_tiny(store, out, method="lcm", student="lora")

@@ -10,7 +10,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-import student_train.training_loop as training_loop
+import student_train.training.loop as training_loop
 from student_train.config import TrainConfig
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
     one_torch_thread,

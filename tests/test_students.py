@@ -3,9 +3,9 @@ gradient checkpointing that changes memory, not gradients."""
 
 import torch
 
-from student_train.denoiser import load_denoiser
-from student_train.randomness import SampleRandom
+from student_train.data.randomness import SampleRandom
 from student_train.students import build_student
+from student_train.students.denoiser import load_denoiser
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
     capture_batch,
     one_torch_thread,

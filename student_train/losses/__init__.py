@@ -4,6 +4,7 @@ A loss is a small class: hyper-parameters in `__init__`; `__call__(student, batc
 returns the per-sample loss (B,). `step` only matters to progressive (its round).
 
     method = get_method("lcm")
+    method.fields(config)                      # the store fields it reads with these settings
     loss = method.build(config, settings, schedule)
 """
 
@@ -20,9 +21,12 @@ from student_train.sampling import cached_grid, student_timesteps
 @dataclass(frozen=True)
 class Method:
     name: str
-    fields: tuple[str, ...]  # store fields the loss reads (besides the cond.* conditioning)
+    reads: Callable  # (config) -> the store fields the loss reads (besides the cond.* conditioning)
     w_conditioned: bool  # full students get a w-embedding
     build: Callable  # (config, settings, schedule) -> loss
+
+    def fields(self, config) -> tuple[str, ...]:
+        return tuple(self.reads(config))
 
 
 def build_direct(config, settings: dict, schedule: NoiseSchedule):
@@ -59,10 +63,15 @@ def build_progressive(config, settings: dict, schedule: NoiseSchedule):
     )
 
 
+def always(fields: tuple[str, ...]) -> Callable:
+    """`reads` of a method whose fields do not depend on the settings."""
+    return lambda config: fields
+
+
 METHODS = {
-    "direct": Method("direct", direct.FIELDS, False, build_direct),
-    "lcm": Method("lcm", lcm.FIELDS, True, build_lcm),
-    "progressive": Method("progressive", progressive.FIELDS, False, build_progressive),
+    "direct": Method("direct", always(direct.FIELDS), False, build_direct),
+    "lcm": Method("lcm", always(lcm.FIELDS), True, build_lcm),
+    "progressive": Method("progressive", always(progressive.FIELDS), False, build_progressive),
 }
 
 

@@ -15,15 +15,11 @@ starting points lie on trajectories the teacher made at the store's guidance, no
 import torch
 
 from shared.schedule import NoiseSchedule
-from student_train.consistency import consistency_output
+from student_train.data.points import TRAJECTORY_FIELDS, trajectory_points
 from student_train.losses.distance import Distance
+from student_train.sampling.consistency import consistency_output
 
-FIELDS = ("trajectory", "out_cond", "out_uncond")
-
-
-def pick_steps(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(B, S, ...) per-step tensor, (B,) step indices -> (B, ...)."""
-    return tensor[torch.arange(tensor.shape[0], device=tensor.device), index.to(tensor.device)]
+FIELDS = TRAJECTORY_FIELDS
 
 
 class LcmLoss:
@@ -54,16 +50,10 @@ class LcmLoss:
         return self.schedule.ddim_step(guided_x0, guided_eps, s)
 
     def __call__(self, student, batch, random, step: int) -> torch.Tensor:
-        trajectory = batch.fields["trajectory"]  # (B, S + 1, C, H, W)
-        num_grid_steps = trajectory.shape[1] - 1
-        n = random.randint(0, num_grid_steps)  # (B,) start point index
-        t = self.grid.to(trajectory.device)[n]  # (B,)
-        s = self.grid.to(trajectory.device)[n + 1]  # (B,)
+        points = trajectory_points(batch, random, self.grid)
+        x_t, t, s = points.x_t, points.t, points.s
         w = random.uniform(self.w_min, self.w_max)  # (B,)
-        x_t = pick_steps(trajectory, n)
-        x_s = self.guided_solver_step(
-            x_t, t, s, pick_steps(batch.fields["out_cond"], n), pick_steps(batch.fields["out_uncond"], n), w
-        )
+        x_s = self.guided_solver_step(x_t, t, s, points.out_cond, points.out_uncond, w)
         student_w = w if student.w_conditioned else None
         online = consistency_output(
             self.schedule,

@@ -19,8 +19,8 @@ import torch
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule, expand_like
+from student_train.data.points import pick_steps
 from student_train.losses.distance import Distance
-from student_train.losses.lcm import pick_steps
 from student_train.sampling import progressive_jump
 
 FIELDS = ("trajectory",)

@@ -28,13 +28,13 @@ from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
-from student_train.batches import TrainingData, check_fields, rows_for_micro_step
 from student_train.config import TrainConfig
-from student_train.denoiser import load_denoiser
+from student_train.data.batches import TrainingData, check_fields, rows_for_micro_step
+from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
 from student_train.losses import get_method
-from student_train.randomness import SampleRandom
 from student_train.students import build_student, check_student_settings
+from student_train.students.denoiser import load_denoiser
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -151,7 +151,7 @@ def train(config: TrainConfig) -> Path:
     validate_settings(config)
     method = get_method(config.method)
     reader = open_store(config.cache)
-    check_fields(reader, method.name, method.fields)
+    check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
     resume_from = resume_point(config, out)
     schedule = NoiseSchedule.from_scheduler_config(
@@ -160,7 +160,7 @@ def train(config: TrainConfig) -> Path:
     loss_fn = method.build(config, settings, schedule)
 
     # 2. The cached fields and the teacher's denoiser weights: nothing else of the teacher.
-    data = TrainingData(reader, method.fields, config.split, config.max_samples, config.loader)
+    data = TrainingData(reader, method.fields(config), config.split, config.max_samples, config.loader)
     source = config.teacher or reader.fingerprint.get("source", "")
     denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
     student = build_student(config.student, denoiser, config, method.w_conditioned)

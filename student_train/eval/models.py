@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from shared.errors import DistillCacheError
-from student_train.devices import place, resolve_device
+from student_train.eval.devices import place, resolve_device
 
 REAL_REFERENCE = 2000  # held-out real digits whose judge features FD is measured against
 
@@ -78,9 +78,9 @@ def load_models(
 ) -> Models:
     """The student folder `student` and its teacher (`teacher`, or the store's source) on `device`;
     the judge for `prompts` (none for an empty list)."""
-    from student_train.denoiser import load_denoiser
+    from shared.teacher import resolve_dtype
     from student_train.export import load_exported_student
-    from teacher_cache.teacher_loading import resolve_dtype
+    from student_train.students.denoiser import load_denoiser
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)

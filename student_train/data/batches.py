@@ -27,7 +27,7 @@ import torch
 
 from shared.errors import DistillCacheError
 from student_train.config import LOADERS
-from student_train.denoiser import nest_conditioning
+from student_train.students.denoiser import nest_conditioning
 
 # Store field -> the `teacher-cache run --fields` group that writes it.
 FIELD_GROUP = {"noise": "noise", "trajectory": "trajectory", "final_latents": "final_latents"}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from student_train.eval_models import Models, decode
-from student_train.eval_sets import EvalSet
+from student_train.eval.models import Models, decode
+from student_train.eval.sets import EvalSet
 
 
 def reference_label(settings: dict, steps: tuple[int, ...]) -> str:
@@ -30,9 +30,9 @@ def student_latents(models: Models, settings: dict, noise, cond: dict, sample_id
     from functools import partial
 
     from shared.schedule import NoiseSchedule
-    from student_train.denoiser import call_denoiser
-    from student_train.randomness import SampleRandom
+    from student_train.data.randomness import SampleRandom
     from student_train.sampling import sample, student_timesteps
+    from student_train.students.denoiser import call_denoiser
 
     sampling = models.distill["sampling"]
     schedule = NoiseSchedule.from_scheduler_config(
@@ -86,8 +86,13 @@ def generate(
 ) -> Columns:
     """teacher@S (cached), then teacher@K and student@K for every K in `steps`, batch by batch from the
     cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS)."""
-    from student_train.image_metrics import mse
-    from student_train.teacher_baseline import ddim_scheduler, map_tensors, read_conditioning, sample_with_cfg
+    from student_train.eval.image_metrics import mse
+    from student_train.eval.teacher_baseline import (
+        ddim_scheduler,
+        map_tensors,
+        read_conditioning,
+        sample_with_cfg,
+    )
 
     reader, manifest = eval_set.reader, eval_set.reader.manifest
     device = next(models.teacher.parameters()).device

@@ -20,30 +20,13 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
 
-from student_train.denoiser import load_denoiser, unwrap
-from student_train.sampling import SAMPLER_OF_METHOD, student_timesteps
+from student_train.sampling import SAMPLER_OF_METHOD, student_scheduler, student_timesteps
+from student_train.students.denoiser import load_denoiser, unwrap
 
 FORMAT_VERSION = 1
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 EXPORTED_STEP_COUNTS = (1, 2, 4, 8)
-
-
-def student_scheduler(
-    method: str, scheduler_settings: dict, num_grid_steps: int, timestep_scaling: float = 10.0
-):
-    """The diffusers scheduler a student of `method` samples with, on the teacher's noise schedule."""
-    config = {k: v for k, v in scheduler_settings["config"].items() if not k.startswith("_")}
-    if scheduler_settings["class"].startswith("FlowMatch"):
-        return FlowMatchEulerDiscreteScheduler.from_config(config)
-    if method == "lcm":
-        return LCMScheduler.from_config(
-            config, original_inference_steps=num_grid_steps, timestep_scaling=timestep_scaling
-        )
-    if method == "direct":  # trailing: the first step starts at t = T - 1, from pure noise
-        return DDIMScheduler.from_config(config, timestep_spacing="trailing")
-    return EulerDiscreteScheduler.from_config(config)  # progressive: custom timesteps on the cached grid
 
 
 def recommended_guidance_w(student_w_conditioned: bool, config, settings: dict) -> float | None:
@@ -129,11 +112,6 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
     record = distill_record(student, config, reader, train_summary)
     (out_dir / "distill.json").write_text(json.dumps(record, indent=2))
     return out_dir
-
-
-def load_student_scheduler(student_dir: str | Path):
-    config = json.loads((Path(student_dir) / "scheduler" / "scheduler_config.json").read_text())
-    return getattr(diffusers, config["_class_name"]).from_pretrained(student_dir, subfolder="scheduler")
 
 
 def load_exported_student(

@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from shared.errors import DistillCacheError
-from student_train.denoiser import call_denoiser, nest_conditioning
+from student_train.students.denoiser import call_denoiser, nest_conditioning
 
 SPACINGS = ("trailing", "store")
 

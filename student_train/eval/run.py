@@ -28,10 +28,10 @@ from pathlib import Path
 
 from shared.config_flags import option
 from shared.errors import DistillCacheError
-from student_train.eval_generation import generate
-from student_train.eval_models import load_models
-from student_train.eval_report import check_targets, format_table, grid_rows, score
-from student_train.eval_sets import check_same_teacher, open_eval_sets, read_distill
+from student_train.eval.generation import generate
+from student_train.eval.models import load_models
+from student_train.eval.report import check_targets, format_table, grid_rows, score
+from student_train.eval.sets import check_same_teacher, open_eval_sets, read_distill
 
 DEFAULT_STEPS = (1, 2, 4)
 
@@ -91,7 +91,7 @@ def check_config(config: EvalConfig) -> None:
         raise DistillCacheError(f"--grid-prompts must be >= 0, not {config.grid_prompts}")
     if config.dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise DistillCacheError(f"--dtype {config.dtype!r} is not one of auto, float32, float16, bfloat16")
-    from student_train.teacher_baseline import SPACINGS
+    from student_train.eval.teacher_baseline import SPACINGS
 
     if config.teacher_spacing not in SPACINGS:
         raise DistillCacheError(
@@ -103,7 +103,7 @@ def check_config(config: EvalConfig) -> None:
 
 def run(config: EvalConfig) -> dict:
     """Evaluate, write OUT/metrics.json and OUT/grid.png, print the table; returns the metrics."""
-    from student_train.grid import write_grid
+    from student_train.eval.grid import write_grid
 
     # Validate every input before loading a model or writing anything.
     check_config(config)

@@ -12,58 +12,23 @@ Samplers (`SAMPLERS`):
         goes to the schedule's end (final alpha), exactly as diffusers' DDIMScheduler.step.
   lcm   multistep consistency sampling (Luo et al. 2023), as diffusers' LCMScheduler.step: f(x_t, t),
         then fresh noise to the next timestep; the last step returns f(x_t, t).
-Timesteps per method (`student_timesteps`):
-  direct       diffusers' DDIMScheduler on the teacher's schedule, "trailing" spacing (starts at t = T-1)
-  lcm          every (S / K)-th point of the cached S-step grid, LCMScheduler's index rule
-  progressive  every 2^R-th point of the cached grid, R = the last round (see losses/progressive.py)
+The timesteps each method samples at are in timesteps.py.
 """
 
-import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from shared.schedule import NoiseSchedule
-from student_train.consistency import consistency_output
-from student_train.randomness import SampleRandom
+from student_train.data.randomness import SampleRandom
+from student_train.sampling.consistency import consistency_output
 
 Denoise = Callable[
     ..., torch.Tensor
 ]  # (x_t (B,C,H,W), timesteps (B,), cond, guidance_w (B,) | None) -> output
 
 SAMPLER_OF_METHOD = {"direct": "ddim", "lcm": "lcm", "progressive": "ddim"}
-
-
-def cached_grid(settings: dict, schedule: NoiseSchedule) -> list[float]:
-    """The teacher's S timesteps plus the end point: grid[i] is the time of trajectory point i."""
-    return [float(t) for t in settings["timesteps"]] + [schedule.end_timestep]
-
-
-def progressive_jump(num_grid_steps: int, num_student_steps: int) -> int:
-    """Grid steps per student step after the last round: the smallest 2^R with ceil(S / 2^R) <= K."""
-    rounds = max(0, math.ceil(math.log2(num_grid_steps / num_student_steps)))
-    return 2**rounds
-
-
-def student_timesteps(method: str, num_steps: int, settings: dict) -> list[float]:
-    """The K timesteps a student of `method` samples at (the ones it was trained at)."""
-    scheduler = settings["scheduler"]
-    num_grid_steps = len(settings["timesteps"])
-    if method == "direct":
-        from student_train.export import student_scheduler
-
-        few_step = student_scheduler("direct", scheduler, num_grid_steps)
-        few_step.set_timesteps(num_steps)
-        return [float(t) for t in few_step.timesteps]
-    if method == "lcm":
-        indices = np.floor(np.linspace(0, num_grid_steps, num_steps, endpoint=False)).astype(int)
-    elif method == "progressive":
-        indices = np.arange(0, num_grid_steps, progressive_jump(num_grid_steps, num_steps))
-    else:
-        raise ValueError(f"no sampling timesteps for method {method!r}")
-    return [float(settings["timesteps"][i]) for i in indices]
 
 
 def sample(

@@ -14,7 +14,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from shared.errors import DistillCacheError
-from student_train.denoiser import call_denoiser, unwrap
+from student_train.students.denoiser import call_denoiser, unwrap
 
 # diffusers' train_lcm_distill_lora_sd_wds.py: attention, feed-forward and conv modules of the UNet.
 LORA_TARGET_MODULES = [

@@ -13,8 +13,8 @@ teacher@4 DDIM PSNR + 3 dB.
 import numpy as np
 import torch
 
-from student_train.eval_generation import Columns
-from student_train.eval_models import DigitJudge
+from student_train.eval.generation import Columns
+from student_train.eval.models import DigitJudge
 
 TARGET_STEPS = 4
 ADHERENCE_MARGIN = 3.0  # points: student@4 adherence >= teacher@S adherence - 3
@@ -24,7 +24,7 @@ PSNR_MARGIN_DB = 3.0  # student@4 paired PSNR >= teacher@4 paired PSNR + 3 dB
 def score(set_name: str, columns: Columns, judge: DigitJudge | None) -> list[dict]:
     """One record per column: paired PSNR / MSE to teacher@S (pixels and latents), adherence, FD;
     with the judge, a first record for real digits of the same prompts (the reference)."""
-    from student_train.image_metrics import mse, psnr, to_unit_float
+    from student_train.eval.image_metrics import mse, psnr, to_unit_float
 
     reference = to_unit_float(columns.all_images(columns.reference))  # [N, H, W, 3] in [0, 1]
     records = [] if judge is None else [judge.real_record(set_name, columns.prompts)]

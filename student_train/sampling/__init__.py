@@ -1,0 +1,21 @@
+"""How students sample: the few-step sampler, the timesteps of each method, the exported scheduler.
+
+sampler.py     sample(denoise, schedule, noise, cond, timesteps, prediction_type, sampler="ddim"|"lcm")
+timesteps.py   cached_grid, student_timesteps, progressive_jump
+consistency.py LCM boundary conditions: f(x_t, t) = c_skip x_t + c_out x0_hat
+schedulers.py  student_scheduler (what export writes), load_student_scheduler
+"""
+
+from student_train.sampling.sampler import SAMPLER_OF_METHOD, sample
+from student_train.sampling.schedulers import load_student_scheduler, student_scheduler
+from student_train.sampling.timesteps import cached_grid, progressive_jump, student_timesteps
+
+__all__ = [
+    "SAMPLER_OF_METHOD",
+    "cached_grid",
+    "load_student_scheduler",
+    "progressive_jump",
+    "sample",
+    "student_scheduler",
+    "student_timesteps",
+]

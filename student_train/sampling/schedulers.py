@@ -1,0 +1,32 @@
+"""The diffusers scheduler a student samples with, and loading it back from a student folder.
+
+scheduler = student_scheduler("lcm", settings["scheduler"], num_grid_steps=50)   # what export writes
+pipe.scheduler = load_student_scheduler(student_dir)                              # DIR/scheduler
+"""
+
+import json
+from pathlib import Path
+
+import diffusers
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
+
+
+def student_scheduler(
+    method: str, scheduler_settings: dict, num_grid_steps: int, timestep_scaling: float = 10.0
+):
+    """The diffusers scheduler a student of `method` samples with, on the teacher's noise schedule."""
+    config = {k: v for k, v in scheduler_settings["config"].items() if not k.startswith("_")}
+    if scheduler_settings["class"].startswith("FlowMatch"):
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
+    if method == "lcm":
+        return LCMScheduler.from_config(
+            config, original_inference_steps=num_grid_steps, timestep_scaling=timestep_scaling
+        )
+    if method == "direct":  # trailing: the first step starts at t = T - 1, from pure noise
+        return DDIMScheduler.from_config(config, timestep_spacing="trailing")
+    return EulerDiscreteScheduler.from_config(config)  # progressive: custom timesteps on the cached grid
+
+
+def load_student_scheduler(student_dir: str | Path):
+    config = json.loads((Path(student_dir) / "scheduler" / "scheduler_config.json").read_text())
+    return getattr(diffusers, config["_class_name"]).from_pretrained(student_dir, subfolder="scheduler")

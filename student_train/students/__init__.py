@@ -1,0 +1,22 @@
+"""Students: built from the teacher's denoiser (student.py) and called with replayed conditioning
+(denoiser.py: load only the denoiser, call it with the cached kwargs)."""
+
+from student_train.students.student import (
+    LORA_TARGET_MODULES,
+    STUDENTS,
+    Student,
+    build_full,
+    build_lora,
+    build_student,
+    check_student_settings,
+)
+
+__all__ = [
+    "LORA_TARGET_MODULES",
+    "STUDENTS",
+    "Student",
+    "build_full",
+    "build_lora",
+    "build_student",
+    "check_student_settings",
+]

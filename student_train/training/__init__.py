@@ -1,0 +1,1 @@
+"""The training loop of `student-train run` (loop.py)."""
