@@ -104,17 +104,24 @@ def create_array(store, writer: str, field: str, spec: FieldSpec, shard_rows: in
 def open_array(location: StoreLocation, store, writer: str, field: str, spec: FieldSpec):
     """The field's array in `writer`'s group, after vetting its metadata; None if it does not exist."""
     path = array_path(writer, field)
+    location.check_path(f"{path}/zarr.json")
     if not location.exists(f"{path}/zarr.json"):
         return None
-    location.check_inside(path)
     try:
         metadata = json.loads(location.read_bytes(f"{path}/zarr.json"))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise DistillCacheError(
             f"{location.url}/{path}/zarr.json is not valid JSON; the store is damaged"
         ) from None
     vet_metadata(metadata, spec, f"{location.url}/{path}")
-    return sync(zarr_async.open_array(store=store, path=path, zarr_format=3))
+    try:
+        return sync(zarr_async.open_array(store=store, path=path, zarr_format=3))
+    except DistillCacheError:
+        raise
+    except Exception as error:  # metadata that passed vetting but that Zarr cannot use
+        raise DistillCacheError(
+            f"{location.url}/{path}/zarr.json cannot be opened ({error}); the store is damaged"
+        ) from None
 
 
 def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
@@ -132,6 +139,10 @@ def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
         problem = f"its shape {metadata.get('shape')!r} does not end in {list(spec.shape)} as store.json says"
     elif metadata.get("storage_transformers"):
         problem = "it uses storage transformers"
+    elif not _regular_grid(metadata.get("chunk_grid"), len(spec.shape) + 1):
+        problem = f"its chunk grid {metadata.get('chunk_grid')!r} is not a regular grid of positive sizes"
+    elif metadata.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "/"}}:
+        problem = f"its chunk key encoding {metadata.get('chunk_key_encoding')!r} is not the default one"
     else:
         unknown = sorted(codec_names(metadata.get("codecs")) - SAFE_CODECS)
         if unknown:
@@ -140,6 +151,18 @@ def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
         raise DistillCacheError(
             f"{where} is refused: {problem}; the store is damaged or was not written by distillcache"
         )
+
+
+def _regular_grid(grid: object, rank: int) -> bool:
+    """A regular chunk grid with `rank` positive integer sizes (what every array of a store has)."""
+    if not isinstance(grid, dict) or grid.get("name") != "regular":
+        return False
+    shape = (grid.get("configuration") or {}).get("chunk_shape")
+    return (
+        isinstance(shape, list)
+        and len(shape) == rank
+        and all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape)
+    )
 
 
 def codec_names(codecs: object) -> set[str]:

@@ -27,7 +27,14 @@ from shared.store import arrays as zarr_arrays
 from shared.store.checksum import row_checksums
 from shared.store.dtypes import to_storage
 from shared.store.format import StoreMetadata, read_metadata, refuse_mismatch, write_metadata
-from shared.store.manifest import check_rows, commit_table, manifest_file, publish, read_manifest
+from shared.store.manifest import (
+    ManifestFiles,
+    check_rows,
+    commit_table,
+    manifest_file,
+    mark_manifest_folder,
+    publish,
+)
 from shared.store.paths import StoreLocation
 from shared.store.schema import FieldSpec, check_name
 
@@ -53,6 +60,7 @@ class StoreWriter:
         clevel: int = 3,
     ):
         self.location = StoreLocation.open(url)
+        self.location.check_writable()
         self.metadata = StoreMetadata.create(fingerprint, teacher, settings, fields)
         self.fields = self.metadata.fields
         self.writer_id = check_name(writer_id or new_writer_id(), "writer id")
@@ -65,14 +73,16 @@ class StoreWriter:
         self._arrays: dict = {}
         self._next_row = 0
         self._committed_here: set[str] = set()
+        self._manifest_files = ManifestFiles(self.location, list(self.fields))
 
     @property
     def committed_ids(self) -> set[str]:
-        """sample_ids committed by any writer of this store (read fresh from the manifest)."""
-        if not self.location.exists("store.json"):
+        """sample_ids committed by any writer of this store; each call reads only the manifest files
+        published since the last one, so a writer can ask before every batch."""
+        if not self._store_json_written and read_metadata(self.location) is None:
             return set(self._committed_here)
-        table = read_manifest(self.location, list(self.fields))
-        return set(table.column("sample_id").to_pylist()) | self._committed_here
+        self._manifest_files.refresh()
+        return self._manifest_files.sample_ids() | self._committed_here
 
     def commit(self, rows: list[dict], arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
         """Make `rows` visible together with their arrays, or (on any failure) not at all."""
@@ -121,6 +131,7 @@ class StoreWriter:
         if self._store_json_written:
             return
         if read_metadata(self.location) is None:
+            mark_manifest_folder(self.location)  # first: a store.json without it means a lost manifest/
             write_metadata(self.location, self.metadata)
         refuse_mismatch(read_metadata(self.location), self.metadata, self.location.url)
         self._store_json_written = True

@@ -41,14 +41,14 @@ LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS_KEPT = 2
 
 
-def open_store(url: str):
+def open_store(url: str, verify: bool = True):
     from shared.store import StoreReader
 
     if "://" not in url and not Path(url).exists():
         raise DistillCacheError(
             f"no store at {url!r}; build one with `teacher-cache run --out {url}` (make cache)"
         )
-    return StoreReader(url)
+    return StoreReader(url, verify=verify)
 
 
 def validate_settings(config: TrainConfig) -> None:
@@ -150,7 +150,7 @@ def train(config: TrainConfig) -> Path:
     # 1. Validate every input before writing anything.
     validate_settings(config)
     method = get_method(config.method)
-    reader = open_store(config.cache)
+    reader = open_store(config.cache, config.verify_reads)
     check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
     resume_from = resume_point(config, out)
