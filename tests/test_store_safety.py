@@ -14,7 +14,7 @@ import pytest
 
 from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, verify_store
-from shared.store.manifest import publish
+from shared.store.manifest import ARRAYS_KEY, publish
 from shared.store.paths import StoreLocation
 from shared.store.reader import DamagedRowsError
 from tests.store_fixtures import (
@@ -119,6 +119,14 @@ def test_a_store_json_naming_a_path_outside_the_store_is_refused(tmp_path):
         StoreReader(tmp_path / "store")
 
 
+def republish(manifest, table) -> None:
+    """Replace a manifest file by `table`, as a hostile store would: with a name whose checksum matches."""
+    digests = json.loads(pq.read_schema(manifest).metadata[ARRAYS_KEY])
+    store = manifest.parent.parent
+    manifest.unlink()
+    publish(StoreLocation.open(store), table, f"manifest/{manifest.name.rsplit('-', 1)[0]}", digests)
+
+
 def test_a_manifest_naming_a_writer_outside_the_store_is_refused(tmp_path):
     write_samples(tmp_path / "store", range(2))
     manifest = next((tmp_path / "store" / "manifest").glob("*.parquet"))
@@ -126,7 +134,7 @@ def test_a_manifest_naming_a_writer_outside_the_store_is_refused(tmp_path):
     escaped = table.set_column(
         table.column_names.index("writer"), "writer", [["../../elsewhere"] * table.num_rows]
     )
-    publish(StoreLocation.open(tmp_path / "store"), escaped, f"manifest/{manifest.name}")  # checksums match
+    republish(manifest, escaped)
     with pytest.raises(DistillCacheError, match="not allowed"):
         StoreReader(tmp_path / "store")
 

@@ -16,6 +16,7 @@ known codecs only), so a store cannot make the reader run a codec such as numcod
 """
 
 import asyncio
+import hashlib
 import json
 import math
 from collections.abc import Awaitable, Sequence
@@ -24,11 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 from zarr.api import asynchronous as zarr_async
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
 from shared.errors import DistillCacheError
 from shared.store.dtypes import storage_dtype
+from shared.store.fingerprint import canonical_json
 from shared.store.paths import StoreLocation
 from shared.store.schema import FieldSpec
 
@@ -55,10 +57,15 @@ class Compression:
         if not isinstance(self.level, int) or not 0 <= self.level <= 9:
             raise DistillCacheError(f"compression level {self.level!r} must be an integer from 0 to 9")
 
-    def codecs(self, itemsize: int) -> list[BloscCodec]:
+    def codecs(self, itemsize: int) -> list:
+        """Blosc (unless "none"), then a CRC-32C of the encoded chunk: a flipped byte anywhere in a chunk,
+        even one the decompressor would ignore, fails the read (as the shard index's own CRC-32C does)."""
         if self.name == "none":
-            return []
-        return [BloscCodec(cname=self.name, clevel=self.level, shuffle="shuffle", typesize=itemsize)]
+            return [Crc32cCodec()]
+        return [
+            BloscCodec(cname=self.name, clevel=self.level, shuffle="shuffle", typesize=itemsize),
+            Crc32cCodec(),
+        ]
 
 
 def array_path(writer: str, field: str) -> str:
@@ -101,8 +108,29 @@ def create_array(store, writer: str, field: str, spec: FieldSpec, shard_rows: in
     )
 
 
-def open_array(location: StoreLocation, store, writer: str, field: str, spec: FieldSpec):
-    """The field's array in `writer`'s group, after vetting its metadata; None if it does not exist."""
+def metadata_digest(metadata: dict) -> str:
+    """sha256 of an array's zarr.json content without its row count (the one value commits change)."""
+    content = json.loads(json.dumps(metadata))
+    if isinstance(content.get("shape"), list) and content["shape"]:
+        content["shape"][0] = None
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def read_metadata_digest(location: StoreLocation, writer: str, field: str) -> str:
+    """metadata_digest of the field's zarr.json in `writer`'s group, as it is on disk now."""
+    return metadata_digest(json.loads(location.read_bytes(f"{array_path(writer, field)}/zarr.json")))
+
+
+def open_array(
+    location: StoreLocation,
+    store,
+    writer: str,
+    field: str,
+    spec: FieldSpec,
+    expected_digest: str | None = None,
+):
+    """The field's array in `writer`'s group, after vetting its metadata (and, with `expected_digest`,
+    checking it is the description the writer's manifests record); None if it does not exist."""
     path = array_path(writer, field)
     location.check_path(f"{path}/zarr.json")
     if not location.exists(f"{path}/zarr.json"):
@@ -114,6 +142,11 @@ def open_array(location: StoreLocation, store, writer: str, field: str, spec: Fi
             f"{location.url}/{path}/zarr.json is not valid JSON; the store is damaged"
         ) from None
     vet_metadata(metadata, spec, f"{location.url}/{path}")
+    if expected_digest is not None and metadata_digest(metadata) != expected_digest:
+        raise DistillCacheError(
+            f"{location.url}/{path}/zarr.json does not match the description its manifests record; "
+            "the store is damaged: restore it from a good copy of the store"
+        )
     try:
         return sync(zarr_async.open_array(store=store, path=path, zarr_format=3))
     except DistillCacheError:

@@ -2,15 +2,15 @@
 
 Columns: the caller's row metadata (at least REQUIRED_COLUMNS; extra scalar columns allowed), then
 what the writer adds: `split`, `writer` (its group), `row` (index in the group) and one
-`checksum_<field>` per field. A file is published whole under its final name (`<writer>-<first
-row>.parquet`) only after the arrays it points to are written; readers see nothing else.
+`checksum_<field>` per field. A file is published whole under its final name only after the arrays
+it points to are written; readers see nothing else.
 
-Every file protects itself twice: Parquet page checksums (written and verified by pyarrow) and one
-CRC-32C per column over its values, kept in the file's key-value metadata under
-`distillcache.columns` and checked for every column read, so a flipped byte anywhere in the file
-(pages, footer, schema, the digests themselves) is one clear line, never a changed sample_id, seed
-or split. `manifest/.present`, written with store.json, tells a store whose manifest folder was
-lost from one that has no commit yet.
+Every file protects itself: its name ends in the CRC-32C of its bytes (`<writer>-<first row>-<crc>.parquet`),
+checked before it is parsed, so a flipped byte anywhere in it (pages, footer, schema, metadata) is one
+clear line naming the file, never a changed sample_id, seed or split; its pages also carry Parquet's
+own checksums. Its key-value metadata records a digest of each of the writer's array descriptions
+(zarr.json without the row count), which the reader checks before it opens an array. `manifest/.present`,
+written before store.json, tells a store whose manifest folder was lost from one that has no commit yet.
 
 This module is the one place that reads manifests (`ManifestFiles`): readers list and read every
 file once; writers keep one instance and, before each batch, read only the files added since their
@@ -19,6 +19,7 @@ last look (`refresh`), to skip jobs that other writers committed meanwhile.
 
 import io
 import json
+import re
 from dataclasses import dataclass
 
 import crc32c
@@ -29,14 +30,14 @@ import pyarrow.parquet as pq
 
 from shared.errors import DistillCacheError
 from shared.store.checksum import checksum_column
-from shared.store.fingerprint import canonical_json
 from shared.store.ids import split_for
 from shared.store.paths import StoreLocation
 from shared.store.schema import check_name
 
 MANIFEST = "manifest"
 MANIFEST_MARKER = f"{MANIFEST}/.present"
-DIGESTS_KEY = b"distillcache.columns"
+ARRAYS_KEY = b"distillcache.arrays"
+MANIFEST_NAME = re.compile(r"(?P<stem>[A-Za-z0-9_][A-Za-z0-9_.\-]*)-(?P<crc>[0-9a-f]{8})\.parquet")
 REQUIRED_COLUMNS = {
     "sample_id": pa.string(),
     "prompt": pa.string(),
@@ -110,62 +111,41 @@ def _commit_table(
     return pa.table(columns)
 
 
-def manifest_file(writer: str, first_row: int) -> str:
-    return f"{MANIFEST}/{writer}-{first_row:012d}.parquet"
+def manifest_stem(writer: str, first_row: int) -> str:
+    """The start of a commit's manifest file name (publish adds the CRC-32C and the suffix)."""
+    return f"{MANIFEST}/{writer}-{first_row:012d}"
 
 
-def column_checksum(column: pa.Array | pa.ChunkedArray) -> str:
-    """CRC-32C of a column's type, length, nulls and values (8 hex digits), however it is chunked."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    crc = crc32c.crc32c(f"{array.type}|{len(array)}|{array.null_count}".encode())
-    if array.null_count:
-        crc = crc32c.crc32c(pc.is_null(array).to_numpy(zero_copy_only=False).tobytes(), crc)
-    if array.type in BYTE_COLUMN_TYPES:  # the values' bytes and lengths, straight from Arrow's buffers
-        _, offsets_buffer, data_buffer = array.buffers()
-        offsets = np.frombuffer(offsets_buffer, dtype=BYTE_COLUMN_TYPES[array.type])
-        offsets = offsets[array.offset : array.offset + len(array) + 1].astype(np.int64)
-        crc = crc32c.crc32c((offsets - offsets[0]).tobytes(), crc)
-        if data_buffer is not None:
-            crc = crc32c.crc32c(memoryview(data_buffer)[offsets[0] : offsets[-1]], crc)
-    elif (
-        pa.types.is_integer(array.type) or pa.types.is_floating(array.type) or pa.types.is_boolean(array.type)
-    ):
-        values = (
-            array.fill_null(False if pa.types.is_boolean(array.type) else 0) if array.null_count else array
-        )
-        crc = crc32c.crc32c(np.ascontiguousarray(values.to_numpy(zero_copy_only=False)).tobytes(), crc)
-    else:  # any other type an extra column may have
-        crc = crc32c.crc32c(canonical_json(array.to_pylist()).encode(), crc)
-    return f"{crc:08x}"
-
-
-def publish(location: StoreLocation, table: pa.Table, relative: str) -> None:
-    """Write one commit's manifest file whole, with page checksums and its column checksums."""
-    digests = {name: column_checksum(table.column(name)) for name in table.column_names}
-    table = table.replace_schema_metadata({DIGESTS_KEY: json.dumps(digests).encode()})
+def publish(location: StoreLocation, table: pa.Table, stem: str, array_digests: dict[str, str]) -> str:
+    """Write one commit's manifest file whole, named `<stem>-<CRC-32C of its bytes>.parquet`, with the
+    digests of the writer's array descriptions in its metadata; returns its path in the store."""
+    table = table.replace_schema_metadata({ARRAYS_KEY: json.dumps(array_digests, sort_keys=True).encode()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, write_page_checksum=True)
-    location.write_atomic(relative, buffer.getvalue())
+    data = buffer.getvalue()
+    relative = f"{stem}-{crc32c.crc32c(data):08x}.parquet"
+    location.write_atomic(relative, data)
+    return relative
 
 
-def read_manifest_file(location: StoreLocation, name: str, needed: list[str]) -> pa.Table:
-    """One manifest file, checked: page checksums, the column checksums, the columns needed, names."""
+def read_manifest_file(location: StoreLocation, name: str, needed: list[str]) -> tuple[pa.Table, dict]:
+    """One manifest file, checked (its bytes against the CRC-32C in its name, page checksums, the columns
+    needed, the names it holds): (its rows, {field: digest of the writer's zarr.json}) ."""
     where = f"{location.url}/{MANIFEST}/{name}"
     damaged = f"; the store is damaged: restore {MANIFEST}/{name} from a good copy of the store"
+    named = MANIFEST_NAME.fullmatch(name)
+    if named is None:
+        raise DistillCacheError(f"{where} is not named <writer>-<row>-<CRC-32C>.parquet{damaged}")
+    data = location.read_bytes(f"{MANIFEST}/{name}")
+    if f"{crc32c.crc32c(data):08x}" != named["crc"]:
+        raise DistillCacheError(f"{where} does not match the checksum in its name{damaged}")
     try:
-        table = pq.read_table(
-            pa.BufferReader(location.read_bytes(f"{MANIFEST}/{name}")), page_checksum_verification=True
-        )
-        digests = json.loads((table.schema.metadata or {})[DIGESTS_KEY])
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        array_digests = json.loads((table.schema.metadata or {})[ARRAYS_KEY])
     except KeyError:
-        raise DistillCacheError(f"{where} carries no column checksums{damaged}") from None
+        raise DistillCacheError(f"{where} records no array digests{damaged}") from None
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as error:
         raise DistillCacheError(f"{where} is not a readable Parquet file ({error}){damaged}") from None
-    if not isinstance(digests, dict) or sorted(digests) != sorted(table.column_names):
-        raise DistillCacheError(f"{where}: its columns do not match its column checksums{damaged}")
-    for column in table.column_names:
-        if column_checksum(table.column(column)) != digests[column]:
-            raise DistillCacheError(f"{where}: column {column!r} does not match its checksum{damaged}")
     missing = [column for column in needed if column not in table.column_names]
     if missing:
         raise DistillCacheError(f"{where} lacks the columns {missing}{damaged}")
@@ -173,16 +153,19 @@ def read_manifest_file(location: StoreLocation, name: str, needed: list[str]) ->
         check_name(writer, f"{where}: writer")
     if table.num_rows and pc.min(table.column("row")).as_py() < 0:
         raise DistillCacheError(f"{where} has a negative row number{damaged}")
-    return table.replace_schema_metadata(None)
+    if not isinstance(array_digests, dict):
+        raise DistillCacheError(f"{where} records no array digests{damaged}")
+    return table.replace_schema_metadata(None), array_digests
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """Committed rows: `table` (each sample once, sorted by sample_id) and `duplicates` (the rows of
-    samples committed again by racing writers, which readers skip)."""
+    """Committed rows: `table` (each sample once, sorted by sample_id), `duplicates` (the rows of
+    samples committed again by racing writers, which readers skip) and the array digests."""
 
     table: pa.Table
     duplicates: pa.Table
+    array_digests: dict[str, dict[str, str]]  # writer -> {field: digest of its zarr.json sans row count}
 
 
 class ManifestFiles:
@@ -194,6 +177,7 @@ class ManifestFiles:
         self.needed = [*REQUIRED_COLUMNS, *ADDED_COLUMNS, *(checksum_column(field) for field in fields)]
         self._tables: dict[str, pa.Table] = {}
         self._sample_ids: set[str] = set()
+        self._array_digests: dict[str, dict[str, str]] = {}  # writer -> {field: digest}
 
     def refresh(self) -> list[pa.Table]:
         """Read the files published since the last look; returns their tables."""
@@ -203,11 +187,26 @@ class ManifestFiles:
                 "restore it from a good copy of the store"
             )
         new = [name for name in self.location.list_names(MANIFEST, ".parquet") if name not in self._tables]
-        tables = [read_manifest_file(self.location, name, self.needed) for name in new]
+        tables = []
+        for name in new:
+            table, array_digests = read_manifest_file(self.location, name, self.needed)
+            for writer in pc.unique(table.column("writer")).to_pylist():
+                known = self._array_digests.setdefault(writer, {})
+                for field, digest in array_digests.items():
+                    if known.setdefault(field, digest) != digest:
+                        raise DistillCacheError(
+                            f"{self.location.url}/{MANIFEST}/{name} records another description of array "
+                            f"{field!r} of writer {writer!r} than its other manifest files; the store is damaged"
+                        )
+            tables.append(table)
         self._tables.update(zip(new, tables))
         for table in tables:
             self._sample_ids.update(table.column("sample_id").to_pylist())
         return tables
+
+    def array_digests(self, writer: str) -> dict[str, str]:
+        """{field: digest of its zarr.json without the row count} as the writer's manifests record it."""
+        return dict(self._array_digests.get(writer, {}))
 
     def sample_ids(self) -> set[str]:
         """Every sample_id read so far (a copy)."""
@@ -219,13 +218,14 @@ class ManifestFiles:
             empty = {**REQUIRED_COLUMNS, "split": pa.string(), "writer": pa.string(), "row": pa.int64()}
             empty.update({checksum_column(field): pa.int64() for field in self.fields})
             table = pa.table({name: pa.array([], kind) for name, kind in empty.items()})
-            return Manifest(table, table)
+            return Manifest(table, table, {})
         table = pa.concat_tables(self._tables.values(), promote_options="permissive")
         table = table.sort_by([("sample_id", "ascending"), ("writer", "ascending"), ("row", "ascending")])
         sample_ids = table.column("sample_id").to_numpy(zero_copy_only=False)
         first = np.ones(len(sample_ids), dtype=bool)
         first[1:] = sample_ids[1:] != sample_ids[:-1]
-        return Manifest(table.filter(pa.array(first)), table.filter(pa.array(~first)))
+        digests = {writer: dict(fields) for writer, fields in self._array_digests.items()}
+        return Manifest(table.filter(pa.array(first)), table.filter(pa.array(~first)), digests)
 
 
 def read_manifest(location: StoreLocation, fields: list[str]) -> Manifest:

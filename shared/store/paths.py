@@ -21,11 +21,21 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from shared.errors import DistillCacheError, first_line
+from shared.output_folder import check_output_folder
 from shared.store.confined import ConfinedFsspecStore, ConfinedLocalStore, check_key, check_no_link
 
 REMOTE_HINT = (
     "check the URL, that the endpoint is reachable and your credentials (for s3://: AWS_* variables)"
 )
+
+
+ACCESS_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google", "adlfs", "azure")
+
+
+def is_access_error(error: BaseException) -> bool:
+    """An error of reaching the data (filesystem, network, credentials), not of the data itself."""
+    module = type(error).__module__.split(".")[0]
+    return isinstance(error, (OSError, TimeoutError)) or module in ACCESS_ERROR_MODULES
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class StoreLocation:
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}" if relative else self.root
 
-    def _call(self, what: str, call, *args):
+    def call(self, what: str, call, *args):
         """`call(*args)` with filesystem and network errors as one line."""
         try:
             return call(*args)
@@ -66,18 +76,18 @@ class StoreLocation:
             ) from None
 
     def exists(self, relative: str = "") -> bool:
-        return bool(self._call(f"look for {relative or 'the folder'}", self.fs.exists, self.path(relative)))
+        return bool(self.call(f"look for {relative or 'the folder'}", self.fs.exists, self.path(relative)))
 
     def read_bytes(self, relative: str) -> bytes:
         self.check_path(relative)
-        return self._call(f"read {relative}", self.fs.cat_file, self.path(relative))
+        return self.call(f"read {relative}", self.fs.cat_file, self.path(relative))
 
     def write_atomic(self, relative: str, data: bytes) -> None:
         """Publish a whole file at once: readers see the old state or the new file, never a part."""
         self.check_path(relative)
         target = self.path(relative)
         if not self.is_local:  # no makedirs: on an object store it would create a missing bucket
-            self._call(f"write {relative}", self.fs.pipe_file, target, data)
+            self.call(f"write {relative}", self.fs.pipe_file, target, data)
             return
         folder, name = target.rsplit("/", 1)
         temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
@@ -90,7 +100,7 @@ class StoreLocation:
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
 
-        self._call(f"write {relative}", write)
+        self.call(f"write {relative}", write)
 
     def list_names(self, relative: str, suffix: str) -> list[str]:
         """Names of the visible files `relative/*suffix` (hidden temporary files excluded), sorted."""
@@ -98,7 +108,7 @@ class StoreLocation:
         if not self.exists(relative):
             return []
         self.check_path(relative)
-        entries = self._call(f"list {relative}", self.fs.ls, folder, False)
+        entries = self.call(f"list {relative}", self.fs.ls, folder, False)
         names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
         return sorted(name for name in names if name.endswith(suffix) and not name.startswith("."))
 
@@ -112,15 +122,7 @@ class StoreLocation:
         """Before a writer writes anything: the store is (or can become) a folder this process may write;
         on an object store, its bucket exists (it is never created)."""
         if self.is_local:
-            if os.path.exists(self.root) and not os.path.isdir(self.root):
-                raise DistillCacheError(f"{self.url} is a file, not a store folder; choose another --out")
-            existing = self.root
-            while not os.path.exists(existing):
-                existing = os.path.dirname(existing) or "."
-            if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-                raise DistillCacheError(
-                    f"cannot write the store {self.url}: {existing} is not a writable folder"
-                )
+            check_output_folder(self.root, "store")
             return
         bucket = self.root.split("/", 1)[0]
         if "://" in self.url and self.url.split("://", 1)[0] in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
@@ -131,15 +133,15 @@ class StoreLocation:
                 )
 
     def exists_absolute(self, path: str) -> bool:
-        return bool(self._call(f"look for {path}", self.fs.exists, path))
+        return bool(self.call(f"look for {path}", self.fs.exists, path))
 
     def total_bytes(self, relative: str = "") -> int:
         if not self.exists(relative):
             return 0
-        return int(self._call("measure the size", self.fs.du, self.path(relative)))
+        return int(self.call("measure the size", self.fs.du, self.path(relative)))
 
     def zarr_store(self, read_only: bool):
         """The store folder as a Zarr store whose every key is checked (shared.store.confined)."""
         if self.is_local:
             return ConfinedLocalStore(self.root, read_only=read_only)
-        return self._call("open", ConfinedFsspecStore.from_url, self.url, None, read_only)
+        return self.call("open", ConfinedFsspecStore.from_url, self.url, None, read_only)

@@ -33,7 +33,7 @@ from shared.store.checksum import checksum_column, row_checksums
 from shared.store.dtypes import from_storage, storage_dtype
 from shared.store.format import read_metadata
 from shared.store.manifest import read_manifest
-from shared.store.paths import StoreLocation
+from shared.store.paths import StoreLocation, is_access_error
 from shared.store.schema import FieldSpec
 
 
@@ -71,6 +71,7 @@ class StoreReader:
         manifest = read_manifest(self.location, list(self.fields))
         self.manifest: pa.Table = manifest.table
         self.duplicates: pa.Table = manifest.duplicates
+        self._array_digests = manifest.array_digests
         self._writers: list[str] = pc.unique(self.manifest.column("writer")).to_pylist()
         writer_index = {name: code for code, name in enumerate(self._writers)}
         self._writer_codes = np.array(
@@ -144,16 +145,16 @@ class StoreReader:
             return zarr_arrays.gather(requests)
         except DistillCacheError:
             raise
-        except OSError as error:
+        except Exception as error:
+            if not is_access_error(error):  # a damaged chunk can fail inside any codec, with any error type
+                raise DamagedRowsError(
+                    f"{self.location.url}: field {field!r} of {self._rows_named(rows)} cannot be decoded "
+                    f"({type(error).__name__}: {first_line(error)}); {DAMAGED_ROWS_HINT}",
+                    f"cannot be decoded ({type(error).__name__}: {first_line(error)})",
+                ) from None
             raise DistillCacheError(
                 f"cannot read field {field!r} of {self.location.url} ({first_line(error)}); check that the store "
                 "is reachable"
-            ) from None
-        except Exception as error:  # a damaged chunk can fail inside any codec, with any error type
-            raise DamagedRowsError(
-                f"{self.location.url}: field {field!r} of {self._rows_named(rows)} cannot be decoded "
-                f"({type(error).__name__}: {first_line(error)}); {DAMAGED_ROWS_HINT}",
-                f"cannot be decoded ({type(error).__name__}: {first_line(error)})",
             ) from None
 
     def _check_checksums(
@@ -188,6 +189,13 @@ class StoreReader:
         more = f" and {len(manifest_rows) - shown} more" if len(manifest_rows) > shown else ""
         return f"row{'s' if len(manifest_rows) > 1 else ''} {', '.join(names)}{more}"
 
+    def check_arrays(self) -> None:
+        """Open and vet the metadata of every array the manifest points to (raises on a missing or
+        damaged one) without reading rows: what `teacher-cache info` checks."""
+        for writer in self._writers:
+            for field in self.fields:
+                self._array(writer, field)
+
     def _spec(self, field: str) -> FieldSpec:
         if field not in self.fields:
             raise DistillCacheError(
@@ -220,7 +228,15 @@ class StoreReader:
     def _array(self, writer: str, field: str):
         key = (writer, field)
         if key not in self._arrays:
-            array = zarr_arrays.open_array(self.location, self._zarr_store, writer, field, self.fields[field])
+            expected = self._array_digests.get(writer, {}).get(field)
+            if expected is None:
+                raise DistillCacheError(
+                    f"{self.location.url}: the manifest of writer {writer!r} records no description of array "
+                    f"{field!r}; the store is damaged"
+                )
+            array = zarr_arrays.open_array(
+                self.location, self._zarr_store, writer, field, self.fields[field], expected
+            )
             if array is None:
                 raise DamagedRowsError(
                     f"{self.location.url}: the manifest names rows of writer {writer!r} but its array {field!r} "

@@ -10,10 +10,13 @@ damaged chunk names exactly the rows it holds. `reason`: "checksum mismatch" or 
 not be read.
 """
 
+import json
 import os
 
 import numpy as np
 
+from shared.errors import DistillCacheError
+from shared.store import arrays as zarr_arrays
 from shared.store.checksum import checksum_column, row_checksums
 from shared.store.reader import DamagedRowsError, StoreReader
 
@@ -21,8 +24,12 @@ BLOCK_BYTES = 64 * 1024 * 1024
 MISMATCH = "checksum mismatch"
 
 
+GROUP_METADATA = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
+
+
 def verify_store(url: str | os.PathLike) -> list[dict]:
     reader = StoreReader(url, verify=False)
+    check_group_metadata(reader)
     manifest = reader.manifest
     physical_order = np.lexsort(
         (manifest.column("row").to_numpy(), manifest.column("writer").to_numpy(zero_copy_only=False))
@@ -37,6 +44,24 @@ def verify_store(url: str | os.PathLike) -> list[dict]:
                 if reason:
                     bad.append({**_describe(manifest, int(row), field), "reason": reason})
     return sorted(bad, key=lambda entry: (entry["writer"], entry["row"], entry["field"]))
+
+
+def check_group_metadata(reader: StoreReader) -> None:
+    """The Zarr group descriptions (zarr.json of the store, of groups/ and of each writer's group) are
+    not read for data, but verify passes no damaged file: each must be the one distillcache writes."""
+    for folder in ("", zarr_arrays.GROUPS, *(f"{zarr_arrays.GROUPS}/{writer}" for writer in reader.writers)):
+        relative = f"{folder}/zarr.json".lstrip("/")
+        if not reader.location.exists(relative):
+            continue
+        try:
+            content = json.loads(reader.location.read_bytes(relative))
+        except (ValueError, UnicodeDecodeError):
+            content = None
+        if content != GROUP_METADATA:
+            raise DistillCacheError(
+                f"{reader.location.url}/{relative} is not the group description distillcache writes; the store "
+                "is damaged there (no data depends on it): restore it from a good copy of the store"
+            )
 
 
 def _check_block(reader: StoreReader, field: str, rows: np.ndarray, expected: np.ndarray):

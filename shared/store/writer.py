@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from shared.errors import DistillCacheError
+from shared.errors import DistillCacheError, first_line
 from shared.store import arrays as zarr_arrays
 from shared.store.checksum import row_checksums
 from shared.store.dtypes import to_storage
@@ -31,11 +31,11 @@ from shared.store.manifest import (
     ManifestFiles,
     check_rows,
     commit_table,
-    manifest_file,
+    manifest_stem,
     mark_manifest_folder,
     publish,
 )
-from shared.store.paths import StoreLocation
+from shared.store.paths import StoreLocation, is_access_error
 from shared.store.schema import FieldSpec, check_name
 
 DEFAULT_VAL_FRACTION = 0.1
@@ -44,6 +44,17 @@ DEFAULT_VAL_FRACTION = 0.1
 def new_writer_id() -> str:
     """A group name no other writer will pick: pid for the reader of a listing, random for uniqueness."""
     return f"w{os.getpid()}-{uuid.uuid4().hex[:10]}"
+
+
+def committed_sample_ids(url: str | os.PathLike) -> set[str]:
+    """sample_ids already committed to the store at `url` (empty when there is no store yet): what a
+    writer checks before its first capture, when it does not know its fields yet."""
+    location = StoreLocation.open(url)
+    if read_metadata(location) is None:
+        return set()
+    files = ManifestFiles(location, [])
+    files.refresh()
+    return files.sample_ids()
 
 
 class StoreWriter:
@@ -74,6 +85,7 @@ class StoreWriter:
         self._next_row = 0
         self._committed_here: set[str] = set()
         self._manifest_files = ManifestFiles(self.location, list(self.fields))
+        self._array_digests: dict[str, str] = {}
 
     @property
     def committed_ids(self) -> set[str]:
@@ -93,22 +105,40 @@ class StoreWriter:
         checksums = {name: row_checksums(values) for name, values in stored.items()}
         table = commit_table(rows, self.writer_id, first_row, checksums, self.val_fraction)
         # inputs are valid: from here on the store is written
+        try:
+            self._write(rows, stored, table, first_row, stop)
+        except Exception as error:
+            if isinstance(error, DistillCacheError) or not is_access_error(error):
+                raise
+            raise DistillCacheError(
+                f"cannot write to store {self.location.url} ({first_line(error)}); check that it is reachable "
+                "and writable with these credentials (nothing of this batch was committed)"
+            ) from None
+
+    def _write(self, rows: list[dict], stored: dict, table, first_row: int, stop: int) -> None:
+        """Steps (2)-(4) of a commit: store.json if new, the arrays on fresh shards, then the manifest."""
         self._ensure_store_json()
         self._ensure_arrays(shard_rows_hint=len(rows), create=True)
         assert self._next_row == first_row, "another process is using this writer id"
         handles = [self._arrays[name] for name in self.fields]
         zarr_arrays.gather([handle.resize((stop, *handle.shape[1:])) for handle in handles])
+        # the next commit starts on a fresh shard even if this one fails from here on
+        shard_rows = zarr_arrays.shard_rows_of(handles[0])
+        self._next_row = math.ceil(stop / shard_rows) * shard_rows
         zarr_arrays.gather(
             [self._arrays[name].setitem(slice(first_row, stop), stored[name]) for name in self.fields]
         )
-        self._publish_manifest(table, manifest_file(self.writer_id, first_row))
-        shard_rows = zarr_arrays.shard_rows_of(handles[0])
-        self._next_row = math.ceil(stop / shard_rows) * shard_rows
+        if len(self._array_digests) != len(self.fields):  # what readers check each array against
+            self._array_digests = {
+                name: zarr_arrays.read_metadata_digest(self.location, self.writer_id, name)
+                for name in self.fields
+            }
+        self._publish_manifest(table, manifest_stem(self.writer_id, first_row))
         self._committed_here.update(row["sample_id"] for row in rows)
 
-    def _publish_manifest(self, table, relative: str) -> None:
+    def _publish_manifest(self, table, stem: str) -> None:
         """The commit point (a method of its own so that crash tests can stop a writer right before it)."""
-        publish(self.location, table, relative)
+        publish(self.location, table, stem, self._array_digests)
 
     def _stored_arrays(self, arrays: Mapping, num_rows: int) -> dict[str, np.ndarray]:
         missing, extra = sorted(set(self.fields) - set(arrays)), sorted(set(arrays) - set(self.fields))
