@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, committed_sample_ids, sample_id_for
+from shared.store.claims import WriterClaims
 from shared.store.paths import StoreLocation
+from shared.store.writer import new_writer_id
 from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
 from teacher_cache.capture import CaptureHooks
@@ -113,6 +115,15 @@ def process_state(device: str) -> PartialState:
 
 
 @contextmanager
+def claims_released(claims: WriterClaims):
+    """Remove this writer's claim when the block ends, however it ends."""
+    try:
+        yield claims
+    finally:
+        claims.release()
+
+
+@contextmanager
 def torch_threads(count: int):
     """torch's CPU thread count set to `count` inside the block (0: unchanged), restored after."""
     previous = torch.get_num_threads()
@@ -158,17 +169,24 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
             f"fields {','.join(config.fields)} -> {config.out}",
             flush=True,
         )
-    capture = dict(steps=config.steps, groups=config.fields, preview_size=config.preview_size)
-    feature_steps, feature_dtype = config.resolved_feature_steps, getattr(torch, config.feature_dtype)
     already_committed = committed_sample_ids(config.out)
     pending = [sample for sample in mine if sample.sample_id not in already_committed]
-    # this process's own order (other writers of the store start elsewhere), re-checked before each batch
+    # this process's own order (other writers of the store start elsewhere), re-checked before each
+    # batch against what is committed and what other writers claim to be computing
     queue = JobQueue(pending, config.batch_size, seed=int.from_bytes(os.urandom(8), "big"))
-
-    with CaptureHooks(teacher.denoiser, feature_modules, feature_steps, feature_dtype) as hooks:
+    claims = WriterClaims(config.out, new_writer_id())  # released (removed) however the run ends
+    capture = dict(steps=config.steps, groups=config.fields, preview_size=config.preview_size)
+    feature_steps, feature_dtype = config.resolved_feature_steps, getattr(torch, config.feature_dtype)
+    with (
+        claims_released(claims),
+        CaptureHooks(teacher.denoiser, feature_modules, feature_steps, feature_dtype) as hooks,
+    ):
         # 2. The first batch doubles as the probe that fixes field shapes and timesteps (the store
         #    needs them before its first commit); when every job is done, one job is probed and dropped.
-        first = queue.next_batch(already_committed) or samples[:1]
+        first = queue.next_batch(set(), claims.others())
+        if first:
+            claims.claim([sample.sample_id for sample in first])
+        first = first or samples[:1]
         first_batch = capture_batch(teacher, hooks, [sample.job for sample in first], geometry, **capture)
         settings = store_settings(
             config,
@@ -184,7 +202,8 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
         #    store made with another teacher, other settings or other fields).
         writer = StoreWriter(
             config.out,
-            fingerprint=fingerprint,
+            writer_id=claims.writer_id,
+            fingerprint=teacher.fingerprint,
             teacher=teacher.origin,
             settings=settings,
             fields=field_specs(first_batch.arrays),
@@ -218,11 +237,15 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
         #    store committed meanwhile are skipped.
         with bar, CommitQueue(on_done=on_committed) as commits:
             submit(commits, first, first_batch)
-            while batch_samples := queue.next_batch(writer.committed_ids):
+            committing = first
+            while batch_samples := queue.next_batch(writer.committed_ids, claims.others()):
+                # claimed: the batch computed now and the one still committing
+                claims.claim([sample.sample_id for sample in (*batch_samples, *committing)])
                 batch = capture_batch(
                     teacher, hooks, [sample.job for sample in batch_samples], geometry, **capture
                 )
                 submit(commits, batch_samples, batch)
+                committing = batch_samples
     skipped = len(mine) - len(pending)
     return CaptureSummary(
         tally.written,

@@ -3,13 +3,14 @@
     garbage = find_garbage("runs/cache", grace_seconds=24 * 3600)   # lists; removes nothing
     remove_garbage(garbage)                                          # teacher-cache gc STORE --apply
 
-Three kinds, each only when older than the grace period:
+Four kinds, each only when older than the grace period:
 - temporary files: `.<name>.<random>.tmp` (our atomic writes) and `<name>.<random>.partial` (Zarr's);
 - orphan groups: `groups/<writer>/` folders that no manifest row names (a writer killed before its
   first commit, or whose every batch was rejected);
 - uncommitted shards: shard files `groups/<writer>/<field>/c/<i>/...` of a group that has committed
   rows, whose row range [i * shard_rows, (i + 1) * shard_rows) holds no committed row (the batch in
-  flight when a writer was killed). Rows a racing writer committed twice count as committed.
+  flight when a writer was killed). Rows a racing writer committed twice count as committed;
+- stale claims: `claims/<writer>.json` of a writer killed before it could remove it (advice only).
 
 Why this is safe beside running writers: a writer writes a commit's shards (and a new group's
 zarr.json) and only then publishes the manifest file that references them; a file no manifest
@@ -30,6 +31,7 @@ from datetime import datetime
 
 from shared.errors import DistillCacheError
 from shared.store.arrays import GROUPS
+from shared.store.claims import CLAIMS
 from shared.store.format import read_metadata
 from shared.store.manifest import ManifestFiles
 from shared.store.paths import StoreLocation
@@ -37,6 +39,7 @@ from shared.store.paths import StoreLocation
 TEMPORARY = "temporary file"
 ORPHAN_GROUP = "orphan group"
 UNCOMMITTED_SHARD = "uncommitted shard"
+STALE_CLAIM = "stale claim"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ def classify(
     if (name.startswith(".") and name.endswith(".tmp")) or name.endswith(".partial"):
         return TEMPORARY
     parts = relative.split("/")
+    if parts[0] == CLAIMS and len(parts) == 2:  # a writer's claim outlives it only if it was killed
+        return STALE_CLAIM
     if parts[0] != GROUPS or len(parts) < 3:
         return None
     writer = parts[1]
