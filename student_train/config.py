@@ -22,7 +22,11 @@ class TrainConfig:
     out: str = option(None, "output folder: the exported student + logs + checkpoints", required=True)
     method: str = option("direct", "direct | lcm | progressive")
     student: str = option("full", "full | lora")
-    teacher: str = option("", "the denoiser's source; default: the store fingerprint's source")
+    teacher: str = option(
+        "",
+        "the teacher's folder or Hub id, e.g. your own copy (its denoiser's digest must match the store's)",
+        default_text="the source the store records",
+    )
     num_student_steps: int = option(
         4, "K: the student's sampling steps (direct trains them; recommended for all)"
     )

@@ -98,11 +98,12 @@ def student_pipeline(config: SampleConfig, distill: dict):
     dtype = resolve_dtype(config.dtype, device)
     recorded = distill.get("teacher", {})
     source = config.teacher or recorded.get("source")
-    teacher = load_teacher(source, recorded.get("fingerprint", {}).get("revision"), device, dtype)
-    expected_hash = recorded.get("fingerprint", {}).get("weights_hash")
-    if expected_hash and teacher.fingerprint["weights_hash"] != expected_hash:
-        print(
-            f"student-train: warning: the weights of {source} differ from the teacher the student was distilled from"
+    teacher = load_teacher(source, None if config.teacher else recorded.get("revision"), device, dtype)
+    expected = recorded.get("fingerprint", {}).get("denoiser_hash")
+    if teacher.fingerprint["denoiser_hash"] != expected:
+        raise DistillCacheError(
+            f"the teacher at {source} is not the one the student was distilled from (its denoiser's digest "
+            "differs from distill.json's); pass --teacher with the student's own teacher"
         )
     pipe, denoiser_name = teacher.pipe, teacher.denoiser_name
     if (Path(config.student) / denoiser_name).is_dir():

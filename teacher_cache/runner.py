@@ -156,7 +156,7 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     mine = slice_for_rank(samples, state.process_index, state.num_processes)
     if state.is_main_process:
         print(
-            f"teacher-cache: {fingerprint['pipeline_class']} from {config.teacher} on {device} ({dtype_name(dtype)}); "
+            f"teacher-cache: {fingerprint['pipeline_class']} from {teacher.origin['source']} on {device} ({dtype_name(dtype)}); "
             f"{len(samples)} jobs ({len(mine)} on this rank), {config.steps} steps, guidance {config.guidance:g}, "
             f"fields {','.join(config.fields)} -> {config.out}",
             flush=True,
@@ -182,7 +182,11 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
         # 3. This process's writer, its own group (writes nothing until its first commit; refuses a
         #    store made with another teacher, other settings or other fields).
         writer = StoreWriter(
-            config.out, fingerprint=fingerprint, settings=settings, fields=field_specs(first_batch.arrays)
+            config.out,
+            fingerprint=fingerprint,
+            teacher=teacher.origin,
+            settings=settings,
+            fields=field_specs(first_batch.arrays),
         )
         already_committed = writer.committed_ids
         pending = [sample for sample in mine if sample.sample_id not in already_committed]

@@ -144,7 +144,7 @@ def run(config: EvalConfig) -> dict:
 
     metrics = {
         "config": asdict(config),
-        "teacher": config.teacher or eval_sets[0].reader.fingerprint.get("source"),
+        "teacher": config.teacher or eval_sets[0].reader.teacher["source"],
         "student": {key: distill.get(key) for key in ("method", "student", "recommended", "sampling")},
         "sets": [{"name": s.name, "store": s.url, "rows": len(s.rows)} for s in eval_sets],
         "judge": "digit judge"

@@ -105,5 +105,5 @@ def check_same_teacher(distill: dict, reader, cache: str) -> None:
     if distill.get("store", {}).get("fingerprint") != reader.fingerprint:
         raise DistillCacheError(
             f"the student was distilled from teacher {distill.get('teacher', {}).get('source')!r}, "
-            f"but --cache {cache} holds teacher {reader.fingerprint.get('source')!r}; evaluate on its own store"
+            f"but --cache {cache} holds teacher {reader.teacher['source']!r}; evaluate on its own store"
         )

@@ -161,8 +161,13 @@ def train(config: TrainConfig) -> Path:
 
     # 2. The cached fields and the teacher's denoiser weights: nothing else of the teacher.
     data = TrainingData(reader, method.fields(config), config.split, config.max_samples, config.loader)
-    source = config.teacher or reader.fingerprint.get("source", "")
-    denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
+    source = config.teacher or reader.teacher["source"]
+    denoiser = load_denoiser(
+        source,
+        settings.get("denoiser", "unet"),
+        None if config.teacher else reader.teacher["revision"],
+        expected_digest=reader.fingerprint["denoiser_hash"],
+    )
     student = build_student(config.student, denoiser, config, method.w_conditioned)
     del denoiser
 
