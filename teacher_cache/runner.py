@@ -29,7 +29,7 @@ from shared.store.paths import StoreLocation
 from shared.store.writer import new_writer_id
 from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
-from teacher_cache.capture import CaptureHooks
+from teacher_cache.capture import CaptureHooks, check_first_order
 from teacher_cache.commit_queue import CommitQueue
 from teacher_cache.config import FALLBACK_GUIDANCE, CaptureConfig, check_config
 from teacher_cache.feature_modules import match_feature_modules
@@ -153,6 +153,7 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     device = state.device if config.device == "auto" else torch.device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     teacher = load_teacher(config.teacher, config.revision, device, dtype)
+    check_first_order(teacher.pipe.scheduler)
     wants_features = "features" in config.fields
     feature_modules = match_feature_modules(teacher.denoiser, config.features) if wants_features else {}
     geometry = latent_geometry(teacher, config.height, config.width)
