@@ -26,7 +26,9 @@ def main(args: argparse.Namespace) -> int:
     )  # refuses a damaged store.json or manifest, with the reason
     bad = verify_store(args.store)
     if not bad:
-        print(f"ok: {len(reader)} rows x {len(reader.fields)} fields match their checksums")
+        duplicates = reader.duplicates.num_rows
+        also = f" ({duplicates} rows of samples committed twice are skipped by readers)" if duplicates else ""
+        print(f"ok: {len(reader)} rows x {len(reader.fields)} fields match their checksums{also}")
         return 0
     rows = {(entry["writer"], entry["row"]) for entry in bad}
     reasons = sorted({entry["reason"] for entry in bad})

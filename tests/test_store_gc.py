@@ -48,6 +48,8 @@ def test_gc_lists_then_removes_only_what_no_commit_needs(tmp_path, monkeypatch, 
     killed_commit(store, [8, 9], writer_id="dead", monkeypatch=monkeypatch)  # a group no manifest names
     (store / "manifest" / ".rank0-000000000008.parquet.0123abcd.tmp").write_bytes(b"half a file")
     (store / "groups" / "rank0" / "preview" / "zarr.0123abcd.partial").write_bytes(b"half")
+    (store / "claims").mkdir()
+    (store / "claims" / "dead.json").write_text('["a-sample-id"]')  # a killed writer's claim
     garbage = files_of(store) - before_garbage
     expected_shards = {
         path
@@ -60,6 +62,7 @@ def test_gc_lists_then_removes_only_what_no_commit_needs(tmp_path, monkeypatch, 
     assert garbage - expected_shards - expected_orphans == {
         "manifest/.rank0-000000000008.parquet.0123abcd.tmp",
         "groups/rank0/preview/zarr.0123abcd.partial",
+        "claims/dead.json",
     }
 
     assert main(["gc", str(store)]) == 0  # recent: kept, nothing listed for removal
@@ -72,6 +75,7 @@ def test_gc_lists_then_removes_only_what_no_commit_needs(tmp_path, monkeypatch, 
         "orphan groups: " in listing
         and "uncommitted shards: " in listing
         and "temporary files: 2 files" in listing
+        and "stale claims: 1 files" in listing
     )
     assert files_of(store) >= garbage
 

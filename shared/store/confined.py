@@ -40,7 +40,28 @@ def check_no_link(root_real: str, relative: str, where: str) -> None:
         )
 
 
-class ConfinedLocalStore(LocalStore):
+class ConfinedKeys:
+    """Mixin (before a Zarr store class): every read, test and delete passes its key through
+    `self._confined(key)` first."""
+
+    def _confined(self, key: str) -> str:
+        raise NotImplementedError
+
+    async def get(self, key, prototype=None, byte_range=None):
+        return await super().get(self._confined(key), prototype, byte_range)
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = [(self._confined(key), byte_range) for key, byte_range in key_ranges]
+        return await super().get_partial_values(prototype, key_ranges)
+
+    async def exists(self, key: str) -> bool:
+        return await super().exists(self._confined(key))
+
+    async def delete(self, key: str) -> None:
+        await super().delete(self._confined(key))
+
+
+class ConfinedLocalStore(ConfinedKeys, LocalStore):
     """LocalStore whose every key is a plain path reached without symlinks."""
 
     def __init__(self, root, *, read_only: bool = False) -> None:
@@ -52,21 +73,8 @@ class ConfinedLocalStore(LocalStore):
         check_no_link(self._root_real, key, str(self.root))
         return key
 
-    async def get(self, key, prototype=None, byte_range=None):
-        return await super().get(self._confined(key), prototype, byte_range)
-
-    async def get_partial_values(self, prototype, key_ranges):
-        key_ranges = [(self._confined(key), byte_range) for key, byte_range in key_ranges]
-        return await super().get_partial_values(prototype, key_ranges)
-
-    async def exists(self, key: str) -> bool:
-        return await super().exists(self._confined(key))
-
     async def _set(self, key: str, value, exclusive: bool = False) -> None:
         await super()._set(self._confined(key), value, exclusive=exclusive)
-
-    async def delete(self, key: str) -> None:
-        await super().delete(self._confined(key))
 
     def get_sync(self, key, *, prototype=None, byte_range=None):
         return super().get_sync(self._confined(key), prototype=prototype, byte_range=byte_range)
@@ -75,24 +83,11 @@ class ConfinedLocalStore(LocalStore):
         super().set_sync(self._confined(key), value)
 
 
-class ConfinedFsspecStore(FsspecStore):
+class ConfinedFsspecStore(ConfinedKeys, FsspecStore):
     """FsspecStore whose every key is a plain relative path (no '..' out of the store's prefix)."""
 
     def _confined(self, key: str) -> str:
         return check_key(key, self.path)
 
-    async def get(self, key, prototype=None, byte_range=None):
-        return await super().get(self._confined(key), prototype, byte_range)
-
-    async def get_partial_values(self, prototype, key_ranges):
-        key_ranges = [(self._confined(key), byte_range) for key, byte_range in key_ranges]
-        return await super().get_partial_values(prototype, key_ranges)
-
-    async def exists(self, key: str) -> bool:
-        return await super().exists(self._confined(key))
-
     async def set(self, key: str, value, byte_range=None) -> None:
         await super().set(self._confined(key), value, byte_range)
-
-    async def delete(self, key: str) -> None:
-        await super().delete(self._confined(key))
