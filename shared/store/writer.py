@@ -16,6 +16,7 @@ teacher is loaded from, is kept as the first writer wrote it).
 
 import math
 import os
+import threading
 import uuid
 from collections.abc import Mapping
 
@@ -84,6 +85,7 @@ class StoreWriter:
         self._arrays: dict = {}
         self._next_row = 0
         self._committed_here: set[str] = set()
+        self._committed_here_lock = threading.Lock()  # commits may run on another thread than committed_ids
         self._manifest_files = ManifestFiles(self.location, list(self.fields))
         self._array_digests: dict[str, str] = {}
 
@@ -91,10 +93,12 @@ class StoreWriter:
     def committed_ids(self) -> set[str]:
         """sample_ids committed by any writer of this store; each call reads only the manifest files
         published since the last one, so a writer can ask before every batch."""
+        with self._committed_here_lock:
+            committed_here = set(self._committed_here)
         if not self._store_json_written and read_metadata(self.location) is None:
-            return set(self._committed_here)
+            return committed_here
         self._manifest_files.refresh()
-        return self._manifest_files.sample_ids() | self._committed_here
+        return self._manifest_files.sample_ids() | committed_here
 
     def commit(self, rows: list[dict], arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
         """Make `rows` visible together with their arrays, or (on any failure) not at all."""
@@ -134,7 +138,8 @@ class StoreWriter:
                 for name in self.fields
             }
         self._publish_manifest(table, manifest_stem(self.writer_id, first_row))
-        self._committed_here.update(row["sample_id"] for row in rows)
+        with self._committed_here_lock:
+            self._committed_here.update(row["sample_id"] for row in rows)
 
     def _publish_manifest(self, table, stem: str) -> None:
         """The commit point (a method of its own so that crash tests can stop a writer right before it)."""
