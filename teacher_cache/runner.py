@@ -4,8 +4,8 @@
     accelerate launch --num_processes 2 -m teacher_cache run ...      # each rank its slice and writer
     (CPU only: accelerate launch --multi_gpu --num_processes 2 ..., which starts them via torchrun)
 
-Read top to bottom: validate everything (settings, prompt file, teacher, feature globs) before
-anything is written; capture the first batch, which fixes the field shapes and the timesteps; open
+Read top to bottom: validate everything (settings, prompt file or --images dataset, teacher, feature
+globs) before anything is written; capture the first batch, which fixes the field shapes and the timesteps; open
 this process's writer (the store refuses other settings); skip committed rows (resume); capture
 the rest in batches, committing each batch's finite rows; print a summary.
 """
@@ -25,8 +25,9 @@ from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
 from teacher_cache.capture import CaptureHooks
 from teacher_cache.commit_queue import CommitQueue
-from teacher_cache.config import FALLBACK_GUIDANCE, CaptureConfig, check_config
+from teacher_cache.config import BUILTIN_DIGITS, FALLBACK_GUIDANCE, CaptureConfig, check_config
 from teacher_cache.feature_modules import match_feature_modules
+from teacher_cache.image_source import check_digit_jobs, folder_jobs
 from teacher_cache.prompts import CaptureJob, read_jobs
 from teacher_cache.store_layout import dtype_name, field_specs, store_settings
 
@@ -42,8 +43,15 @@ class CaptureSummary:
 
 @dataclass(frozen=True)
 class Sample:
-    sample_id: str  # sample_id_for(fingerprint, prompt, negative prompt, seed, guidance): the dedupe key
+    sample_id: str  # job_sample_id(fingerprint, job): the dedupe key
     job: CaptureJob
+
+
+def job_sample_id(fingerprint: dict, job: CaptureJob) -> str:
+    """The row's id: teacher, prompt, negative prompt, seed, guidance and, for a row made from an
+    --images file, that file (job.image: two images with one caption are two samples; their seeds,
+    hashed from the file name, keep them apart until sample_id_for takes `source_key=job.image`)."""
+    return sample_id_for(fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale)
 
 
 @dataclass
@@ -100,6 +108,7 @@ def commit_finite(
             "seed": samples[index].job.seed,
             "guidance_scale": samples[index].job.guidance_scale,
             "num_inference_steps": steps,
+            **({"image": samples[index].job.image} if samples[index].job.image else {}),
         }
         for index in keep
     ]
@@ -138,8 +147,9 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     # 1. Validate: settings, prompt file, teacher, feature globs. Nothing is written before this passes.
     config = with_resolved_guidance(config)
     check_config(config)
-    jobs = read_jobs(config.prompts, config.seeds_per_prompt, config.guidance, config.negative_prompt)
-    jobs = jobs[: config.limit] if config.limit else jobs
+    from_folder = bool(config.images) and config.images != BUILTIN_DIGITS
+    if not from_folder:
+        jobs = read_jobs(config.prompts, config.seeds_per_prompt, config.guidance, config.negative_prompt)
     state = process_state(config.device)
     device = state.device if config.device == "auto" else torch.device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -147,11 +157,13 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     wants_features = "features" in config.fields
     feature_modules = match_feature_modules(teacher.denoiser, config.features) if wants_features else {}
     geometry = latent_geometry(teacher, config.height, config.width)
+    if from_folder:  # every image opened and checked: a bad one is one line, before anything is written
+        jobs = folder_jobs(config.images, geometry.image_size, config.guidance, config.negative_prompt)
+    elif config.images == BUILTIN_DIGITS:
+        check_digit_jobs(jobs, geometry.image_size)
+    jobs = jobs[: config.limit] if config.limit else jobs
     fingerprint = teacher.fingerprint
-    samples = [
-        Sample(sample_id_for(fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale), job)
-        for job in jobs
-    ]
+    samples = [Sample(job_sample_id(fingerprint, job), job) for job in jobs]
     mine = slice_for_rank(samples, state.process_index, state.num_processes)
     if state.is_main_process:
         print(
@@ -160,14 +172,22 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
             f"fields {','.join(config.fields)} -> {config.out}",
             flush=True,
         )
-    capture = dict(steps=config.steps, groups=config.fields, preview_size=config.preview_size)
+    capture = dict(
+        steps=config.steps,
+        groups=config.fields,
+        preview_size=config.preview_size,
+        points_per_sample=config.noised_points_per_sample,
+        images=config.images,
+    )
     feature_steps, feature_dtype = config.resolved_feature_steps, getattr(torch, config.feature_dtype)
 
     with CaptureHooks(teacher.denoiser, feature_modules, feature_steps, feature_dtype) as hooks:
         # 2. The first batch doubles as the probe that fixes field shapes and timesteps (the store
         #    needs them before its first commit); on a resume whose first batch is done, it is dropped.
         first = next(guidance_batches(mine or samples[:1], config.batch_size))
-        first_batch = capture_batch(teacher, hooks, [sample.job for sample in first], geometry, **capture)
+        first_batch = capture_batch(
+            teacher, hooks, [s.job for s in first], [s.sample_id for s in first], geometry, **capture
+        )
         settings = store_settings(
             config,
             pipe=teacher.pipe,
@@ -207,7 +227,12 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
             rest = [sample for sample in pending if sample not in first]
             for batch_samples in guidance_batches(rest, config.batch_size):
                 batch = capture_batch(
-                    teacher, hooks, [sample.job for sample in batch_samples], geometry, **capture
+                    teacher,
+                    hooks,
+                    [s.job for s in batch_samples],
+                    [s.sample_id for s in batch_samples],
+                    geometry,
+                    **capture,
                 )
                 commits.submit(commit_finite, writer, batch_samples, batch, config.steps, wanted)
     skipped = len(mine) - len(pending)
