@@ -223,7 +223,9 @@ def measure(settings: BenchSettings) -> dict:
             from student_train.data.batches import rows_for_micro_step
 
             online = OnlineNoisedPoints(pipe, reader.settings, settings.seed)
-            positions = (rows_for_micro_step(len(online), settings.batch_size, settings.seed, s) for s in steps)
+            positions = (
+                rows_for_micro_step(len(online), settings.batch_size, settings.seed, s) for s in steps
+            )
             batches = online.batches(positions, device)
         else:
             batch_at = online_direct_batches(settings, reader, pipe, device)

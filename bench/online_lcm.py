@@ -53,7 +53,10 @@ class OnlineNoisedPoints:
         k, self.batches_made = self.batches_made, self.batches_made + 1
         prompts = [self.prompts[p] for p in positions.tolist()]
         sample_ids = [f"online-{self.seed}-{k}-{j}" for j in range(len(prompts))]
-        jobs = [CaptureJob(p, "", keyed_seed(sid) & MAX_SEED, self.guidance) for p, sid in zip(prompts, sample_ids)]
+        jobs = [
+            CaptureJob(p, "", keyed_seed(sid) & MAX_SEED, self.guidance)
+            for p, sid in zip(prompts, sample_ids)
+        ]
         cond, uncond = self.pipe.encode_prompt(prompts, device, 1, True, negative_prompt=[""] * len(prompts))
         x0 = encode_images(self.pipe, load_images(BUILTIN_DIGITS, jobs), sample_ids, self.image_size)
         first_call = {  # the arguments StableDiffusionPipeline passes its UNet ([uncond; cond])
@@ -70,3 +73,37 @@ class OnlineNoisedPoints:
     def batches(self, schedule, device):
         for positions in schedule:
             yield self.batch(positions, device)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m bench.online_lcm --cache STORE --out DIR [student-train run flags]`: an lcm student
+    trained with the teacher in the loop; the store gives the settings (schedule, grid, guidance) and is
+    named in the exported distill.json, but no batch is read from it."""
+    import argparse
+
+    from diffusers import DiffusionPipeline
+
+    from shared.config_flags import add_config_flags, config_from_args
+    from shared.store import StoreReader
+    from shared.teacher import loading_bars_hidden
+    from student_train.config import TrainConfig
+    from student_train.training.loop import train
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.online_lcm", description=main.__doc__.splitlines()[0]
+    )
+    add_config_flags(parser, TrainConfig)
+    config = config_from_args(TrainConfig, parser.parse_args(argv))
+    torch.set_num_threads(config.threads or torch.get_num_threads())
+    reader = StoreReader(config.cache)
+    with loading_bars_hidden():
+        pipe = DiffusionPipeline.from_pretrained(config.teacher or reader.fingerprint["source"])
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.requires_grad_(False).eval()
+    train(config, data=OnlineNoisedPoints(pipe, reader.settings, config.seed))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -16,8 +16,8 @@ import torch
 
 from shared.errors import DistillCacheError
 from shared.noise import init_noise_sigma, initial_noise
-from shared.teacher import Teacher
 from shared.schedule import NoiseSchedule
+from shared.teacher import Teacher
 from teacher_cache.capture import CaptureHooks, StepRecord
 from teacher_cache.config import PIPELINE_FIELD_GROUPS
 from teacher_cache.image_source import load_images

@@ -100,9 +100,7 @@ class CaptureHooks:
         self.first_call_only = False
 
     def __enter__(self) -> "CaptureHooks":
-        self._handles.append(
-            self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True)
-        )
+        self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
         self._handles.append(self.denoiser.register_forward_hook(self._on_denoiser, with_kwargs=True))
         for name, module in self.feature_modules.items():
             self._handles.append(module.register_forward_hook(self._feature_hook(name)))

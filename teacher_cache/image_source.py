@@ -61,7 +61,9 @@ def metadata_rows(folder: Path) -> tuple[Path, list[dict]]:
     except (ValueError, OSError, UnicodeDecodeError, csv.Error) as error:
         raise DistillCacheError(f"{path} cannot be read: {error}") from None
     if not rows or not all(isinstance(row, dict) for row in rows):
-        raise DistillCacheError(f"{path} holds no rows; write one {{{FILE_COLUMN}, {CAPTION_COLUMN}}} row per image")
+        raise DistillCacheError(
+            f"{path} holds no rows; write one {{{FILE_COLUMN}, {CAPTION_COLUMN}}} row per image"
+        )
     return path, rows
 
 
@@ -69,7 +71,9 @@ def image_path(folder: Path, file_name: str, where: str) -> Path:
     """folder / file_name, refused if it leaves the folder."""
     path = (folder / file_name).resolve()
     if Path(file_name).is_absolute() or not path.is_relative_to(folder.resolve()):
-        raise DistillCacheError(f"{where}: {FILE_COLUMN} {file_name!r} is outside {folder}; give a relative path")
+        raise DistillCacheError(
+            f"{where}: {FILE_COLUMN} {file_name!r} is outside {folder}; give a relative path"
+        )
     return path
 
 
@@ -80,9 +84,13 @@ def open_image(path: Path, image_size: tuple[int, int], where: str) -> Image.Ima
             image.load()
             rgb = image.convert("RGB")
     except FileNotFoundError:
-        raise DistillCacheError(f"{where}: {path} does not exist; fix the {FILE_COLUMN} or add the file") from None
+        raise DistillCacheError(
+            f"{where}: {path} does not exist; fix the {FILE_COLUMN} or add the file"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DistillCacheError(f"{where}: {path} is not a readable image ({error}); replace or remove it") from None
+        raise DistillCacheError(
+            f"{where}: {path} is not a readable image ({error}); replace or remove it"
+        ) from None
     height, width = image_size
     if rgb.size != (width, height):
         raise DistillCacheError(
@@ -105,12 +113,16 @@ def folder_jobs(
         if not isinstance(file_name, str) or not file_name.strip():
             raise DistillCacheError(f"{where}: no {FILE_COLUMN}; name the image file of every row")
         if not isinstance(caption, str) or not caption.strip():
-            raise DistillCacheError(f"{where}: {file_name} has no caption ({CAPTION_COLUMN}); caption it or remove the row")
+            raise DistillCacheError(
+                f"{where}: {file_name} has no caption ({CAPTION_COLUMN}); caption it or remove the row"
+            )
         if file_name in seen:
             raise DistillCacheError(f"{where}: {file_name} is listed twice; keep one row per image")
         seen.add(file_name)
         open_image(image_path(folder, file_name, where), image_size, where)
-        jobs.append(CaptureJob(caption, negative_prompt, derived_seed(file_name, 0), guidance, image=file_name))
+        jobs.append(
+            CaptureJob(caption, negative_prompt, derived_seed(file_name, 0), guidance, image=file_name)
+        )
     return jobs
 
 

@@ -49,7 +49,9 @@ def encode_images(pipe, images: list, sample_ids: list[str], image_size: tuple[i
 
     vae = pipe.vae
     processor = getattr(pipe, "image_processor", None) or VaeImageProcessor()
-    pixels = processor.preprocess(images, height=image_size[0], width=image_size[1])  # (B, 3, H, W) in [-1, 1]
+    pixels = processor.preprocess(
+        images, height=image_size[0], width=image_size[1]
+    )  # (B, 3, H, W) in [-1, 1]
     posterior = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
     generators = [torch.Generator().manual_seed(keyed_seed("vae", sample_id)) for sample_id in sample_ids]
     latents = posterior.sample(generator=generators)
@@ -57,7 +59,9 @@ def encode_images(pipe, images: list, sample_ids: list[str], image_size: tuple[i
     return (latents - shift) * vae.config.scaling_factor
 
 
-def replay_arguments(first_call: dict, latent_argument: str, x_t: torch.Tensor, t: torch.Tensor, cfg: bool) -> dict:
+def replay_arguments(
+    first_call: dict, latent_argument: str, x_t: torch.Tensor, t: torch.Tensor, cfg: bool
+) -> dict:
     """The pipeline's step-0 denoiser arguments with other latents x_t (B, C, H, W) and per-sample
     timesteps t (B,): the batch keeps the pipeline's layout ([uncond; cond] under CFG)."""
     recorded_t = first_call.get(TIMESTEP_ARGUMENT)
@@ -90,8 +94,13 @@ def noised_point_arrays(
 ) -> dict[str, torch.Tensor]:
     """The noised fields of a batch with clean latents x0 (B, C, H, W): {name: (B, M, ...)}; one
     denoiser call per point index m, on the pipeline's own batch layout."""
-    grid, ends = (torch.tensor(values, dtype=torch.float32) for values in solver_grid(schedule.num_train_timesteps, grid_steps))
-    draws = [point_draws(sample_id, points_per_sample, grid_steps, tuple(x0.shape[1:])) for sample_id in sample_ids]
+    grid, ends = (
+        torch.tensor(values, dtype=torch.float32)
+        for values in solver_grid(schedule.num_train_timesteps, grid_steps)
+    )
+    draws = [
+        point_draws(sample_id, points_per_sample, grid_steps, tuple(x0.shape[1:])) for sample_id in sample_ids
+    ]
     indices = torch.stack([index for index, _ in draws])  # (B, M)
     noise = torch.stack([eps for _, eps in draws]).to(x0.device)  # (B, M, C, H, W) float32
     timesteps, next_timesteps = grid[indices], ends[indices]  # (B, M)

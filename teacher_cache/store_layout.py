@@ -83,7 +83,9 @@ def noised_settings(config: CaptureConfig, num_train_timesteps: int) -> dict:
     return {
         "noised_points_per_sample": config.noised_points_per_sample,
         "noised_x0": x0,  # teacher (final latents) | images (--images folder) | digits (built-in)
-        "noised_grid": solver_grid(num_train_timesteps, config.steps)[0],  # the timesteps points are drawn from
+        "noised_grid": solver_grid(num_train_timesteps, config.steps)[
+            0
+        ],  # the timesteps points are drawn from
     }
 
 

@@ -14,7 +14,6 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from shared.noise import keyed_seed
-from shared.schedule import solver_grid
 from shared.store import StoreReader
 from student_train.students.denoiser import call_denoiser, load_denoiser, nest_conditioning
 from teacher_cache.cli import main
@@ -51,7 +50,9 @@ def write_image_folder(folder, captions, size=IMAGE_SIZE, metadata="metadata.jso
     if metadata.endswith(".jsonl"):
         (folder / metadata).write_text("".join(json.dumps(row) + "\n" for row in rows))
     else:
-        (folder / metadata).write_text("file_name,text\n" + "".join(f"{r['file_name']},{r['text']}\n" for r in rows))
+        (folder / metadata).write_text(
+            "file_name,text\n" + "".join(f"{r['file_name']},{r['text']}\n" for r in rows)
+        )
     return folder
 
 
@@ -72,7 +73,9 @@ def test_points_are_final_latents_noised_on_lcm_grid_with_stored_noise_rule(tmp_
     )
     run(config)
     reader = StoreReader(config.out)
-    assert reader.settings["noised_grid"] == [249, 499, 749, 999] and reader.settings["noised_x0"] == "teacher"
+    assert (
+        reader.settings["noised_grid"] == [249, 499, 749, 999] and reader.settings["noised_x0"] == "teacher"
+    )
     alphas_cumprod = StableDiffusionPipeline.from_pretrained(teacher).scheduler.alphas_cumprod.double()
     final = rows_by_sample_id(reader, "final_latents")
     for sample_id, row in noised_rows(reader).items():
@@ -104,7 +107,9 @@ def test_stored_points_replay_through_the_denoiser_alone(tmp_path, teacher):
     for m in range(x_t.shape[1]):
         for half in ("cond", "uncond"):
             replayed = call_denoiser(denoiser, x_t[:, m], t[:, m], halves[half])
-            torch.testing.assert_close(replayed, reader.read(f"noised.out_{half}", rows)[:, m], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                replayed, reader.read(f"noised.out_{half}", rows)[:, m], rtol=1e-4, atol=1e-4
+            )
 
 
 def test_a_sample_gets_the_same_points_at_batch_1_and_4_from_images(tmp_path, teacher):
@@ -148,7 +153,9 @@ def test_images_are_vae_encoded_with_a_seeded_posterior_sample(tmp_path, teacher
         sample_id = record["sample_id"]
         pixels = torch.from_numpy(np.array(Image.open(images / record["image"]))).permute(2, 0, 1)
         posterior = pipe.vae.encode(pixels[None].float() / 127.5 - 1).latent_dist
-        draw = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(keyed_seed("vae", sample_id)))
+        draw = torch.randn(
+            posterior.mean.shape, generator=torch.Generator().manual_seed(keyed_seed("vae", sample_id))
+        )
         x0 = ((posterior.mean + posterior.std * draw) * pipe.vae.config.scaling_factor)[0]
         t, x_t = reader.read("noised.timestep", [row])[0], reader.read("noised.x_t", [row])[0]
         generator = torch.Generator().manual_seed(keyed_seed("noised", sample_id))
@@ -161,7 +168,10 @@ def test_images_are_vae_encoded_with_a_seeded_posterior_sample(tmp_path, teacher
 def test_conditioning_only_capture_equals_a_full_pipeline_capture(tmp_path, teacher):
     images = write_image_folder(tmp_path / "images", PROMPTS[:2])
     readers = {}
-    for name, fields in (("first_call", ("cond", "noised")), ("full", ("trajectory", "out", "cond", "noised"))):
+    for name, fields in (
+        ("first_call", ("cond", "noised")),
+        ("full", ("trajectory", "out", "cond", "noised")),
+    ):
         config = tiny_capture_config(
             tmp_path / name, teacher, write_prompts(tmp_path, ["unused"]), fields=fields, images=str(images)
         )
@@ -169,7 +179,10 @@ def test_conditioning_only_capture_equals_a_full_pipeline_capture(tmp_path, teac
         readers[name] = StoreReader(config.out)
     assert readers["first_call"].settings["timesteps"] == readers["full"].settings["timesteps"]
     for field in (*NOISED, "cond.encoder_hidden_states", "uncond.encoder_hidden_states"):
-        ours, theirs = rows_by_sample_id(readers["first_call"], field), rows_by_sample_id(readers["full"], field)
+        ours, theirs = (
+            rows_by_sample_id(readers["first_call"], field),
+            rows_by_sample_id(readers["full"], field),
+        )
         assert ours.keys() == theirs.keys()
         for sample_id in ours:
             torch.testing.assert_close(ours[sample_id], theirs[sample_id], rtol=1e-5, atol=1e-5)

@@ -29,7 +29,13 @@ from student_train.data.batches import Batch
 from student_train.data.randomness import SampleRandom
 
 TRAJECTORY_FIELDS = ("trajectory", "out_cond", "out_uncond")
-NOISED_FIELDS = ("noised.x_t", "noised.timestep", "noised.next_timestep", "noised.out_cond", "noised.out_uncond")
+NOISED_FIELDS = (
+    "noised.x_t",
+    "noised.timestep",
+    "noised.next_timestep",
+    "noised.out_cond",
+    "noised.out_uncond",
+)
 POINT_FIELDS = {
     "trajectory": TRAJECTORY_FIELDS,
     "noised": NOISED_FIELDS,
