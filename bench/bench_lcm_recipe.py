@@ -101,21 +101,19 @@ def cost() -> dict:
     rows, points = store_rows(cache), int(flag(RECIPE_CACHE, "--noised-points-per-sample"))
     runs = {"cache": {**run_cache, "rows": rows, "teacher_passes": rows * points * 2}}
     updates, batch = int(flag(TRAIN, "--train-steps")), int(flag(TRAIN, "--batch-size"))
+    sides = {  # side: (module, extra flags, seeds)
+        "cached": ("student_train", ["--loader", "auto"], SEEDS),
+        "online": ("bench.online_lcm", [], SEEDS),
+        "cached_memory": ("student_train", ["--loader", "memory"], SEEDS[:1]),  # auto's alternative
+    }
     for seed in SEEDS:
-        for side, module in (("cached", "student_train"), ("online", "bench.online_lcm")):
+        for side, (module, extra, seeds) in sides.items():
+            if seed not in seeds:
+                continue
             out = ROOT / f"{side}_seed{seed}"
-            command = [sys.executable, "-m", module, *(["run"] if side == "cached" else [])]
-            command += [
-                "--cache",
-                str(cache),
-                "--out",
-                str(out),
-                *TRAIN,
-                "--seed",
-                str(seed),
-                "--points",
-                "noised",
-            ]
+            command = [sys.executable, "-m", module, *(["run"] if module == "student_train" else [])]
+            command += ["--cache", str(cache), "--out", str(out), *TRAIN, "--seed", str(seed)]
+            command += ["--points", "noised", *extra]
             runs[out.name] = {**measured(command, ROOT / f"{out.name}.log"), "side": side, "seed": seed}
             runs[out.name]["teacher_passes"] = updates * batch * 2 if side == "online" else 0
     summary = cost_summary(runs)
@@ -132,7 +130,9 @@ def cost_summary(runs: dict) -> dict:
         side: max(r["peak_rss_mib"] for r in runs.values() if r.get("side") == side)
         for side in ("cached", "online")
     }
+    memory = [r["cpu_seconds"] for r in runs.values() if r.get("side") == "cached_memory"]
     return {
+        "cached_memory_student_cpu_seconds": statistics.median(memory) if memory else None,
         "cached_student_cpu_seconds": cached,
         "online_student_cpu_seconds": online,
         "teacher_share_of_an_online_step": (online - cached) / online,
