@@ -65,6 +65,19 @@ class ZeroStudent:
     target_denoise = denoise
 
 
+def zero_student_loss(x_t, t, s, alpha_t, alpha_s, cond, uncond, w):
+    """The l2 lcm loss of ZeroStudent at one point, by hand: guided eps, one DDIM step to s, the
+    boundary scalings (sigma_data 0.5, timestep scaling 10) at t and s (s >= 0)."""
+    eps = cond + w * (cond - uncond)
+    x0 = (x_t - (1 - alpha_t**2) ** 0.5 * eps) / alpha_t
+    x_s = alpha_s * x0 + (1 - alpha_s**2) ** 0.5 * eps
+    c_skip_t, c_out_t = 0.25 / ((10 * t) ** 2 + 0.25), 10 * t / ((10 * t) ** 2 + 0.25) ** 0.5
+    c_skip_s, c_out_s = 0.25 / ((10 * s) ** 2 + 0.25), 10 * s / ((10 * s) ** 2 + 0.25) ** 0.5
+    online = c_skip_t * x_t + c_out_t * x_t / alpha_t  # x0_hat of eps = 0 is x_t / alpha_t
+    target = c_skip_s * x_s + c_out_s * x_s / alpha_s
+    return (online - target).square().mean()
+
+
 def test_loss_value_by_hand():
     capture = shared_capture()
     loss = lcm_loss(capture, w_min=3.0, w_max=3.0)
@@ -81,15 +94,7 @@ def test_loss_value_by_hand():
         alpha_s = (alphas_cumprod[s] if s >= 0 else alphas_cumprod[0]).sqrt().item()
         x_t = capture.arrays["trajectory"][b, i]
         cond, uncond = capture.arrays["out_cond"][b, i], capture.arrays["out_uncond"][b, i]
-        eps = cond + 3.0 * (cond - uncond)
-        x0 = (x_t - (1 - alpha_t**2) ** 0.5 * eps) / alpha_t
-        x_s = alpha_s * x0 + (1 - alpha_s**2) ** 0.5 * eps
-        c_skip_t, c_out_t = 0.25 / ((10 * t) ** 2 + 0.25), 10 * t / ((10 * t) ** 2 + 0.25) ** 0.5
-        s_pos = max(s, 0)
-        c_skip_s, c_out_s = 0.25 / ((10 * s_pos) ** 2 + 0.25), 10 * s_pos / ((10 * s_pos) ** 2 + 0.25) ** 0.5
-        online = c_skip_t * x_t + c_out_t * x_t / alpha_t
-        target = c_skip_s * x_s + c_out_s * x_s / alpha_s
-        expected.append((online - target).square().mean())
+        expected.append(zero_student_loss(x_t, t, max(s, 0), alpha_t, alpha_s, cond, uncond, w=3.0))
     torch.testing.assert_close(got, torch.stack(expected), rtol=1e-4, atol=1e-5)
 
 
@@ -153,14 +158,7 @@ def test_loss_value_by_hand_on_noised_points():
         alpha_t, alpha_s = alphas_cumprod[t].sqrt().item(), alphas_cumprod[s].sqrt().item()
         x_t = capture.arrays["noised.x_t"][b, i]
         cond, uncond = capture.arrays["noised.out_cond"][b, i], capture.arrays["noised.out_uncond"][b, i]
-        eps = cond + 2.0 * (cond - uncond)
-        x0 = (x_t - (1 - alpha_t**2) ** 0.5 * eps) / alpha_t
-        x_s = alpha_s * x0 + (1 - alpha_s**2) ** 0.5 * eps
-        c_skip_t, c_out_t = 0.25 / ((10 * t) ** 2 + 0.25), 10 * t / ((10 * t) ** 2 + 0.25) ** 0.5
-        c_skip_s, c_out_s = 0.25 / ((10 * s) ** 2 + 0.25), 10 * s / ((10 * s) ** 2 + 0.25) ** 0.5
-        online = c_skip_t * x_t + c_out_t * x_t / alpha_t
-        target = c_skip_s * x_s + c_out_s * x_s / alpha_s
-        expected.append((online - target).square().mean())
+        expected.append(zero_student_loss(x_t, t, s, alpha_t, alpha_s, cond, uncond, w=2.0))
     torch.testing.assert_close(got, torch.stack(expected), rtol=1e-4, atol=1e-5)
 
 
