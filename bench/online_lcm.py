@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
 
     from shared.config_flags import add_config_flags, config_from_args
     from shared.store import StoreReader
-    from shared.teacher import loading_bars_hidden
+    from shared.teacher import loading_bars_hidden, resolve_teacher_source
     from student_train.config import TrainConfig
     from student_train.training.loop import train
 
@@ -97,7 +97,9 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(config.threads or torch.get_num_threads())
     reader = StoreReader(config.cache)
     with loading_bars_hidden():
-        pipe = DiffusionPipeline.from_pretrained(config.teacher or reader.fingerprint["source"])
+        pipe = DiffusionPipeline.from_pretrained(
+            resolve_teacher_source(config.teacher or reader.teacher["source"])
+        )
     pipe.set_progress_bar_config(disable=True)
     pipe.unet.requires_grad_(False).eval()
     train(config, data=OnlineNoisedPoints(pipe, reader.settings, config.seed))

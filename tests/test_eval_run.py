@@ -116,11 +116,12 @@ def test_a_noised_points_store_is_evaluated_on_its_unseen_store_alone(stores, ca
     rows = list(range(reader.manifest.num_rows))
     kept = [name for name in reader.fields if name.startswith(("noised.", "cond.", "uncond."))]
     noised_only = TeacherCapture(
-        teacher_dir=Path(reader.fingerprint["source"]),
+        teacher_dir=Path(reader.teacher["source"]),
         rows=[{k: row[k] for k in ROW_KEYS} for row in reader.manifest.to_pylist()],
         arrays={name: reader.read(name, rows) for name in kept},
         settings=reader.settings,
         fingerprint=reader.fingerprint,
+        teacher=reader.teacher,
     )
     noised_cache = write_capture_store(noised_only, root / "noised")
     metrics = run(
