@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from shared.config_flags import option
 
 LOADERS = ("auto", "memory", "stream")  # --loader (student_train/batches.py)
+POINTS = ("noised", "trajectory", "mix")  # --points (student_train/data/points.py)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ class TrainConfig:
     w_max: float = option(15.0, "lcm: upper end of the guidance range")
     time_cond_proj_dim: int = option(256, "lcm full students' w-embedding; 0: none")
     timestep_scaling: float = option(10.0, "lcm boundary conditions")
+    points: str = option(
+        "noised",
+        "lcm: where consistency pairs start: noised (clean latents noised to LCM's solver grid, the "
+        "store's noised group: what the LCM scripts train on and few-step sampling visits), trajectory "
+        "(the teacher's cached CFG trajectories), mix (a coin per sample)",
+        choices=POINTS,
+    )
     weighting: str = option("truncated_snr", "progressive: truncated_snr | snr_plus_one")
     gradient_checkpointing: bool = option(
         False,
@@ -64,7 +72,9 @@ class TrainConfig:
     loader: str = option(
         "auto",
         "memory: read the split's fields into RAM once; stream: read each batch from the store, the next "
-        "one while this one trains (memory independent of the cache size); auto: memory under 2 GiB",
+        "one while this one trains (memory independent of the cache size); auto: memory when the split "
+        "is no bigger than the teacher's weights (which a run with the teacher in its loop holds and "
+        "this one does not), else stream",
         choices=LOADERS,
     )
     verify_reads: bool = option(

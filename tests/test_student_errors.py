@@ -27,7 +27,9 @@ def run(capsys, *argv) -> tuple[int, str]:
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--method", "lcm"], "cache them with `teacher-cache run --fields trajectory,out,cond`"),
+        (["--method", "lcm"], "cache them with `teacher-cache run --fields noised,cond`"),
+        (["--method", "lcm", "--points", "trajectory"], "`teacher-cache run --fields trajectory,out,cond`"),
+        (["--method", "lcm", "--points", "mix"], "`teacher-cache run --fields trajectory,out,noised,cond`"),
         (["--method", "progressive"], "`teacher-cache run --fields trajectory,cond`"),
         (["--method", "consistency"], "unknown --method 'consistency'; valid: direct, lcm, progressive"),
         (["--method", "direct", "--student", "pruned"], "unknown --student 'pruned'; valid: full, lora"),

@@ -5,9 +5,11 @@ read per field). loader="stream" reads each micro-batch from the store when it i
 read per field, made in a reader thread while the previous batch trains): memory is a few batches
 whatever the cache's size — an SD1.5 lcm row (trajectory + cond/uncond outputs, float16) is ~5 MB,
 so a 10k-row cache would not fit in RAM — but each batch pays the store's per-read cost (~1 ms per
-row and field: more than a tiny denoiser's step). loader="auto" keeps a split of under
-MEMORY_LOADER_LIMIT bytes in memory and streams a bigger one. Values arrive as float32 on the device
-either way.
+row and field: more than a tiny denoiser's step). loader="auto" keeps the split in memory when it
+takes no more bytes than the teacher's weights (settings["teacher_nbytes"]: denoiser, text encoders,
+VAE), which a training run with the teacher in its loop holds and this one never loads, so the
+cached run is never the bigger process for its data; it streams a bigger split (stores written
+before the size was recorded: MEMORY_LOADER_LIMIT). Values arrive as float32 on the device either way.
 
 The order of samples is a function of (seed, position) only — position p = micro_step * batch_size
 + j goes to epoch p // N, slot p % N of that epoch's permutation — so a resumed run sees exactly the
@@ -32,7 +34,10 @@ from student_train.students.denoiser import nest_conditioning
 # Store field -> the `teacher-cache run --fields` group that writes it.
 FIELD_GROUP = {"noise": "noise", "trajectory": "trajectory", "final_latents": "final_latents"}
 FIELD_GROUP.update({"out_cond": "out", "out_uncond": "out", "cond.*": "cond"})
-MEMORY_LOADER_LIMIT = 2 * 2**30  # bytes of a split that loader="auto" keeps in memory
+FIELD_GROUP.update(
+    {f"noised.{name}": "noised" for name in ("x_t", "timestep", "next_timestep", "out_cond", "out_uncond")}
+)
+MEMORY_LOADER_LIMIT = 2 * 2**30  # loader="auto"'s budget for stores that do not record teacher_nbytes
 
 
 @dataclass
@@ -58,7 +63,7 @@ class TrainingData:
         self.names = (*fields, *(name for name in reader.fields if name.startswith("cond.")))
         all_ids = reader.manifest.column("sample_id").to_pylist()
         self.sample_ids = [str(all_ids[r]) for r in self.rows]
-        self.in_memory = uses_memory(loader, self.nbytes)
+        self.in_memory = uses_memory(loader, self.nbytes, memory_budget(reader.settings))
         self.preloaded = (
             {name: reader.read(name, self.rows) for name in self.names} if self.in_memory else None
         )
@@ -101,10 +106,15 @@ class TrainingData:
         return Batch(fields, nest_conditioning(cond), [self.sample_ids[i] for i in positions.tolist()])
 
 
-def uses_memory(loader: str, nbytes: int) -> bool:
+def memory_budget(settings: dict) -> int:
+    """Bytes of a split that loader="auto" keeps in memory: the teacher's weights, as phase one recorded them."""
+    return int(settings.get("teacher_nbytes", MEMORY_LOADER_LIMIT))
+
+
+def uses_memory(loader: str, nbytes: int, budget: int) -> bool:
     if loader not in LOADERS:
         raise DistillCacheError(f"unknown --loader {loader!r}; valid: {', '.join(LOADERS)}")
-    return loader == "memory" or (loader == "auto" and nbytes <= MEMORY_LOADER_LIMIT)
+    return loader == "memory" or (loader == "auto" and nbytes <= budget)
 
 
 def check_fields(reader, method_name: str, needed: tuple[str, ...]) -> None:

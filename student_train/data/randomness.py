@@ -7,20 +7,15 @@ StackedRandomGenerator does per image, so a draw never depends on batch size, ra
     z = random.normal((4, 8, 8))           # (B, 4, 8, 8)
 """
 
-import hashlib
-
 import torch
 
-
-def sample_seed(seed: int, step: int, sample_id: str) -> int:
-    digest = hashlib.sha256(f"{seed}/{step}/{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from shared.noise import keyed_seed
 
 
 class SampleRandom:
     def __init__(self, seed: int, step: int, sample_ids: list[str], device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.generators = [torch.Generator().manual_seed(sample_seed(seed, step, sid)) for sid in sample_ids]
+        self.generators = [torch.Generator().manual_seed(keyed_seed(seed, step, sid)) for sid in sample_ids]
 
     def uniform(self, low: float, high: float) -> torch.Tensor:
         draws = torch.stack([torch.rand((), generator=g) for g in self.generators])

@@ -107,9 +107,9 @@ def run(config: EvalConfig) -> dict:
 
     # Validate every input before loading a model or writing anything.
     check_config(config)
-    eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
+    training, eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
     distill = read_distill(config.student)
-    check_same_teacher(distill, eval_sets[0].reader, config.cache)
+    check_same_teacher(distill, training, config.cache)
     prompts = [str(s.reader.manifest.column("prompt")[r]) for s in eval_sets for r in s.rows]
     models = load_models(
         config.student,
@@ -117,7 +117,7 @@ def run(config: EvalConfig) -> dict:
         config.device,
         config.dtype,
         distill,
-        eval_sets[0].reader,
+        training,
         prompts if config.judge else [],
     )
 
@@ -127,7 +127,7 @@ def run(config: EvalConfig) -> dict:
         columns = generate(
             eval_set,
             models,
-            eval_sets[0].reader.settings,
+            training.settings,
             config.steps,
             config.batch_size,
             config.teacher_spacing,
@@ -144,7 +144,7 @@ def run(config: EvalConfig) -> dict:
 
     metrics = {
         "config": asdict(config),
-        "teacher": config.teacher or eval_sets[0].reader.teacher["source"],
+        "teacher": config.teacher or training.teacher["source"],
         "student": {key: distill.get(key) for key in ("method", "student", "recommended", "sampling")},
         "sets": [{"name": s.name, "store": s.url, "rows": len(s.rows)} for s in eval_sets],
         "judge": "digit judge"

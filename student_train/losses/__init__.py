@@ -48,6 +48,7 @@ def build_lcm(config, settings: dict, schedule: NoiseSchedule):
         w_min=config.w_min,
         w_max=config.w_max,
         timestep_scaling=config.timestep_scaling,
+        points=config.points,
     )
 
 
@@ -70,7 +71,7 @@ def always(fields: tuple[str, ...]) -> Callable:
 
 METHODS = {
     "direct": Method("direct", always(direct.FIELDS), False, build_direct),
-    "lcm": Method("lcm", always(lcm.FIELDS), True, build_lcm),
+    "lcm": Method("lcm", lcm.fields, True, build_lcm),
     "progressive": Method("progressive", always(progressive.FIELDS), False, build_progressive),
 }
 

@@ -155,7 +155,9 @@ class TrainLog:
                 csv.writer(handle).writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{seconds:.1f}"])
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, data=None) -> Path:
+    """Train and export; `data` replaces the store's batches with another source of the same shape
+    (len, batches(schedule, device), in_memory, nbytes), e.g. bench/online_lcm.py's teacher in the loop."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -165,7 +167,8 @@ def train(config: TrainConfig) -> Path:
     validate_settings(config)
     method = get_method(config.method)
     reader = open_store(config.cache, config.verify_reads)
-    check_fields(reader, method.name, method.fields(config))
+    if data is None:
+        check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
     resume_from = resume_point(config, out)
     schedule = NoiseSchedule.from_scheduler_config(
@@ -174,7 +177,8 @@ def train(config: TrainConfig) -> Path:
     loss_fn = method.build(config, settings, schedule)
 
     # 2. The cached fields and the teacher's denoiser weights: nothing else of the teacher.
-    data = TrainingData(reader, method.fields(config), config.split, config.max_samples, config.loader)
+    if data is None:
+        data = TrainingData(reader, method.fields(config), config.split, config.max_samples, config.loader)
     source = config.teacher or reader.teacher["source"]
     denoiser = load_denoiser(
         source,
