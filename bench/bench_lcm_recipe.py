@@ -193,13 +193,25 @@ def evaluate(cache: Path, student: Path) -> dict:
 
 
 def quality() -> dict:
+    """The cost part's cached and online students (cached_memory_seed0 is skipped: `auto` reads this
+    small store into memory too, so it has cached_seed0's weights), and each side's range over seeds."""
     figures = {
         folder.name: evaluate(ROOT / "cache", folder)
-        for folder in sorted(ROOT.glob("*_seed*"))
+        for side in ("cached", "online")
+        for folder in sorted(ROOT.glob(f"{side}_seed*"))
         if (folder / "distill.json").exists()
     }
+    ranges = {
+        side: {
+            figure: [min(values), max(values)]
+            for figure in ("adherence@1", "adherence@2", "adherence@4", "fd@4")
+            for values in [[f[figure] for name, f in figures.items() if name.startswith(f"{side}_")]]
+            if values
+        }
+        for side in ("cached", "online")
+    }
     print_quality(figures)
-    return save({"quality": figures})
+    return save({"quality": figures, "quality_ranges": ranges})
 
 
 def points() -> dict:
