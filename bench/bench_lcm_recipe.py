@@ -46,7 +46,7 @@ RECIPE_CACHE = ["--fields", "noised,cond", "--images", "digits", "--seeds-per-pr
                 "--noised-points-per-sample", "1"]  # fmt: skip
 POINTS_CACHE = ["--fields", "trajectory,out,cond,noised", "--images", "digits", "--seeds-per-prompt", "4",
                 "--noised-points-per-sample", "4"]  # fmt: skip
-UNSEEN_SEEDS = 4
+UNSEEN_SEEDS = 2  # as `make cache` writes runs/cache_unseen: 56 prompts x 2 seeds
 # The issue's comparison: LoRA r 64, lr 1e-4, batch 16, 500 updates, pseudo-Huber, w in [2, 6], 1 thread.
 TRAIN = ["--method", "lcm", "--student", "lora", "--train-steps", "500", "--batch-size", "16", "--lr", "1e-4",
          "--loss", "huber", "--w-min", "2", "--w-max", "6", "--threads", "1", "--log-every", "50"]  # fmt: skip
