@@ -130,12 +130,14 @@ def run(config: SampleConfig) -> Path:
     noise = initial_noise(
         [config.seed], (denoiser.config.in_channels, size, size), device, dtype
     )  # [1, C, h, w]
+    eta = {"eta": recommended["eta"]} if "eta" in recommended else {}  # tcd: TCDScheduler's gamma
     image = pipe(
         config.prompt,
         num_inference_steps=steps,
         timesteps=custom_timesteps(pipe, distill, steps),
         guidance_scale=guidance,
         latents=noise,
+        **eta,
     ).images[0]
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
