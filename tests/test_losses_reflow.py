@@ -41,7 +41,7 @@ def test_target_is_the_pairs_difference_on_the_straight_line():
     zero = RecordingStudent(lambda x_t, t: torch.zeros_like(x_t))
     got = loss(zero, batch, SampleRandom(0, 0, batch.sample_ids), 0)
     torch.testing.assert_close(got, (noise - final).square().flatten(1).mean(1))
-    (x_t, t), s = zero.calls[0], zero.calls[0][1] / 1000
+    x_t, s = zero.calls[0][0], zero.calls[0][1] / 1000
     assert ((s >= 1e-3) & (s <= 1)).all() and len(set(s.tolist())) == 4  # uniform, one time per sample
     on_the_line = (1 - s).view(-1, 1, 1, 1) * final + s.view(-1, 1, 1, 1) * noise
     torch.testing.assert_close(x_t, on_the_line)
