@@ -42,6 +42,19 @@ def train_tiny(store, out, **overrides) -> dict:
     return json.loads((out / "distill.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def students(store, tmp_path_factory):
+    """Each exported student, trained once for the module: name -> (folder, distill.json)."""
+    root = tmp_path_factory.mktemp("students")
+    runs = {
+        "guidance": dict(method="guidance", student="full"),
+        "tcd_lora": dict(method="tcd", student="lora", tcd_gamma=0.4),
+        "tcd_full": dict(method="tcd", student="full", tcd_gamma=0.4),
+        "reflow": dict(method="reflow", student="full"),
+    }
+    return {name: (root / name, train_tiny(store, root / name, **flags)) for name, flags in runs.items()}
+
+
 def stock_pipeline(student_dir, distill) -> StableDiffusionPipeline:
     teacher_dir = shared_capture().teacher_dir
     scheduler = load_student_scheduler(student_dir)
@@ -80,12 +93,12 @@ def eval_latents(student_dir, distill, num_steps) -> torch.Tensor:
         )
 
 
-def test_guidance_student_runs_one_pass_per_step_in_the_stock_pipeline(store, tmp_path):
-    distill = train_tiny(store, tmp_path / "guidance", method="guidance", student="full")
+def test_guidance_student_runs_one_pass_per_step_in_the_stock_pipeline(students):
+    out, distill = students["guidance"]
     steps = distill["recommended"]["num_inference_steps"]
     assert steps == shared_capture().settings["num_inference_steps"]  # the teacher's step count
     assert distill["recommended"]["guidance_scale"] > 1  # CFG would double the batch without the embedding
-    pipe = stock_pipeline(tmp_path / "guidance", distill)
+    pipe = stock_pipeline(out, distill)
     calls = []
     pipe.unet.register_forward_pre_hook(
         lambda module, args, kwargs: calls.append((args, kwargs)), with_kwargs=True
@@ -96,9 +109,7 @@ def test_guidance_student_runs_one_pass_per_step_in_the_stock_pipeline(store, tm
     w = distill["recommended"]["guidance_scale"] - 1
     expected_cond = pipe.get_guidance_scale_embedding(torch.full((len(ROWS),), w), embedding_dim=256)
     torch.testing.assert_close(calls[0][1]["timestep_cond"], expected_cond)
-    torch.testing.assert_close(
-        eval_latents(tmp_path / "guidance", distill, steps), latents, rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close(eval_latents(out, distill, steps), latents, rtol=1e-4, atol=1e-4)
 
 
 def tcd_by_hand(unet, schedule, noise, cond, timesteps, gamma, generators) -> torch.Tensor:
@@ -120,9 +131,8 @@ def tcd_by_hand(unet, schedule, noise, cond, timesteps, gamma, generators) -> to
 
 
 @pytest.mark.parametrize("student, num_steps", [("lora", 1), ("lora", 2), ("full", 2)])
-def test_tcd_student_samples_with_stock_tcd_scheduler(store, tmp_path, student, num_steps):
-    out = tmp_path / f"tcd_{student}"
-    distill = train_tiny(store, out, method="tcd", student=student, tcd_gamma=0.4)
+def test_tcd_student_samples_with_stock_tcd_scheduler(students, student, num_steps):
+    out, distill = students[f"tcd_{student}"]
     assert (
         distill["recommended"]["eta"] == 0.4
         and json.loads((out / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
@@ -154,9 +164,8 @@ def test_tcd_student_samples_with_stock_tcd_scheduler(store, tmp_path, student, 
 
 
 @pytest.mark.parametrize("num_steps", [1, 2])
-def test_reflow_student_is_euler_on_the_line_in_the_teachers_stock_pipeline(store, tmp_path, num_steps):
-    out = tmp_path / "reflow"
-    distill = train_tiny(store, out, method="reflow", student="full")
+def test_reflow_student_is_euler_on_the_line_in_the_teachers_stock_pipeline(students, num_steps):
+    out, distill = students["reflow"]
     assert distill["sampling"]["prediction_type"] == "flow_prediction"
     assert distill["sampling"]["timesteps"][str(num_steps)] is None  # the flow scheduler's own
     pipe = stock_pipeline(out, distill)
