@@ -23,7 +23,11 @@ class TrainConfig:
     out: str = option(None, "output folder: the exported student + logs + checkpoints", required=True)
     method: str = option("direct", "direct | lcm | progressive | guidance | tcd | reflow (docs/methods.md)")
     student: str = option("full", "full | lora")
-    teacher: str = option("", "the denoiser's source; default: the store fingerprint's source")
+    teacher: str = option(
+        "",
+        "the teacher's folder or Hub id, e.g. your own copy (its denoiser's digest must match the store's)",
+        default_text="the source the store records",
+    )
     num_student_steps: int = option(
         4, "K: the student's sampling steps (direct trains them; recommended for all)"
     )
@@ -79,6 +83,12 @@ class TrainConfig:
         "one while this one trains (memory independent of the cache size); auto: memory under 2 GiB",
         choices=LOADERS,
     )
+    verify_reads: bool = option(
+        True,
+        "do not check each row's CRC-32C as it is read (for a store `teacher-cache verify` passed already; "
+        "see `make bench BENCH=store` for what the check costs)",
+        flag="--no-verify-reads",
+    )
     checkpoint_every: int = option(0, "save a resumable checkpoint every N updates; 0: only at the end")
     resume: bool = option(
         False, "continue from the newest checkpoint in OUT/checkpoints (if any) of this same run"
@@ -91,6 +101,6 @@ class TrainConfig:
     def run_digest(self) -> str:
         """What makes two runs the same run (a checkpoint may only resume its own): everything but
         where the output goes, the resume / logging switches and how batches are read (same batches)."""
-        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads", "loader"}
+        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads", "loader", "verify_reads"}
         identity = {k: v for k, v in self.to_json().items() if k not in ignored}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

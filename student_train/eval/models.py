@@ -86,11 +86,15 @@ def load_models(
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    source = teacher or reader.fingerprint.get("source")
+    source = teacher or reader.teacher["source"]
+    revision = None if teacher else reader.teacher["revision"]
     denoiser_name = reader.settings.get("denoiser", "unet")
-    teacher_denoiser = place(load_denoiser(source, denoiser_name), device, dtype)
-    vae = place(load_denoiser(source, "vae"), device, dtype)
-    student_denoiser, _ = load_exported_student(student, teacher=source)
+    denoiser = load_denoiser(
+        source, denoiser_name, revision, expected_digest=reader.fingerprint["denoiser_hash"]
+    )
+    teacher_denoiser = place(denoiser, device, dtype)
+    vae = place(load_denoiser(source, "vae", revision, what="teacher VAE"), device, dtype)
+    student_denoiser, _ = load_exported_student(student, teacher=teacher or None)
     return Models(
         teacher_denoiser,
         vae,

@@ -5,8 +5,8 @@
       pytorch_lora_weights.safetensors    lora students ("unet." + peft keys): pipe.load_lora_weights(STUDENT)
       scheduler/scheduler_config.json     the scheduler to sample with (sampling/schedulers.py: LCM, TCD, DDIM,
                                           Euler, or a flow DPM-Solver for reflow)
-      distill.json                        method, teacher, store, recommended steps / guidance / timesteps
-                                          (/ eta for tcd), settings
+      distill.json                        method, teacher (source, revision, fingerprint), store, recommended
+                                          steps / guidance / timesteps (/ eta for tcd), settings
 
     export_student(student, config, reader, out_dir, train_summary)
     model, distill = load_exported_student(out_dir)       # the student's denoiser alone, for eval
@@ -25,6 +25,7 @@ from pathlib import Path
 import diffusers
 import torch
 
+from shared.errors import DistillCacheError, first_line
 from student_train.losses import w_range
 from student_train.sampling import (
     SAMPLER_OF_METHOD,
@@ -73,7 +74,8 @@ def distill_record(student, config, reader, train_summary: dict) -> dict:
         "method": config.method,
         "student": config.student,
         "teacher": {
-            "source": config.teacher or reader.fingerprint.get("source"),
+            "source": config.teacher or reader.teacher["source"],
+            "revision": None if config.teacher else reader.teacher["revision"],
             "fingerprint": reader.fingerprint,
         },
         "store": {"url": config.cache, "fingerprint": reader.fingerprint},
@@ -111,7 +113,7 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
         # diffusers picks the format from the first key, so a UNet whose first adapted module is a conv
         # (no attention in down_blocks.0, as the embedded teacher) would reload without its attention LoRA.
         lora_layers = get_peft_model_state_dict(model)
-        pipeline_class = getattr(diffusers, reader.fingerprint.get("pipeline_class", ""), None)
+        pipeline_class = getattr(diffusers, reader.fingerprint["pipeline_class"], None)
         if not hasattr(pipeline_class, "save_lora_weights"):
             pipeline_class = diffusers.StableDiffusionPipeline
         adapter_config = model.peft_config["default"].to_dict()  # keeps lora_alpha != r on reload
@@ -146,8 +148,19 @@ def load_exported_student(
     distill = json.loads((student_dir / "distill.json").read_text())
     denoiser_name = distill.get("denoiser", "unet")
     if distill["student"] == "lora":
-        model = load_denoiser(teacher or distill["teacher"]["source"], denoiser_name)
-        model.load_lora_adapter(str(student_dir), prefix=denoiser_name, weight_name=LORA_WEIGHT_NAME)
+        recorded = distill["teacher"]
+        model = load_denoiser(
+            teacher or recorded["source"],
+            denoiser_name,
+            None if teacher else recorded.get("revision"),
+            expected_digest=recorded["fingerprint"]["denoiser_hash"],
+        )
+        try:
+            model.load_lora_adapter(str(student_dir), prefix=denoiser_name, weight_name=LORA_WEIGHT_NAME)
+        except Exception as error:  # a damaged or foreign adapter file: the student is at fault
+            raise DistillCacheError(
+                f"cannot load the student's LoRA adapter {student_dir / LORA_WEIGHT_NAME} ({first_line(error)})"
+            ) from None
     else:
-        model = load_denoiser(str(student_dir), denoiser_name)
+        model = load_denoiser(str(student_dir), denoiser_name, what="student's denoiser")
     return model.eval().requires_grad_(False), distill

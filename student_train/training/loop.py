@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from shared.config_flags import check_finite_numbers
 from shared.errors import DistillCacheError
+from shared.output_folder import check_output_folder
 from shared.schedule import NoiseSchedule
 from student_train.config import TrainConfig
 from student_train.data.batches import TrainingData, check_fields, rows_for_micro_step
@@ -41,18 +43,20 @@ LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS_KEPT = 2
 
 
-def open_store(url: str):
+def open_store(url: str, verify: bool = True):
     from shared.store import StoreReader
 
     if "://" not in url and not Path(url).exists():
         raise DistillCacheError(
             f"no store at {url!r}; build one with `teacher-cache run --out {url}` (make cache)"
         )
-    return StoreReader(url)
+    return StoreReader(url, verify=verify)
 
 
 def validate_settings(config: TrainConfig) -> None:
-    """Checks that need nothing but the config."""
+    """Checks that need nothing but the config (and that --out is a folder we may write)."""
+    check_finite_numbers(config)
+    check_output_folder(config.out, "--out")
     get_method(config.method)
     check_student_settings(config.student, config.lora_rank)
     if config.mixed_precision not in MIXED_PRECISION:
@@ -129,11 +133,21 @@ class TrainLog:
 
     COLUMNS = ("step", "loss", "lr", "seconds")
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, start_step: int = 0):
+        """A resumed run (start_step > 0) keeps the rows up to its checkpoint and drops later ones, which
+        the interrupted run logged after it and which the resumed run logs again."""
         self.path, self.enabled = path, enabled
-        if enabled and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(",".join(self.COLUMNS) + "\n")
+        if not enabled:
+            return
+        kept = []
+        if path.exists() and start_step:
+            with path.open(newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= start_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
 
     def write(self, accelerator, step: int, loss: float, lr: float, seconds: float) -> None:
         accelerator.log({"loss": loss, "lr": lr}, step=step)
@@ -151,7 +165,7 @@ def train(config: TrainConfig) -> Path:
     # 1. Validate every input before writing anything.
     validate_settings(config)
     method = get_method(config.method)
-    reader = open_store(config.cache)
+    reader = open_store(config.cache, config.verify_reads)
     check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
     resume_from = resume_point(config, out)
@@ -162,8 +176,13 @@ def train(config: TrainConfig) -> Path:
 
     # 2. The cached fields and the teacher's denoiser weights: nothing else of the teacher.
     data = TrainingData(reader, method.fields(config), config.split, config.max_samples, config.loader)
-    source = config.teacher or reader.fingerprint.get("source", "")
-    denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
+    source = config.teacher or reader.teacher["source"]
+    denoiser = load_denoiser(
+        source,
+        settings.get("denoiser", "unet"),
+        None if config.teacher else reader.teacher["revision"],
+        expected_digest=reader.fingerprint["denoiser_hash"],
+    )
     student = build_student(config.student, denoiser, config, method.w_conditioned)
     del denoiser
 
@@ -195,7 +214,7 @@ def train(config: TrainConfig) -> Path:
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         start_step = json.loads((resume_from / "run.json").read_text())["step"]
-    log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process)
+    log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process, start_step)
     if accelerator.is_main_process:
         where = "in memory" if data.in_memory else "streamed"
         print(
