@@ -98,3 +98,70 @@ def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
         assert student_train_main(["compare", "--cache", cache, "--out", str(out), *args]) == 2, args
         assert "student-train: error:" in capsys.readouterr().err
         assert not out.exists()
+
+
+def record(set_name, model, steps, adherence, fd, sampler="ddim"):
+    return {
+        "set": set_name,
+        "model": model,
+        "steps": steps,
+        "sampler": sampler,
+        "adherence": adherence,
+        "fd": fd,
+    }
+
+
+def test_table_cells_and_the_best_recipe_per_step_count():
+    from student_train.compare.report import best_per_steps, markdown_table
+
+    results = [
+        {
+            "recipe": "a",
+            "what": "A",
+            "train_steps": 10,
+            "train_seconds": 3.2,
+            "records": [
+                record("unseen", "student", 1, 90.0, 200.0),
+                record("unseen", "student", 2, 99.0, 150.0),
+            ],
+        },
+        {
+            "recipe": "b",
+            "what": "B",
+            "train_steps": 20,
+            "train_seconds": 7.9,
+            "records": [
+                record("unseen", "student", 1, 90.0, 180.0),
+                record("unseen", "student", 50, 97.0, 160.0),
+            ],
+        },
+    ]
+    teacher = [
+        record("unseen", "teacher", 1, 23.0, 600.0),
+        record("unseen", "teacher", 50, 98.0, 190.0, "cache"),
+    ]
+    table = markdown_table(results, teacher, "unseen", (1, 2), 50).splitlines()
+    assert table[0] == "| unseen | updates | train (s) | @1 | @2 | @50 |"
+    assert table[2] == "| teacher, CFG (2 passes per step) | - | - | 23.0 / 600 |  | 98.0 / 190 |"
+    assert table[3] == "| a: A | 10 | 3 | 90.0 / 200 | 99.0 / 150 |  |"
+    assert table[4] == "| b: B | 20 | 8 | 90.0 / 180 |  | 97.0 / 160 |"
+    assert best_per_steps(results, "unseen", (1, 2, 4, 50)) == {
+        "1": "b",
+        "2": "a",
+        "50": "b",
+    }  # tie: lower FD
+
+
+def test_teacher_passes_count_rows_steps_and_cfg_halves():
+    from student_train.compare.cost import teacher_passes
+
+    class Reader:
+        settings = {"num_inference_steps": 50, "cfg": True}
+        fields = {"out_uncond": None}
+
+        def __len__(self):
+            return 2016
+
+    assert teacher_passes(Reader()) == 2016 * 50 * 2
+    Reader.settings = {"num_inference_steps": 50, "cfg": False}
+    assert teacher_passes(Reader()) == 2016 * 50

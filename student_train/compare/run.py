@@ -49,6 +49,7 @@ class CompareConfig:
         None, "what phase one took (its summary line)", default_text="estimated from the teacher's passes"
     )
     device: str = option("auto", "auto = cuda if available, else cpu")
+    threads: int = option(1, "torch CPU threads (training and eval); 0: torch's default")
 
 
 def check_config(config: CompareConfig) -> None:
@@ -56,6 +57,8 @@ def check_config(config: CompareConfig) -> None:
     for name in ("train_steps", "limit"):
         if getattr(config, name) < 0:
             raise DistillCacheError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(config, name)}")
+    if config.threads < 0:
+        raise DistillCacheError(f"--threads must be >= 0, not {config.threads}")
     if config.grid_prompts <= 0:
         raise DistillCacheError(f"--grid-prompts must be >= 1, not {config.grid_prompts}")
     if Path(config.out).exists() and not Path(config.out).is_dir():
@@ -96,6 +99,7 @@ def train_and_eval(config: CompareConfig, recipe, full_steps: int) -> dict:
         out=str(student_dir),
         train_steps=config.train_steps or recipe.train_steps,
         resume=True,
+        threads=config.threads,
         **recipe.flags,
     )
     distill = finished_run(student_dir, train_config)
@@ -144,6 +148,10 @@ def run(config: CompareConfig) -> dict:
 
     check_config(config)
     recipes = select_recipes(config.recipes)
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
     reader = open_store(config.cache)
     eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
     full_steps = int(reader.settings["num_inference_steps"])
