@@ -11,12 +11,14 @@ CACHE_UNSEEN ?= $(CACHE)_unseen
 CACHE_RUN_ARGS ?= --features "down_blocks.*,mid_block,up_blocks.*" --batch-size 64 --threads 1
 STUDENT ?= runs/student
 EVAL ?= runs/eval
+COMPARE ?= runs/compare
 CACHE_ARGS ?=
 TRAIN_ARGS ?=
 EVAL_ARGS ?=
+COMPARE_ARGS ?=
 BENCH ?=
 
-.PHONY: venv cache train eval test test-slow bench teacher lint format clean
+.PHONY: venv cache train eval compare test test-slow bench teacher lint format clean
 
 venv: $(STAMP)
 
@@ -39,6 +41,10 @@ train: cache
 
 eval: $(STAMP)
 	$(PY) -m student_train eval --cache $(CACHE) --student $(STUDENT) --out $(EVAL) $(EVAL_ARGS)
+
+# Every method's default student from one cache, trained and evaluated side by side (docs/methods.md).
+compare: cache
+	$(PY) -m student_train compare --cache $(CACHE) --out $(COMPARE) $(COMPARE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow"

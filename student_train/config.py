@@ -13,15 +13,16 @@ from dataclasses import dataclass
 
 from shared.config_flags import option
 
-LOADERS = ("auto", "memory", "stream")  # --loader (student_train/batches.py)
+LOADERS = ("auto", "memory", "stream")  # --loader (student_train/data/batches.py)
 POINTS = ("noised", "trajectory", "mix")  # --points (student_train/data/points.py)
+REFLOW_T_SCHEDULES = ("uniform", "t0", "steps")  # --reflow-t-schedule (student_train/losses/reflow.py)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     cache: str = option(None, "the store (path or fsspec URL)", required=True)
     out: str = option(None, "output folder: the exported student + logs + checkpoints", required=True)
-    method: str = option("direct", "direct | lcm | progressive")
+    method: str = option("direct", "direct | lcm | progressive | guidance | tcd | reflow (docs/methods.md)")
     student: str = option("full", "full | lora")
     teacher: str = option(
         "",
@@ -44,9 +45,15 @@ class TrainConfig:
     ema_decay: float = option(0.95, "full students' EMA (the LCM target)")
     lora_rank: int = option(64, "LoRA rank r (LCM-LoRA: 64)")
     lora_alpha: int = option(64, "LoRA alpha (LCM-LoRA: 64)")
-    w_min: float = option(5.0, "lcm: w ~ U[w_min, w_max], Imagen convention (pipeline scale - 1); SD: 5..15")
-    w_max: float = option(15.0, "lcm: upper end of the guidance range")
-    time_cond_proj_dim: int = option(256, "lcm full students' w-embedding; 0: none")
+    w_min: float | None = option(
+        None,
+        "lcm, tcd, guidance: w ~ U[w_min, w_max], Imagen convention (pipeline scale - 1)",
+        default_text="lcm / tcd 5 (the SD LCM script), guidance 0 (Meng et al.)",
+    )
+    w_max: float | None = option(
+        None, "lcm, tcd, guidance: upper end of the w range", default_text="lcm / tcd 15, guidance 4"
+    )
+    time_cond_proj_dim: int = option(256, "lcm / tcd / guidance full students' w-embedding; 0: none")
     timestep_scaling: float = option(10.0, "lcm boundary conditions")
     points: str = option(
         "noised",
@@ -56,6 +63,15 @@ class TrainConfig:
         choices=POINTS,
     )
     weighting: str = option("truncated_snr", "progressive: truncated_snr | snr_plus_one")
+    tcd_gamma: float = option(
+        0.3, "tcd: the gamma (eta of TCDScheduler.step) the exported student samples with (TCD: 0.3)"
+    )
+    reflow_t_schedule: str = option(
+        "uniform",
+        "reflow: where on each noise -> teacher-output line it trains: uniform (reflow), t0 (the noise end "
+        "only: one-step distillation), steps (the K points of the exported sampler at --num-student-steps)",
+        choices=REFLOW_T_SCHEDULES,
+    )
     gradient_checkpointing: bool = option(
         False,
         "recompute activations in the backward pass (the denoiser's own gradient checkpointing; "

@@ -137,12 +137,17 @@ def run(config: SampleConfig) -> Path:
     noise = initial_noise(
         [config.seed], (denoiser.config.in_channels, size, size), device, dtype
     )  # [1, C, h, w]
+    eta = {"eta": recommended["eta"]} if "eta" in recommended else {}  # tcd: TCDScheduler's gamma
+    import torch
+
     image = pipe(
         config.prompt,
         num_inference_steps=steps,
         timesteps=custom_timesteps(pipe, distill, steps),
         guidance_scale=guidance,
         latents=noise,
+        generator=torch.Generator("cpu").manual_seed(config.seed),  # the noise LCM / TCD steps add
+        **eta,
     ).images[0]
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)

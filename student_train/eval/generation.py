@@ -26,29 +26,44 @@ def reference_label(settings: dict, steps: tuple[int, ...]) -> str:
 
 
 def student_latents(models: Models, settings: dict, noise, cond: dict, sample_ids: list[str], steps: int):
-    """The student at `steps` steps with its method's sampler, from noise [B, C, h, w] -> [B, C, h, w]."""
+    """The student at `steps` steps with its method's sampler, from noise [B, C, h, w] -> [B, C, h, w]:
+    ours (ddim / lcm) or, for sampler "scheduler", the folder's own scheduler as a stock pipeline runs it."""
     from functools import partial
 
     from shared.schedule import NoiseSchedule
     from student_train.data.randomness import SampleRandom
-    from student_train.sampling import sample, student_timesteps
+    from student_train.sampling import pipeline_timesteps, sample, sample_with_scheduler, student_timesteps
     from student_train.students.denoiser import call_denoiser
 
-    sampling = models.distill["sampling"]
+    sampling, method = models.distill["sampling"], models.distill["method"]
+    w = sampling.get("guidance_w")
+    guidance_w = None if w is None else torch.full((noise.shape[0],), float(w), device=noise.device)  # [B]
+    denoise = partial(call_denoiser, models.student)
+    random = SampleRandom(0, steps, sample_ids, noise.device)
+    if sampling["sampler"] == "scheduler":
+        return sample_with_scheduler(
+            denoise,
+            models.scheduler,
+            noise,
+            cond,
+            steps,
+            pipeline_timesteps(method, steps, settings),
+            guidance_w,
+            eta=models.distill["recommended"].get("eta", 0.0),
+            generator=random.generators,
+        ).float()
     schedule = NoiseSchedule.from_scheduler_config(
         settings["scheduler"]["config"], settings["scheduler"]["class"]
     )
-    w = sampling.get("guidance_w")
-    guidance_w = None if w is None else torch.full((noise.shape[0],), float(w), device=noise.device)  # [B]
     return sample(
-        partial(call_denoiser, models.student),
+        denoise,
         schedule,
         noise,
         cond,
-        student_timesteps(models.distill["method"], steps, settings),
+        student_timesteps(method, steps, settings),
         sampling["prediction_type"],
         sampler=sampling["sampler"],
-        random=SampleRandom(0, steps, sample_ids, noise.device),
+        random=random,
         guidance_w=guidance_w,
         timestep_scaling=sampling.get("timestep_scaling", 10.0),
     ).float()

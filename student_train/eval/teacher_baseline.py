@@ -8,9 +8,9 @@ fed the cached cond / uncond conditioning, so no text encoder is needed:
     cond, uncond = read_conditioning(reader, rows, "cond"), read_conditioning(reader, rows, "uncond")
     latents = sample_with_cfg(unet, scheduler, reader.read("noise", rows), cond, uncond, guidance, 4)
 
-`sample_with_cfg` is diffusers' own CFG loop (uncond half first, `scale_model_input`, `step`) with
-any diffusers scheduler: with the teacher's scheduler at the store's step count it reproduces the
-cached `final_latents`.
+`sample_with_cfg` is diffusers' own CFG loop (uncond half first; the scheduler loop of
+sampling/with_scheduler.py) with any diffusers scheduler: with the teacher's scheduler at the
+store's step count it reproduces the cached `final_latents`.
 """
 
 from collections.abc import Sequence
@@ -20,6 +20,8 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from shared.errors import DistillCacheError
+from student_train.losses.guided import guided_output
+from student_train.sampling.with_scheduler import sample_with_scheduler
 from student_train.students.denoiser import call_denoiser, nest_conditioning
 
 SPACINGS = ("trailing", "store")
@@ -70,13 +72,6 @@ def map_tensors(kwargs: dict, fn) -> dict:
     }
 
 
-def guided_output(out_uncond: torch.Tensor, out_cond: torch.Tensor, guidance_scale) -> torch.Tensor:
-    """Classifier-free guidance, diffusers' convention: u + w (c - u); w a float or [N]."""
-    w = torch.as_tensor(guidance_scale, dtype=out_cond.dtype, device=out_cond.device)
-    w = w.reshape(-1, *[1] * (out_cond.dim() - 1)) if w.dim() else w  # [N, 1, 1, 1]
-    return out_uncond + w * (out_cond - out_uncond)
-
-
 @torch.no_grad()
 def sample_with_cfg(
     unet: torch.nn.Module,
@@ -94,13 +89,11 @@ def sample_with_cfg(
     guidance_scale: a float or a tensor [N] (rows may carry their own).
     """
     dtype = next(unet.parameters()).dtype
-    scheduler.set_timesteps(num_steps, device=noise.device)
     conditioning = map_tensors(concat_halves(uncond, cond), lambda x: x.to(noise.device, dtype))  # [2N, ...]
-    latents = noise.float() * scheduler.init_noise_sigma  # [N, C, H, W]
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)  # [2N, C, H, W]
-        timesteps = t.expand(model_input.shape[0])  # [2N]
-        output = call_denoiser(unet, model_input.to(dtype), timesteps, conditioning).float()
-        out_uncond, out_cond = output.chunk(2)
-        latents = scheduler.step(guided_output(out_uncond, out_cond, guidance_scale), t, latents).prev_sample
-    return latents
+
+    def cfg_denoise(x_t, timesteps, _cond, _guidance_w):  # one batched pass over both halves
+        output = call_denoiser(unet, torch.cat([x_t, x_t]).to(dtype), timesteps.repeat(2), conditioning)
+        out_uncond, out_cond = output.float().chunk(2)
+        return guided_output(out_uncond, out_cond, guidance_scale)
+
+    return sample_with_scheduler(cfg_denoise, scheduler, noise, {}, num_steps)

@@ -3,17 +3,20 @@
     STUDENT/
       unet/                               full students: UNet2DConditionModel.from_pretrained(STUDENT, subfolder="unet")
       pytorch_lora_weights.safetensors    lora students ("unet." + peft keys): pipe.load_lora_weights(STUDENT)
-      scheduler/scheduler_config.json     the few-step scheduler (LCMScheduler for lcm, DDIM / Euler otherwise)
+      scheduler/scheduler_config.json     the scheduler to sample with (sampling/schedulers.py: LCM, TCD, DDIM,
+                                          Euler, or a flow DPM-Solver for reflow)
       distill.json                        method, teacher (source, revision, fingerprint), store, recommended
-                                          steps / guidance / timesteps, settings
+                                          steps / guidance / timesteps (/ eta for tcd), settings
 
     export_student(student, config, reader, out_dir, train_summary)
     model, distill = load_exported_student(out_dir)       # the student's denoiser alone, for eval
     pipe.scheduler = load_student_scheduler(out_dir)
 
-Samplers: `distill.json["sampling"]` gives the sampler (ddim | lcm) and the exact timesteps the
-student was trained at for 1, 2, 4 and 8 steps; a stock pipeline reproduces them with
-`pipe(..., timesteps=distill["recommended"]["timesteps"])` (LCM / Euler schedulers take custom timesteps).
+Samplers: `distill.json["sampling"]` gives the sampler (ddim | lcm | scheduler: the folder's own
+scheduler) and the exact timesteps the student was trained at for 1, 2, 4 and 8 steps; a stock
+pipeline reproduces them with `pipe(..., timesteps=distill["recommended"]["timesteps"])` (LCM, TCD
+and Euler schedulers take custom timesteps; None: the scheduler makes its own) and, for tcd,
+`eta=distill["recommended"]["eta"]`.
 """
 
 import json
@@ -23,7 +26,13 @@ import diffusers
 import torch
 
 from shared.errors import DistillCacheError, first_line
-from student_train.sampling import SAMPLER_OF_METHOD, student_scheduler, student_timesteps
+from student_train.losses import w_range
+from student_train.sampling import (
+    SAMPLER_OF_METHOD,
+    STUDENT_PREDICTION_TYPE,
+    pipeline_timesteps,
+    student_scheduler,
+)
 from student_train.students.denoiser import load_denoiser, unwrap
 
 FORMAT_VERSION = 1
@@ -35,19 +44,31 @@ def recommended_guidance_w(student_w_conditioned: bool, config, settings: dict) 
     """w for a w-conditioned student: the store's guidance (Imagen convention), within [w_min, w_max]."""
     if not student_w_conditioned:
         return None
-    return float(min(max(float(settings["guidance_scale"]) - 1.0, config.w_min), config.w_max))
+    w_min, w_max = w_range(config)
+    return float(min(max(float(settings["guidance_scale"]) - 1.0, w_min), w_max))
 
 
-def json_timesteps(timesteps: list[float]) -> list[int | float]:
+def recommended_steps(config, settings: dict) -> int:
+    """guidance: the teacher's own step count (one pass per step instead of two); else K."""
+    return len(settings["timesteps"]) if config.method == "guidance" else config.num_student_steps
+
+
+def json_timesteps(timesteps: list[float] | None) -> list[int | float] | None:
+    if timesteps is None:
+        return None
     return [int(t) if float(t).is_integer() else float(t) for t in timesteps]
 
 
 def distill_record(student, config, reader, train_summary: dict) -> dict:
     settings = reader.settings
     guidance_w = recommended_guidance_w(student.w_conditioned, config, settings)
+    num_steps = recommended_steps(config, settings)
     steps = {
-        str(k): json_timesteps(student_timesteps(config.method, k, settings)) for k in EXPORTED_STEP_COUNTS
+        str(k): json_timesteps(pipeline_timesteps(config.method, k, settings))
+        for k in sorted({*EXPORTED_STEP_COUNTS, num_steps})
     }
+    # TCD's gamma, which stock pipelines pass to TCDScheduler.step as `eta`
+    eta = {"eta": config.tcd_gamma} if config.method == "tcd" else {}
     return {
         "format_version": FORMAT_VERSION,
         "method": config.method,
@@ -60,14 +81,15 @@ def distill_record(student, config, reader, train_summary: dict) -> dict:
         "store": {"url": config.cache, "fingerprint": reader.fingerprint},
         "denoiser": settings.get("denoiser", "unet"),
         "recommended": {
-            "num_inference_steps": config.num_student_steps,
+            "num_inference_steps": num_steps,
             # the stock pipeline's scale: 1 = no CFG; a w-conditioned student gets w + 1 (embedded, one pass)
             "guidance_scale": 1.0 if guidance_w is None else guidance_w + 1.0,
-            "timesteps": json_timesteps(student_timesteps(config.method, config.num_student_steps, settings)),
+            "timesteps": steps[str(num_steps)],  # pipe(..., timesteps=...); None: the scheduler's own
+            **eta,
         },
         "sampling": {
             "sampler": SAMPLER_OF_METHOD[config.method],
-            "prediction_type": settings["prediction_type"],
+            "prediction_type": STUDENT_PREDICTION_TYPE.get(config.method, settings["prediction_type"]),
             "guidance_w": guidance_w,
             "timestep_scaling": config.timestep_scaling,
             "timesteps": steps,

@@ -8,7 +8,14 @@ import json
 from pathlib import Path
 
 import diffusers
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    LCMScheduler,
+    TCDScheduler,
+)
 
 
 def student_scheduler(
@@ -22,9 +29,25 @@ def student_scheduler(
         return LCMScheduler.from_config(
             config, original_inference_steps=num_grid_steps, timestep_scaling=timestep_scaling
         )
+    if method == "tcd":  # custom timesteps on the cached grid; eta (gamma) is a pipeline argument
+        return TCDScheduler.from_config(config, original_inference_steps=num_grid_steps)
     if method == "direct":  # trailing: the first step starts at t = T - 1, from pure noise
         return DDIMScheduler.from_config(config, timestep_spacing="trailing")
-    return EulerDiscreteScheduler.from_config(config)  # progressive: custom timesteps on the cached grid
+    if method == "reflow":  # a flow student on a DDPM teacher's pipeline: first-order DPM-Solver with
+        # flow sigmas is Euler on x_s = (1 - s) x0 + s noise, with init_noise_sigma = 1 and
+        # scale_model_input = identity, which StableDiffusionPipeline calls (FlowMatch* have neither)
+        return DPMSolverMultistepScheduler(
+            num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+            use_flow_sigmas=True,
+            flow_shift=1.0,
+            prediction_type="flow_prediction",
+            solver_order=1,
+            final_sigmas_type="zero",
+            steps_offset=1,  # unused by flow sigmas; what StableDiffusionPipeline checks for
+        )
+    return EulerDiscreteScheduler.from_config(
+        config
+    )  # progressive, guidance: custom timesteps on the cached grid
 
 
 def load_student_scheduler(student_dir: str | Path):

@@ -34,7 +34,7 @@ from student_train.config import TrainConfig
 from student_train.data.batches import TrainingData, check_fields, rows_for_micro_step
 from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
-from student_train.losses import get_method
+from student_train.losses import get_method, w_range
 from student_train.students import build_student, check_student_settings
 from student_train.students.denoiser import load_denoiser
 
@@ -72,8 +72,9 @@ def validate_settings(config: TrainConfig) -> None:
     for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every"):
         if getattr(config, name) <= 0:
             raise DistillCacheError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
-    if config.w_min > config.w_max:
-        raise DistillCacheError(f"--w-min {config.w_min} is above --w-max {config.w_max}")
+    w_min, w_max = w_range(config)
+    if w_min > w_max:
+        raise DistillCacheError(f"--w-min {w_min:g} is above --w-max {w_max:g}")
 
 
 def lr_factor(config: TrainConfig, num_processes: int, n: int) -> float:
