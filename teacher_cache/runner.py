@@ -20,6 +20,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
+from shared.processes import process_state
 from shared.store import StoreReader, StoreWriter, sample_id_for
 from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
@@ -106,13 +107,6 @@ def commit_finite(
     arrays = {name: array[keep] for name, array in batch.arrays.items()}
     writer.commit(rows, arrays)
     return Tally(len(keep), considered - len(keep), sum(array.nbytes for array in arrays.values()))
-
-
-def process_state(device: str) -> PartialState:
-    """This process's rank and world size from accelerate; runs without an accelerator join over gloo
-    (on a CPU machine, launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun`)."""
-    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
-    return PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
 
 
 @contextmanager

@@ -1,0 +1,123 @@
+"""Peak memory of lcm LoRA training on the SD1.5-shaped teacher with the frozen weights in bf16, cached
+vs online, and the student's own peak split into parts (issue 14).
+
+    make bench BENCH=memory            # = python -m bench memory (~11 GB of RAM; hours of CPU: run it alone)
+
+The pairs of bench_train.py ("lcm-cached" vs "lcm-online", each variant in its own process), run
+here with `--base-dtype bf16 --mixed-precision bf16` on both sides, as the reference script does
+(`weight_dtype`): the online teacher UNet, text encoder and VAE, and the student's frozen base, are
+all in bf16. The LoRA adapters and their AdamW state stay in float32.
+
+Memory is measured as RSS on the CPU. Every variant runs with MALLOC_MMAP_THRESHOLD_=65536, so each
+allocation of 64 KiB or more is its own mapping and goes back to the OS when freed. RSS then
+follows the live tensors, as a GPU allocator's count would, instead of glibc's high-water heap.
+For each variant we report:
+- training peak: the whole process's peak over the training steps, after loading. On a GPU,
+  loading happens on the host; here loading casts float32 weights to bf16 one tensor at a time.
+- added: the training peak minus the RSS right after the imports (the ~470 MiB torch runtime that
+  both sides share, the counterpart of the CUDA context), i.e. the CPU counterpart of
+  `torch.cuda.max_memory_allocated`;
+- the student's parts: frozen base weights and adapter state (parameters, gradients, AdamW
+  moments), counted exactly from the tensors; the step's transient, i.e. the RSS peak of a step
+  above what stays resident between steps, minus the gradients (activations, the online
+  teacher's passes and the VAE encode, temporaries).
+
+Scenarios: 256 px (32x32 latents) at batch 2, with 3 pairs and gradient checkpointing, once with
+AdamW8bit and once without checkpointing; and 512 px (64x64 latents) at batch 8, the reference
+script's resolution, with one pair and gradient checkpointing.
+"""
+
+import os
+import statistics
+
+from bench.bench_train import (
+    CACHE_VARIANT,
+    SD15_CACHE,
+    SD15_STORE,
+    SD15_TEACHER,
+    SD15_TRAIN,
+    BenchSettings,
+    comparison,
+    run_variant,
+    step_cost,
+)
+
+LOW_PRECISION = dict(base_dtype="bf16", mixed_precision="bf16")
+LARGE_STORE = SD15_STORE.parent / "sd15_cache_512"
+LARGE_CACHE = dict(SD15_CACHE, cache_rows=8, cache_size=512)
+# (label, store, repeats, settings): each a cached/online pair run `repeats` times
+PAIRS = [
+    ("256 px, batch 2, checkpointing", SD15_STORE, 3, dict(SD15_TRAIN, gradient_checkpointing=True)),
+    (
+        "256 px, batch 2, checkpointing, AdamW8bit",
+        SD15_STORE,
+        1,
+        dict(SD15_TRAIN, gradient_checkpointing=True, optimizer="adamw8bit"),
+    ),
+    ("256 px, batch 2, no checkpointing", SD15_STORE, 1, dict(SD15_TRAIN)),
+    (
+        "512 px, batch 8, checkpointing",
+        LARGE_STORE,
+        1,
+        dict(SD15_TRAIN, batch_size=8, warmup_steps=1, timed_steps=1, gradient_checkpointing=True),
+    ),
+]
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def added(run: dict) -> float:
+    return run["training_peak_rss_mib"] - run["rss_after_imports_mib"]
+
+
+def pair_figures(cached: dict, online: dict) -> dict:
+    figures = comparison({"cached": cached, "online": online}, "cached", "online")
+    figures["training_peak_ratio"] = cached["training_peak_rss_mib"] / online["training_peak_rss_mib"]
+    figures["training_added_ratio"] = added(cached) / added(online)
+    return figures
+
+
+def print_rows(label: str, runs: list[dict]) -> None:
+    for run in runs:
+        print(
+            f"| {label} | {run['variant']} | {step_cost(run):.1f} | {run['training_peak_rss_mib']:.0f} | "
+            f"{added(run):.0f} | {run['student_weights_mib']:.0f} | {run['adapter_state_mib']:.0f} | "
+            f"{run['step_transient_mib_median']:.0f} | {run['source_mib']:.0f} |"
+        )
+
+
+def main() -> dict:
+    from bench.sd15_shaped_teacher import save_sd15_shaped_teacher
+
+    os.environ.update(ALLOCATOR_ENV)  # inherited by every variant's process
+    teacher = save_sd15_shaped_teacher(SD15_TEACHER)
+    for store, cache in ((SD15_STORE, SD15_CACHE), (LARGE_STORE, LARGE_CACHE)):
+        if not (store / "store.json").exists():
+            run_variant(BenchSettings(variant=CACHE_VARIANT, store=str(store), teacher=str(teacher), **cache))
+    print(
+        "| scenario | variant | step CPU (s) | training peak RSS (MiB) | added (MiB) | student base (MiB) "
+        "| adapter state (MiB) | step transient (MiB) | teacher (MiB) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    results = {}
+    for label, store, repeats, settings in PAIRS:
+        pairs, runs = [], []
+        for _ in range(repeats):
+            cached, online = (
+                run_variant(BenchSettings(variant=variant, store=str(store), **LOW_PRECISION, **settings))
+                for variant in ("lcm-cached", "lcm-online")
+            )
+            print_rows(label, [cached, online])
+            runs += [cached, online]
+            pairs.append(pair_figures(cached, online))
+        medians = {name: statistics.median(pair[name] for pair in pairs) for name in pairs[0]}
+        results[label] = {"medians": medians, "pairs": pairs, "runs": runs}
+        print(
+            f"{label}: median of {repeats}: online / cached step {medians['speedup']:.2f}x (target >= 1.5x); "
+            f"cached / online training peak added {medians['training_added_ratio']:.3f}, whole process "
+            f"{medians['training_peak_ratio']:.3f} (target <= 0.5)",
+            flush=True,
+        )
+    return results
+
+
+if __name__ == "__main__":
+    main()
