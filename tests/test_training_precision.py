@@ -3,6 +3,7 @@ in --base-dtype bf16 / fp16 with float32 adapters, float32 exports unless --save
 otherwise, cached fields read in their stored dtype, and 8-bit AdamW (bitsandbytes)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -19,27 +20,13 @@ from student_train.students.denoiser import load_denoiser
 from student_train.training.optimizer import build_optimizer
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
     capture_batch,
+    fresh_accelerate_state,
     one_torch_thread,
     shared_capture,
     tiny_train_config,
-    write_capture_store,
 )
 
 STUDENT_KINDS = ("full", "lora")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each run sets accelerate up anew: its mixed precision is fixed once per process otherwise."""
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def teacher_denoiser():
@@ -124,25 +111,24 @@ def test_8bit_adamw_follows_adamw_with_8_bit_moments():
 
 
 def falling(losses: list[float]) -> bool:
-    head, tail = losses[: len(losses) // 3], losses[-(len(losses) // 3) :]
-    return sum(tail) / len(tail) < 0.9 * sum(head) / len(head)
-
-
-def logged_losses(out) -> list[float]:
-    lines = (out / "logs" / "train_log.csv").read_text().splitlines()[1:]
-    return [float(line.split(",")[1]) for line in lines]
+    """The mean of the last third of the logged losses under 0.9 x that of the first third."""
+    third = len(losses) // 3
+    return sum(losses[-third:]) / third < 0.9 * sum(losses[:third]) / third
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", STUDENT_KINDS)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_bf16_trains_every_method_and_student_kind(store, tmp_path, method, kind):
+def test_bf16_trains_every_method_and_student_kind(tiny_store, tmp_path, method, kind):
     low = dict(mixed_precision="bf16", base_dtype="bf16" if kind == "lora" else "fp32")
     out = tmp_path / "bf16"
-    settings = dict(method=method, student=kind, train_steps=12, batch_size=6, lr=3e-3, loss="l2")
-    training_loop.train(tiny_train_config(store, out, lr_schedule="constant", **settings, **low))
-    losses = logged_losses(out)
-    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    config = tiny_train_config(
+        tiny_store, out, method=method, student=kind, train_steps=24, batch_size=6, lr=3e-3, loss="l2", **low
+    )
+    training_loop.train(config)
+    lines = (out / "logs" / "train_log.csv").read_text().splitlines()[1:]
+    losses = [float(line.split(",")[1]) for line in lines]
+    assert len(losses) == 24 and all(math.isfinite(loss) for loss in losses)
     assert falling(losses), losses
     name = (
         "pytorch_lora_weights.safetensors" if kind == "lora" else "unet/diffusion_pytorch_model.safetensors"
@@ -153,10 +139,10 @@ def test_bf16_trains_every_method_and_student_kind(store, tmp_path, method, kind
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", STUDENT_KINDS)
-def test_save_dtype_bf16_exports_bf16_weights_that_load(store, tmp_path, kind):
+def test_save_dtype_bf16_exports_bf16_weights_that_load(tiny_store, tmp_path, kind):
     out = tmp_path / "saved"
     config = tiny_train_config(
-        store, out, method="progressive", student=kind, train_steps=2, save_dtype="bf16"
+        tiny_store, out, method="progressive", student=kind, train_steps=2, save_dtype="bf16"
     )
     training_loop.train(config)
     name = (
