@@ -90,6 +90,12 @@ class TrainConfig:
         "one while this one trains (memory independent of the cache size); auto: memory under 2 GiB",
         choices=LOADERS,
     )
+    verify_reads: bool = option(
+        True,
+        "do not check each row's CRC-32C as it is read (for a store `teacher-cache verify` passed already; "
+        "see `make bench BENCH=store` for what the check costs)",
+        flag="--no-verify-reads",
+    )
     checkpoint_every: int = option(0, "save a resumable checkpoint every N updates; 0: only at the end")
     resume: bool = option(
         False, "continue from the newest checkpoint in OUT/checkpoints (if any) of this same run"
@@ -113,6 +119,7 @@ class TrainConfig:
             "loader",
             "batch_size",
             "grad_accum",
+            "verify_reads",
         }
         identity = {k: v for k, v in self.to_json().items() if k not in ignored}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config_flags import add_config_flags, config_from_args, option
-from shared.errors import DistillCacheError
+from shared.errors import DistillCacheError, first_line
 
 HELP = "generate one image with a student folder (stock diffusers pipeline + the student)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -107,9 +107,15 @@ def student_pipeline(config: SampleConfig, distill: dict):
         )
     pipe, denoiser_name = teacher.pipe, teacher.denoiser_name
     if (Path(config.student) / denoiser_name).is_dir():
-        setattr(pipe, denoiser_name, place(load_denoiser(config.student, denoiser_name), device, dtype))
+        student = load_denoiser(config.student, denoiser_name, what="student's denoiser")
+        setattr(pipe, denoiser_name, place(student, device, dtype))
     else:
-        pipe.load_lora_weights(config.student)
+        try:
+            pipe.load_lora_weights(config.student)
+        except Exception as error:  # a damaged or foreign adapter: the student is at fault, not the teacher
+            raise DistillCacheError(
+                f"cannot load the student's LoRA adapter from {config.student} ({first_line(error)})"
+            ) from None
     pipe.scheduler = load_student_scheduler(config.student)
     return pipe, device, dtype
 

@@ -3,6 +3,7 @@
 teacher-cache run --teacher PATH_OR_ID --prompts FILE --out STORE ...
 teacher-cache info STORE [--json]
 teacher-cache verify STORE
+teacher-cache gc STORE [--apply]
 """
 
 import sys
@@ -13,6 +14,7 @@ COMMANDS = {
     "run": "teacher_cache.run_command",
     "info": "teacher_cache.info_command",
     "verify": "teacher_cache.verify_command",
+    "gc": "teacher_cache.gc_command",
 }
 
 

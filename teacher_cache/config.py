@@ -10,7 +10,7 @@ prompt file, rank) are not, so a store can be resumed or extended with others.
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config_flags import comma_separated, option
+from shared.config_flags import check_finite_numbers, comma_separated, option
 from shared.errors import DistillCacheError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -110,6 +110,7 @@ def evenly_spaced_steps(steps: int, count: int) -> tuple[int, ...]:
 
 def check_config(config: CaptureConfig) -> None:
     """Raise DistillCacheError for settings that cannot work; touches no file and no model."""
+    check_finite_numbers(config)
     if config.steps <= 0:
         raise DistillCacheError(f"--steps must be a positive number of inference steps, not {config.steps}")
     if config.seeds_per_prompt <= 0:

@@ -107,6 +107,8 @@ def _row_jobs(row: dict, line: int, seeds_per_prompt: int, guidance: float, nega
             f"prompt file row {line}: seed {row.get('seed')!r} / guidance_scale {row.get('guidance_scale')!r} "
             f"are not numbers"
         ) from None
+    if not math.isfinite(scale):
+        raise DistillCacheError(f"prompt file row {line}: guidance_scale {scale} is not a finite number")
     if any(not 0 <= s <= MAX_SEED for s in seeds):
         raise DistillCacheError(f"prompt file row {line}: seed {seeds[0]} is outside [0, {MAX_SEED}]")
     negative = str(negative) if negative is not None else negative_prompt

@@ -18,7 +18,7 @@ from shared.store.ids import sample_id_for, split_for
 from shared.store.reader import StoreReader
 from shared.store.schema import FieldSpec
 from shared.store.verify import verify_store
-from shared.store.writer import StoreWriter
+from shared.store.writer import StoreWriter, committed_sample_ids
 
 __all__ = [
     "FORMAT_VERSION",
@@ -30,5 +30,6 @@ __all__ = [
     "sample_id_for",
     "split_for",
     "state_dict_digest",
+    "committed_sample_ids",
     "verify_store",
 ]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from shared.config_flags import option
 from shared.errors import DistillCacheError
+from shared.output_folder import check_output_folder
 from student_train.eval.generation import generate
 from student_train.eval.models import load_models
 from student_train.eval.report import check_targets, format_table, grid_rows, score
@@ -97,8 +98,7 @@ def check_config(config: EvalConfig) -> None:
         raise DistillCacheError(
             f"--teacher-spacing {config.teacher_spacing!r} is not one of {', '.join(SPACINGS)}"
         )
-    if Path(config.out).exists() and not Path(config.out).is_dir():
-        raise DistillCacheError(f"--out {config.out} exists and is not a folder; give a folder path")
+    check_output_folder(config.out, "--out")
 
 
 def run(config: EvalConfig) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import DistillCacheError
+from shared.store.paths import StoreLocation
 
 UNSEEN_SUFFIX = "_unseen"
 REQUIRED_FIELDS = ("noise", "final_latents")
@@ -36,7 +37,7 @@ def resolve_unseen_cache(cache: str, unseen_cache: str) -> str | None:
         return None
     if unseen_cache == "auto":
         candidate = cache.rstrip("/") + UNSEEN_SUFFIX
-        if Path(candidate, "store.json").exists():
+        if StoreLocation.open(candidate).exists("store.json"):  # a folder or any fsspec URL (s3://...)
             return candidate
         print(f"eval: no unseen-prompt store at {candidate}: val split only (pass --unseen-cache STORE)")
         return None

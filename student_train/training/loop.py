@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from shared.config_flags import check_finite_numbers
 from shared.errors import DistillCacheError
+from shared.output_folder import check_output_folder
 from shared.processes import run_on_cpu
 from shared.schedule import NoiseSchedule
 from student_train.config import MIXED_PRECISION, OPTIMIZERS, WEIGHT_DTYPES, TrainConfig
@@ -50,18 +52,20 @@ from student_train.training.optimizer import (
 )
 
 
-def open_store(url: str):
+def open_store(url: str, verify: bool = True):
     from shared.store import StoreReader
 
     if "://" not in url and not Path(url).exists():
         raise DistillCacheError(
             f"no store at {url!r}; build one with `teacher-cache run --out {url}` (make cache)"
         )
-    return StoreReader(url)
+    return StoreReader(url, verify=verify)
 
 
 def validate_settings(config: TrainConfig) -> None:
-    """Checks that need nothing but the config."""
+    """Checks that need nothing but the config (and that --out is a folder we may write)."""
+    check_finite_numbers(config)
+    check_output_folder(config.out, "--out")
     get_method(config.method)
     check_student_settings(config.student, config.lora_rank, config.base_dtype)
     for flag, value, valid in (
@@ -88,11 +92,21 @@ class TrainLog:
 
     COLUMNS = ("step", "loss", "lr", "seconds")
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, start_step: int = 0):
+        """A resumed run (start_step > 0) keeps the rows up to its checkpoint and drops later ones, which
+        the interrupted run logged after it and which the resumed run logs again."""
         self.path, self.enabled = path, enabled
-        if enabled and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(",".join(self.COLUMNS) + "\n")
+        if not enabled:
+            return
+        kept = []
+        if path.exists() and start_step:
+            with path.open(newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= start_step]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
 
     def write(self, accelerator, step: int, losses: list[float], lr: float, seconds: float) -> float:
         """Log the mean of `losses` over every process (one collective: all processes call it)."""
@@ -114,7 +128,7 @@ def train(config: TrainConfig) -> Path:
     # 1. Validate every input before writing anything.
     validate_settings(config)
     method = get_method(config.method)
-    reader = open_store(config.cache)
+    reader = open_store(config.cache, config.verify_reads)
     check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
     resume_from = resume_point(config, out)
@@ -177,7 +191,7 @@ def train(config: TrainConfig) -> Path:
     accelerator.init_trackers("tensorboard")
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-    log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process)
+    log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process, start_step)
     if accelerator.is_main_process:
         where = "in memory" if data.in_memory else "streamed"
         print(
