@@ -30,8 +30,11 @@ figures for it there are computed from the measured parts. The 512 px store hold
 2 teacher steps: what is read per step is the same whatever the grid's length.
 """
 
+import json
 import os
 import statistics
+import sys
+from pathlib import Path
 
 from bench.bench_train import (
     CACHE_VARIANT,
@@ -108,8 +111,80 @@ def main() -> dict:
             f"{medians['training_peak_ratio']:.3f} (target <= 0.5)",
             flush=True,
         )
+    results["smaller_gpus"] = recipe_table(results)
     return results
 
 
+# ---------------------------------------------------------------- the "smaller GPUs" table (docs/scaling.md)
+
+MIB = 2**20
+BYTES = {"fp32": 4, "bf16": 2}
+MOMENT_BYTES = {"adamw": 8, "adamw8bit": 2}  # two moments per trained parameter
+RECIPES = [  # family, student, base dtype, optimizer, batch; all with gradient checkpointing
+    ("sd15", "lora", "bf16", "adamw", 1),
+    ("sd15", "lora", "bf16", "adamw", 8),
+    ("sd15", "lora", "bf16", "adamw8bit", 8),
+    ("sd15", "lora", "fp32", "adamw", 8),
+    ("sd15", "full", "fp32", "adamw", 8),
+    ("sd15", "full", "fp32", "adamw8bit", 8),
+    ("sdxl", "lora", "bf16", "adamw", 1),
+    ("sdxl", "lora", "bf16", "adamw8bit", 1),
+    ("sdxl", "lora", "bf16", "adamw8bit", 4),
+    ("sdxl", "full", "fp32", "adamw8bit", 1),
+]
+LATENT_SIDE = {"sd15": 64, "sdxl": 128}  # 512 px and 1024 px
+MEASURED = ("sd15", "lora", "bf16", "adamw", 1)  # the 512 px pair above
+
+
+def recipe_table(results: dict) -> list[dict]:
+    """Memory of each recipe from its parts: weights and trained state from exact parameter counts,
+    activations from the measured 512 px step (per sample and latent pixel), scaled linearly."""
+    from bench.model_sizes import parameter_counts
+
+    counts = parameter_counts()
+    cached, online = results["512 px, batch 1"]["runs"][:2]
+    per_pixel = cached["step_transient_mib_median"] * MIB / LATENT_SIDE["sd15"] ** 2  # bytes per latent pixel
+    online_per_pixel = (
+        (online["step_transient_mib_median"] - cached["step_transient_mib_median"]) * MIB / 64**2
+    )
+    rows = []
+    print(
+        "\n| model | student | base | optimizer | batch | weights | trained state | activations | total (GiB) "
+        "| online script adds | how |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"
+    )
+    for family, student, base, optimizer, batch in RECIPES:
+        size = counts[family]
+        trained = size["lora_r64"] if student == "lora" else size["unet"]
+        weights = size["unet"] * BYTES[base] if student == "lora" else 0
+        # parameters + gradients (float32) + moments; a full student also keeps its float32 EMA copy
+        state = trained * (4 + 4 + MOMENT_BYTES[optimizer]) + (size["unet"] * 4 if student == "full" else 0)
+        pixels = LATENT_SIDE[family] ** 2 * batch
+        activations = per_pixel * pixels
+        teacher = (size["unet"] + size["text_encoders"] + size["vae"]) * 2 + online_per_pixel * pixels
+        row = dict(
+            family=family,
+            student=student,
+            base=base,
+            optimizer=optimizer,
+            batch=batch,
+            weights_gib=weights / 2**30,
+            state_gib=state / 2**30,
+            activations_gib=activations / 2**30,
+            total_gib=(weights + state + activations) / 2**30,
+            online_adds_gib=teacher / 2**30,
+            measured=(family, student, base, optimizer, batch) == MEASURED,
+        )
+        rows.append(row)
+        print(
+            f"| {family} | {student} | {base} | {optimizer} | {batch} | {row['weights_gib']:.1f} | "
+            f"{row['state_gib']:.1f} | {row['activations_gib']:.1f} | {row['total_gib']:.1f} | "
+            f"{row['online_adds_gib']:.1f} | {'measured' if row['measured'] else 'computed'} |"
+        )
+    return rows
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--table"]:  # the table again from the last run's figures
+        recipe_table(json.loads(Path("runs/bench/results.json").read_text())["bench_memory"])
+    else:
+        main()
