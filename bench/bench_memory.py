@@ -133,58 +133,68 @@ RECIPES = [  # family, student, base dtype, optimizer, batch; all with gradient 
     ("sdxl", "full", "fp32", "adamw8bit", 1),
 ]
 LATENT_SIDE = {"sd15": 64, "sdxl": 128}  # 512 px and 1024 px
-MEASURED = ("sd15", "lora", "bf16", "adamw", 1)  # the 512 px pair above
+# The earlier float32 run of `make bench BENCH=train` (docs/benchmarks.md, SD1.5-shaped LoRA lcm, 256 px,
+# batch 2, gradient checkpointing, medians of 3): cached RSS added 5,314 MiB, tensors held 4,048 MiB,
+# gradients 256.5 MiB -> 1,009 MiB of activations (and allocator slack) for 2 x 32 x 32 latent pixels.
+EARLIER_FP32_ACTIVATIONS_MIB_PER_PIXEL = (5314 - 4048 - 256.5) / (2 * 32 * 32)
+
+
+def activations_per_pixel(results: dict) -> tuple[float, str]:
+    """MiB of activations per sample and latent pixel, and where the figure comes from."""
+    run = results.get("512 px, batch 1")
+    if run:
+        return run["runs"][0]["step_transient_mib_median"] / 64**2, "measured at 512 px, bf16"
+    return EARLIER_FP32_ACTIVATIONS_MIB_PER_PIXEL, "measured at 256 px in float32 (an upper bound for bf16)"
 
 
 def recipe_table(results: dict) -> list[dict]:
     """Memory of each recipe from its parts: weights and trained state from exact parameter counts,
-    activations from the measured 512 px step (per sample and latent pixel), scaled linearly."""
+    activations from a measured step (per sample and latent pixel), scaled linearly."""
     from bench.model_sizes import parameter_counts
 
     counts = parameter_counts()
-    cached, online = results["512 px, batch 1"]["runs"][:2]
-    per_pixel = cached["step_transient_mib_median"] * MIB / LATENT_SIDE["sd15"] ** 2  # bytes per latent pixel
-    online_per_pixel = (
-        (online["step_transient_mib_median"] - cached["step_transient_mib_median"]) * MIB / 64**2
-    )
+    per_pixel, source = activations_per_pixel(results)
     rows = []
     print(
-        "\n| model | student | base | optimizer | batch | weights | trained state | activations | total (GiB) "
-        "| online script adds | how |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"
+        f"\nactivations: {per_pixel * 1024:.0f} MiB per sample per 32x32 latent pixels ({source})\n"
+        "| model | student | base | optimizer | batch | weights | trained state | activations | total (GiB) "
+        "| online script adds |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|"
     )
     for family, student, base, optimizer, batch in RECIPES:
         size = counts[family]
         trained = size["lora_r64"] if student == "lora" else size["unet"]
-        weights = size["unet"] * BYTES[base] if student == "lora" else 0
+        weights = size["unet"] * BYTES[base] / MIB if student == "lora" else 0.0
         # parameters + gradients (float32) + moments; a full student also keeps its float32 EMA copy
-        state = trained * (4 + 4 + MOMENT_BYTES[optimizer]) + (size["unet"] * 4 if student == "full" else 0)
-        pixels = LATENT_SIDE[family] ** 2 * batch
-        activations = per_pixel * pixels
-        teacher = (size["unet"] + size["text_encoders"] + size["vae"]) * 2 + online_per_pixel * pixels
+        state = (
+            trained * (4 + 4 + MOMENT_BYTES[optimizer]) + (size["unet"] * 4 if student == "full" else 0)
+        ) / MIB
+        activations = per_pixel * LATENT_SIDE[family] ** 2 * batch
+        teacher = (size["unet"] + size["text_encoders"] + size["vae"]) * 2 / MIB  # bf16, passes left out
         row = dict(
             family=family,
             student=student,
             base=base,
             optimizer=optimizer,
             batch=batch,
-            weights_gib=weights / 2**30,
-            state_gib=state / 2**30,
-            activations_gib=activations / 2**30,
-            total_gib=(weights + state + activations) / 2**30,
-            online_adds_gib=teacher / 2**30,
-            measured=(family, student, base, optimizer, batch) == MEASURED,
+            weights_gib=weights / 1024,
+            state_gib=state / 1024,
+            activations_gib=activations / 1024,
+            total_gib=(weights + state + activations) / 1024,
+            online_adds_gib=teacher / 1024,
         )
         rows.append(row)
         print(
             f"| {family} | {student} | {base} | {optimizer} | {batch} | {row['weights_gib']:.1f} | "
             f"{row['state_gib']:.1f} | {row['activations_gib']:.1f} | {row['total_gib']:.1f} | "
-            f"{row['online_adds_gib']:.1f} | {'measured' if row['measured'] else 'computed'} |"
+            f"{row['online_adds_gib']:.1f} |"
         )
     return rows
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--table"]:  # the table again from the last run's figures
-        recipe_table(json.loads(Path("runs/bench/results.json").read_text())["bench_memory"])
+    if sys.argv[1:] == ["--table"]:  # the table from the last run's figures, or the earlier float32 run's
+        results_file = Path("runs/bench/results.json")
+        earlier = json.loads(results_file.read_text()) if results_file.exists() else {}
+        recipe_table(earlier.get("bench_memory", {}))
     else:
         main()
