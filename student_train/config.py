@@ -11,11 +11,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import torch
+
 from shared.config_flags import option
 
 LOADERS = ("auto", "memory", "stream")  # --loader (student_train/data/batches.py)
 POINTS = ("noised", "trajectory", "mix")  # --points (student_train/data/points.py)
 REFLOW_T_SCHEDULES = ("uniform", "t0", "steps")  # --reflow-t-schedule (student_train/losses/reflow.py)
+MIXED_PRECISION = ("no", "fp16", "bf16")  # --mixed-precision (accelerate's names)
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --base/save-dtype
+OPTIMIZERS = ("adamw", "adamw8bit")  # --optimizer (training/optimizer.py)
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class TrainConfig:
         4, "K: the student's sampling steps (direct trains them; recommended for all)"
     )
     train_steps: int = option(1000, "optimizer updates")
-    batch_size: int = option(16, "samples per micro-batch")
+    batch_size: int = option(16, "samples per micro-batch, in each process")
     grad_accum: int = option(1, "micro-batches per optimizer update")
     lr: float = option(1e-4, "LCM: 1e-6 full / 1e-4 LoRA (SD); Direct Distill: 1e-5 full / 1e-4 LoRA")
     lr_schedule: str = option("cosine", "constant | cosine (decays to 0 at --train-steps)")
@@ -77,7 +82,25 @@ class TrainConfig:
         "recompute activations in the backward pass (the denoiser's own gradient checkpointing; "
         "direct also recomputes each of its K steps): less memory, ~1 more forward per step",
     )
-    mixed_precision: str = option("no", "no | fp16 | bf16 (accelerate)")
+    mixed_precision: str = option(
+        "no",
+        "accelerate's autocast of the forward passes (fp16 only where accelerate has it: a GPU); weights, "
+        "optimizer state and the loss arithmetic stay float32",
+        choices=MIXED_PRECISION,
+    )
+    base_dtype: str = option(
+        "fp32",
+        "LoRA students: dtype of the frozen base weights (the reference scripts' weight_dtype); the "
+        "adapters train in float32. Full students train every weight: fp32 only",
+        choices=tuple(WEIGHT_DTYPES),
+    )
+    save_dtype: str = option("fp32", "dtype of the exported weights", choices=tuple(WEIGHT_DTYPES))
+    optimizer: str = option(
+        "adamw",
+        "adamw: torch AdamW; adamw8bit: bitsandbytes' AdamW8bit (8-bit moments, CPU and CUDA; "
+        "pip install 'distillcache[lowmem]')",
+        choices=OPTIMIZERS,
+    )
     cpu: bool = option(False, "force CPU even when a GPU is visible")
     threads: int = option(
         1, "torch CPU threads when training on CPU; 0: torch's default (1 is fastest for small denoisers)"
@@ -110,7 +133,19 @@ class TrainConfig:
 
     def run_digest(self) -> str:
         """What makes two runs the same run (a checkpoint may only resume its own): everything but
-        where the output goes, the resume / logging switches and how batches are read (same batches)."""
-        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads", "loader", "verify_reads"}
+        where the output goes, the resume / logging switches, how batches are read (same batches) and
+        how the global batch is split into micro-batches (batch_size x grad_accum x processes: the
+        global batch itself is checked on resume, training/checkpoints.py)."""
+        ignored = {
+            "out",
+            "resume",
+            "log_every",
+            "checkpoint_every",
+            "threads",
+            "loader",
+            "batch_size",
+            "grad_accum",
+            "verify_reads",
+        }
         identity = {k: v for k, v in self.to_json().items() if k not in ignored}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -23,6 +23,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
+from shared.processes import process_state
 from shared.store import StoreReader, StoreWriter, committed_sample_ids, sample_id_for
 from shared.store.claims import WriterClaims
 from shared.store.paths import StoreLocation
@@ -115,13 +116,6 @@ def commit_finite(
     arrays = {name: array[keep] for name, array in batch.arrays.items()}
     writer.commit(rows, arrays)
     return Tally(len(keep), considered - len(keep), sum(array.nbytes for array in arrays.values()))
-
-
-def process_state(device: str) -> PartialState:
-    """This process's rank and world size from accelerate; runs without an accelerator join over gloo
-    (on a CPU machine, launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun`)."""
-    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
-    return PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
 
 
 @contextmanager

@@ -9,11 +9,14 @@ row and field: more than a tiny denoiser's step). loader="auto" keeps the split 
 takes no more bytes than the teacher's weights (settings["teacher_nbytes"]: denoiser, text encoders,
 VAE), which a training run with the teacher in its loop holds and this one never loads, so the
 cached run is never the bigger process for its data; it streams a bigger split (stores written
-before the size was recorded: MEMORY_LOADER_LIMIT). Values arrive as float32 on the device either way.
+before the size was recorded: MEMORY_LOADER_LIMIT). Either way values stay in their stored dtype
+(float16 stays float16) until they are on the device, where they are cast to float32 once.
 
-The order of samples is a function of (seed, position) only — position p = micro_step * batch_size
-+ j goes to epoch p // N, slot p % N of that epoch's permutation — so a resumed run sees exactly the
-batches an uninterrupted one would, from memory or streamed.
+The order of samples is a function of (seed, position) only — stream position p goes to epoch
+p // N, slot p % N of that epoch's permutation (`rows_at_positions`; which positions each process
+and micro-batch takes: training/data_order.py) — so a resumed run sees exactly the batches an
+uninterrupted one would, from memory or streamed. `needed` limits what the memory loader reads to
+the rows one process trains on.
 
     data = TrainingData(reader, ("trajectory", "out_cond", "out_uncond"), split="train", loader="auto")
     for batch in data.batches([rows_for_micro_step(len(data), 16, seed, m) for m in micro_steps], device):
@@ -57,29 +60,39 @@ class TrainingData:
         split: str = "train",
         max_samples: int = 0,
         loader: str = "stream",
+        needed: list[int] | None = None,
     ):
         self.reader = reader
         self.rows = select_rows(reader, split, max_samples)
         self.names = (*fields, *(name for name in reader.fields if name.startswith("cond.")))
         all_ids = reader.manifest.column("sample_id").to_pylist()
         self.sample_ids = [str(all_ids[r]) for r in self.rows]
+        # The positions (indices into the split) this process will read; None: all of them.
+        self.needed = None if needed is None or len(needed) == len(self.rows) else sorted(needed)
         self.in_memory = uses_memory(loader, self.nbytes, memory_budget(reader.settings))
-        self.preloaded = (
-            {name: reader.read(name, self.rows) for name in self.names} if self.in_memory else None
-        )
+        self.preloaded, self.slot_of = None, None
+        if self.in_memory:
+            kept = self.rows if self.needed is None else [self.rows[i] for i in self.needed]
+            self.preloaded = {name: reader.read(name, kept) for name in self.names}
+            if self.needed is not None:
+                self.slot_of = torch.full((len(self.rows),), -1, dtype=torch.long)
+                self.slot_of[self.needed] = torch.arange(len(self.needed))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the split's fields as stored."""
-        return sum(len(self.rows) * self.reader.fields[name].sample_nbytes for name in self.names)
+        """Bytes, as stored, of the fields of the rows this process reads."""
+        count = len(self.rows) if self.needed is None else len(self.needed)
+        return sum(count * self.reader.fields[name].sample_nbytes for name in self.names)
 
     def read(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
         """{field: (B, ...)} of the split's rows at `positions`, in the stored dtypes, on the host."""
         if self.preloaded is not None:
-            return {name: values[positions] for name, values in self.preloaded.items()}
+            slots = positions if self.slot_of is None else self.slot_of[positions]
+            assert bool((slots >= 0).all()), "a position outside `needed` was read"
+            return {name: values[slots] for name, values in self.preloaded.items()}
         rows = [self.rows[i] for i in positions.tolist()]
         return {name: self.reader.read(name, rows) for name in self.names}
 
@@ -142,10 +155,16 @@ def select_rows(reader, split: str, max_samples: int) -> list[int]:
 
 
 def rows_for_micro_step(num_rows: int, batch_size: int, seed: int, micro_step: int) -> torch.Tensor:
-    """The (batch_size,) row indices of one micro-batch: a fresh permutation per epoch."""
-    positions = torch.arange(micro_step * batch_size, (micro_step + 1) * batch_size)
+    """The (batch_size,) row indices of micro-batch `micro_step` of one process."""
+    return rows_at_positions(
+        num_rows, seed, torch.arange(micro_step * batch_size, (micro_step + 1) * batch_size)
+    )
+
+
+def rows_at_positions(num_rows: int, seed: int, positions: torch.Tensor) -> torch.Tensor:
+    """Row indices (into the split) at these stream positions: a fresh permutation per epoch."""
     epochs, slots = positions // num_rows, positions % num_rows
-    rows = torch.empty(batch_size, dtype=torch.long)
+    rows = torch.empty(len(positions), dtype=torch.long)
     for epoch in epochs.unique().tolist():
         permutation = torch.randperm(
             num_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)

@@ -8,7 +8,7 @@
       distill.json                        method, teacher (source, revision, fingerprint), store, recommended
                                           steps / guidance / timesteps (/ eta for tcd), settings
 
-    export_student(student, config, reader, out_dir, train_summary)
+    export_student(student, config, reader, out_dir, train_summary)   # weights in --save-dtype (fp32)
     model, distill = load_exported_student(out_dir)       # the student's denoiser alone, for eval
     pipe.scheduler = load_student_scheduler(out_dir)
 
@@ -26,6 +26,7 @@ import diffusers
 import torch
 
 from shared.errors import DistillCacheError, first_line
+from student_train.config import WEIGHT_DTYPES
 from student_train.losses import w_range
 from student_train.sampling import (
     SAMPLER_OF_METHOD,
@@ -100,10 +101,12 @@ def distill_record(student, config, reader, train_summary: dict) -> dict:
 
 
 def export_student(student, config, reader, out_dir: str | Path, train_summary: dict) -> Path:
-    """Write the student folder; returns its path."""
+    """Write the student folder; returns its path. The weights are saved in `config.save_dtype`
+    (float32 unless asked: training may have kept a LoRA base in bf16, the export is not affected)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = unwrap(student.model)
+    save_dtype = WEIGHT_DTYPES[config.save_dtype]
     denoiser_name = reader.settings.get("denoiser", "unet")
     if student.kind == "lora":
         from peft.utils import get_peft_model_state_dict
@@ -112,7 +115,7 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
         # convert_state_dict_to_diffusers: it renames only the attention keys (to_q.lora.down ...), and
         # diffusers picks the format from the first key, so a UNet whose first adapted module is a conv
         # (no attention in down_blocks.0, as the embedded teacher) would reload without its attention LoRA.
-        lora_layers = get_peft_model_state_dict(model)
+        lora_layers = {name: value.to(save_dtype) for name, value in get_peft_model_state_dict(model).items()}
         pipeline_class = getattr(diffusers, reader.fingerprint["pipeline_class"], None)
         if not hasattr(pipeline_class, "save_lora_weights"):
             pipeline_class = diffusers.StableDiffusionPipeline
@@ -126,6 +129,8 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
             weight_name=LORA_WEIGHT_NAME,
         )
     else:
+        if model.dtype != save_dtype:
+            model.to(save_dtype)  # training is over: cast in place
         model.save_pretrained(out_dir / denoiser_name)
     scheduler = student_scheduler(
         config.method,

@@ -2,8 +2,13 @@
 (peft adapters on the frozen denoiser). Both are one `Student` and go through one training path;
 LoRA only adds the adapter and saves only the adapter's keys (as diffusers' LCM-LoRA script).
 
+A LoRA student keeps its frozen base in `--base-dtype` (the reference scripts' `weight_dtype`) and
+its adapters in float32: inputs are cast to the base dtype on the way in, peft computes the adapter
+path in float32 and adds it to the base path, and the output comes back as float32, so the loss
+arithmetic is float32 whatever the base. Students without frozen weights (full) train in float32.
+
     student = build_student("lora", denoiser, config, w_conditioned=False)   # takes `denoiser` over
-    output = student.denoise(x_t, timesteps, cond)              # trainable forward
+    output = student.denoise(x_t, timesteps, cond)              # trainable forward, float32 output
     target = student.target_denoise(x_s, s, cond)               # EMA (full) or the student itself, no grad
 """
 
@@ -14,6 +19,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from shared.errors import DistillCacheError
+from student_train.config import WEIGHT_DTYPES
 from student_train.students.denoiser import call_denoiser, unwrap
 
 # diffusers' train_lcm_distill_lora_sd_wds.py: attention, feed-forward and conv modules of the UNet.
@@ -38,11 +44,19 @@ LORA_TARGET_MODULES = [
 class Student:
     """The trainable denoiser and, for full students, its EMA copy (the LCM target)."""
 
-    def __init__(self, kind: str, model: torch.nn.Module, ema: torch.nn.Module | None, ema_decay: float):
+    def __init__(
+        self,
+        kind: str,
+        model: torch.nn.Module,
+        ema: torch.nn.Module | None,
+        ema_decay: float,
+        input_dtype: torch.dtype = torch.float32,
+    ):
         self.kind = kind
         self.model = model  # replaced by accelerate's prepared wrapper in the training loop
         self.ema = ema
         self.ema_decay = ema_decay
+        self.input_dtype = input_dtype  # the frozen base's dtype: what the denoiser's inputs are cast to
 
     @property
     def w_conditioned(self) -> bool:
@@ -51,15 +65,19 @@ class Student:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def call(self, model, x_t, timesteps, cond, guidance_w) -> torch.Tensor:
+        """`model`'s raw output in float32, its inputs cast to the base dtype first."""
+        if self.input_dtype != torch.float32:
+            x_t, cond = x_t.to(self.input_dtype), cast_floating(cond, self.input_dtype)
+        return call_denoiser(model, x_t, timesteps, cond, guidance_w).float()
+
     def denoise(self, x_t, timesteps, cond, guidance_w=None) -> torch.Tensor:
-        return call_denoiser(self.model, x_t, timesteps, cond, guidance_w)
+        return self.call(self.model, x_t, timesteps, cond, guidance_w)
 
     @torch.no_grad()
     def target_denoise(self, x_t, timesteps, cond, guidance_w=None) -> torch.Tensor:
         """The consistency target's network: the EMA copy (full) or the student itself (LoRA)."""
-        return call_denoiser(
-            self.ema if self.ema is not None else self.model, x_t, timesteps, cond, guidance_w
-        )
+        return self.call(self.ema if self.ema is not None else self.model, x_t, timesteps, cond, guidance_w)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -67,6 +85,18 @@ class Student:
             return
         for ema_param, param in zip(self.ema.parameters(), unwrap(self.model).parameters()):
             ema_param.lerp_(param.detach().to(ema_param.dtype), 1 - self.ema_decay)
+
+
+def cast_floating(nested: dict, dtype: torch.dtype) -> dict:
+    """The nested conditioning kwargs with every floating tensor cast to `dtype`."""
+    return {
+        name: cast_floating(value, dtype)
+        if isinstance(value, dict)
+        else value.to(dtype)
+        if isinstance(value, torch.Tensor) and value.is_floating_point()
+        else value
+        for name, value in nested.items()
+    }
 
 
 def build_full(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Student:
@@ -88,7 +118,7 @@ def build_full(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Studen
 
 def build_lora(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Student:
     """peft adapters (rank, alpha) on attention, feed-forward and conv modules of `denoiser` itself
-    (no copy: an SD1.5 UNet is 3.4 GB); the base stays frozen."""
+    (no copy: an SD1.5 UNet is 3.4 GB); the base stays frozen, in --base-dtype, the adapters float32."""
     from peft import LoraConfig
 
     model = denoiser.requires_grad_(False)
@@ -97,24 +127,37 @@ def build_lora(denoiser: torch.nn.Module, config, w_conditioned: bool) -> Studen
         model.add_adapter(
             LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGET_MODULES)
         )
+    base_dtype = WEIGHT_DTYPES[config.base_dtype]
+    for param in model.parameters():
+        # peft makes the adapters in the base's dtype: adapters to float32 (the reference scripts'
+        # cast_training_params), the frozen base to its dtype, one tensor at a time (no second copy)
+        param.data = param.data.to(torch.float32 if param.requires_grad else base_dtype)
     model.train()
-    return Student("lora", model, None, config.ema_decay)
+    return Student("lora", model, None, config.ema_decay, input_dtype=base_dtype)
 
 
 STUDENTS: dict[str, Callable[..., Student]] = {"full": build_full, "lora": build_lora}
+FROZEN_BASE = ("lora",)  # the kinds whose frozen weights --base-dtype casts
 
 
-def check_student_settings(kind: str, lora_rank: int) -> None:
+def check_student_settings(kind: str, lora_rank: int, base_dtype: str = "fp32") -> None:
     if kind not in STUDENTS:
         raise DistillCacheError(f"unknown --student {kind!r}; valid: {', '.join(STUDENTS)}")
     if kind == "lora" and lora_rank <= 0:
         raise DistillCacheError(f"--lora-rank must be > 0, got {lora_rank}")
+    if base_dtype not in WEIGHT_DTYPES:
+        raise DistillCacheError(f"unknown --base-dtype {base_dtype!r}; valid: {', '.join(WEIGHT_DTYPES)}")
+    if base_dtype != "fp32" and kind not in FROZEN_BASE:
+        raise DistillCacheError(
+            f"--base-dtype {base_dtype} casts frozen weights, and a {kind} student trains all of its weights "
+            "(kept in float32); use --mixed-precision bf16 to compute in bf16, or --student lora"
+        )
 
 
 def build_student(kind: str, denoiser: torch.nn.Module, config, w_conditioned: bool = False) -> Student:
     """The student made from `denoiser`, which it takes over (LoRA adds its adapter in place): pass a
     copy to keep the original."""
-    check_student_settings(kind, config.lora_rank)
+    check_student_settings(kind, config.lora_rank, config.base_dtype)
     student = STUDENTS[kind](denoiser, config, w_conditioned)
     if config.gradient_checkpointing and getattr(student.model, "_supports_gradient_checkpointing", False):
         student.model.enable_gradient_checkpointing()  # diffusers' own: blocks recomputed in backward
