@@ -72,11 +72,9 @@ class StoreReader:
         self.manifest: pa.Table = manifest.table
         self.duplicates: pa.Table = manifest.duplicates
         self._array_digests = manifest.array_digests
-        self._writers: list[str] = pc.unique(self.manifest.column("writer")).to_pylist()
-        writer_index = {name: code for code, name in enumerate(self._writers)}
-        self._writer_codes = np.array(
-            [writer_index[name] for name in self.manifest.column("writer").to_pylist()]
-        )
+        writers = pc.unique(self.manifest.column("writer"))
+        self._writers: list[str] = writers.to_pylist()
+        self._writer_codes = pc.index_in(self.manifest.column("writer"), value_set=writers).to_numpy()
         self._rows = self.manifest.column("row").to_numpy().astype(np.int64)
         self._zarr_store = self.location.zarr_store(read_only=True)
         self._arrays: dict[tuple[str, str], object] = {}

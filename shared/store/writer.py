@@ -53,7 +53,7 @@ def committed_sample_ids(url: str | os.PathLike) -> set[str]:
     location = StoreLocation.open(url)
     if read_metadata(location) is None:
         return set()
-    files = ManifestFiles(location, [])
+    files = ManifestFiles(location, [], all_columns=False)
     files.refresh()
     return files.sample_ids()
 
@@ -86,7 +86,7 @@ class StoreWriter:
         self._next_row = 0
         self._committed_here: set[str] = set()
         self._committed_here_lock = threading.Lock()  # commits may run on another thread than committed_ids
-        self._manifest_files = ManifestFiles(self.location, list(self.fields))
+        self._manifest_files = ManifestFiles(self.location, list(self.fields), all_columns=False)
         self._array_digests: dict[str, str] = {}
 
     @property
