@@ -60,7 +60,9 @@ def compact_store(
     location = files.location if files is not None else StoreLocation.open(url)
     metadata = read_metadata(location)
     if metadata is None:
-        raise DistillCacheError(f"{location.url} is not a distillcache store (no store.json); nothing to compact")
+        raise DistillCacheError(
+            f"{location.url} is not a distillcache store (no store.json); nothing to compact"
+        )
     files = files or ManifestFiles(location, list(metadata.fields))
     files.refresh()
     report = CompactionReport()
@@ -77,7 +79,9 @@ def compact_store(
     return report
 
 
-def remove_replaced(location: StoreLocation, files: ManifestFiles, grace_seconds: float) -> tuple[list[str], int]:
+def remove_replaced(
+    location: StoreLocation, files: ManifestFiles, grace_seconds: float
+) -> tuple[list[str], int]:
     """Remove each listed file that a compacted file replaces, once that compacted file is older than
     the grace period; returns (the files removed, how many wait for their replacement to age)."""
     removed, waiting = [], 0

@@ -203,7 +203,11 @@ def read_manifest_file(
         )
         schema = parquet.schema_arrow
         missing = [column for column in needed if column not in schema.names]
-        kept = None if all_columns else [*KEY_COLUMNS, *(name for name in needed if name.startswith("checksum_"))]
+        kept = (
+            None
+            if all_columns
+            else [*KEY_COLUMNS, *(name for name in needed if name.startswith("checksum_"))]
+        )
         table = None if missing else plain_strings(parquet.read(columns=kept))
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as error:
         raise DistillCacheError(f"{where} is not a readable Parquet file ({error}){damaged}") from None

@@ -19,13 +19,15 @@ is missing reads as the fill value, which the checksum catches; one that cannot 
 same one-line error. `verify=False` skips the check, for a store verified already.
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from shared.errors import DistillCacheError, first_line
 from shared.store import arrays as zarr_arrays
@@ -51,6 +53,9 @@ DAMAGED_ROWS_HINT = (
     "the store is damaged: `teacher-cache verify STORE` lists every damaged row; recapture them into a "
     "fresh store or restore the store from a good copy"
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 class StoreReader:

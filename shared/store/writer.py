@@ -14,14 +14,16 @@ with another teacher fingerprint, other settings or other fields (the `teacher` 
 teacher is loaded from, is kept as the first writer wrote it).
 """
 
+from __future__ import annotations
+
 import math
 import os
 import threading
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from shared.errors import DistillCacheError, first_line
 from shared.store import arrays as zarr_arrays
@@ -38,6 +40,9 @@ from shared.store.manifest import (
 )
 from shared.store.paths import StoreLocation, is_access_error
 from shared.store.schema import FieldSpec, check_name
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_VAL_FRACTION = 0.1
 
