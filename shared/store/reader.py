@@ -105,6 +105,12 @@ class StoreReader:
             raise DistillCacheError(f"split {split!r} is unknown; use 'train' or 'val'")
         return np.flatnonzero(pc.equal(self.manifest.column("split"), split).to_numpy(zero_copy_only=False))
 
+    def in_storage_order(self, rows: Sequence[int]) -> np.ndarray:
+        """`rows` (indices into `manifest`) sorted by where they are stored (writer group, then row): the
+        order in which reading them touches each shard once, in runs."""
+        rows = self._check_rows(rows)
+        return rows[np.lexsort((self._rows[rows], self._writer_codes[rows]))]
+
     def read(self, field: str, rows: Sequence[int], steps: Sequence[int] | None = None) -> torch.Tensor:
         """(len(rows), *shape), or with `steps` (len(rows), len(steps), *shape[1:]); the field's real dtype."""
         return from_storage(self.read_stored(field, rows, steps), self.fields[field].dtype)
