@@ -43,14 +43,14 @@ LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINTS_KEPT = 2
 
 
-def open_store(url: str, verify: bool = True):
+def open_store(url: str, verify: bool = True, cache_dir: str = ""):
     from shared.store import StoreReader
 
     if "://" not in url and not Path(url).exists():
         raise DistillCacheError(
             f"no store at {url!r}; build one with `teacher-cache run --out {url}` (make cache)"
         )
-    return StoreReader(url, verify=verify)
+    return StoreReader(url, verify=verify, cache_dir=cache_dir or None)
 
 
 def validate_settings(config: TrainConfig) -> None:
@@ -69,7 +69,7 @@ def validate_settings(config: TrainConfig) -> None:
         )
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         raise DistillCacheError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
-    for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every"):
+    for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every", "read_ahead"):
         if getattr(config, name) <= 0:
             raise DistillCacheError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
     if config.w_min > config.w_max:
@@ -164,7 +164,7 @@ def train(config: TrainConfig) -> Path:
     # 1. Validate every input before writing anything.
     validate_settings(config)
     method = get_method(config.method)
-    reader = open_store(config.cache, config.verify_reads)
+    reader = open_store(config.cache, config.verify_reads, config.cache_dir)
     check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
     resume_from = resume_point(config, out)
@@ -240,6 +240,7 @@ def train(config: TrainConfig) -> Path:
     batches = data.batches(
         (rows_for_micro_step(len(data), config.batch_size, config.seed, m) for m in micro_steps),
         accelerator.device,
+        config.read_ahead,
     )
     micro_batches = zip(micro_steps, batches)
     for step in progress:
