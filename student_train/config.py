@@ -116,6 +116,17 @@ class TrainConfig:
         "this one does not), else stream",
         choices=LOADERS,
     )
+    cache_dir: str = option(
+        "",
+        "a remote --cache (s3://, ...): keep a local copy of each shard read in this folder, so that later "
+        "epochs (and later runs) read local disk (shared/store/read_cache.py)",
+        default_text="none: read the store every time",
+    )
+    read_ahead: int = option(
+        4,
+        "stream loader: micro-batches read ahead, in parallel, while the current one trains (hides an "
+        "object store's latency)",
+    )
     verify_reads: bool = option(
         True,
         "do not check each row's CRC-32C as it is read (for a store `teacher-cache verify` passed already; "
@@ -146,6 +157,8 @@ class TrainConfig:
             "batch_size",
             "grad_accum",
             "verify_reads",
+            "cache_dir",
+            "read_ahead",
         }
         identity = {k: v for k, v in self.to_json().items() if k not in ignored}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -24,6 +24,7 @@ the rows one process trains on.
         batch.cond                   # nested denoiser kwargs, e.g. {"encoder_hidden_states": (B, 77, 768)}
 """
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,18 +100,21 @@ class TrainingData:
     def batch(self, positions: torch.Tensor, device: torch.device | str) -> Batch:
         return self.on_device(positions, self.read(positions), device)
 
-    def batches(self, schedule: Iterable[torch.Tensor], device: torch.device | str) -> Iterator[Batch]:
-        """The batches of `schedule` (positions per micro-batch), in order; the next one is read in a
-        background thread while the caller trains on this one."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader") as pool:
-            pending = None  # (positions, future of their values)
+    def batches(
+        self, schedule: Iterable[torch.Tensor], device: torch.device | str, read_ahead: int = 1
+    ) -> Iterator[Batch]:
+        """The batches of `schedule` (positions per micro-batch), in order; the next `read_ahead` ones are
+        read in background threads, in parallel, while the caller trains on this one."""
+        with ThreadPoolExecutor(max_workers=max(1, read_ahead), thread_name_prefix="store-reader") as pool:
+            pending = deque()  # (positions, future of their values), oldest first
             for positions in schedule:
-                upcoming = (positions, pool.submit(self.read, positions))
-                if pending is not None:
-                    yield self.on_device(pending[0], pending[1].result(), device)
-                pending = upcoming
-            if pending is not None:
-                yield self.on_device(pending[0], pending[1].result(), device)
+                pending.append((positions, pool.submit(self.read, positions)))
+                if len(pending) > max(1, read_ahead):
+                    positions_now, values = pending.popleft()
+                    yield self.on_device(positions_now, values.result(), device)
+            while pending:
+                positions_now, values = pending.popleft()
+                yield self.on_device(positions_now, values.result(), device)
 
     def on_device(self, positions: torch.Tensor, values: dict[str, torch.Tensor], device) -> Batch:
         values = {name: value.to(device).float() for name, value in values.items()}

@@ -52,14 +52,14 @@ from student_train.training.optimizer import (
 )
 
 
-def open_store(url: str, verify: bool = True):
+def open_store(url: str, verify: bool = True, cache_dir: str = ""):
     from shared.store import StoreReader
 
     if "://" not in url and not Path(url).exists():
         raise DistillCacheError(
             f"no store at {url!r}; build one with `teacher-cache run --out {url}` (make cache)"
         )
-    return StoreReader(url, verify=verify)
+    return StoreReader(url, verify=verify, cache_dir=cache_dir or None)
 
 
 def validate_settings(config: TrainConfig) -> None:
@@ -80,7 +80,7 @@ def validate_settings(config: TrainConfig) -> None:
         # accelerate has no fp16 autocast on the CPU (it would silently train in float32)
         raise DistillCacheError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
     check_optimizer_available(config.optimizer)
-    for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every"):
+    for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every", "read_ahead"):
         if getattr(config, name) <= 0:
             raise DistillCacheError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
     w_min, w_max = w_range(config)
@@ -131,7 +131,7 @@ def train(config: TrainConfig, data=None) -> Path:
     # 1. Validate every input before writing anything.
     validate_settings(config)
     method = get_method(config.method)
-    reader = open_store(config.cache, config.verify_reads)
+    reader = open_store(config.cache, config.verify_reads, config.cache_dir)
     if data is None:
         check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
@@ -219,7 +219,9 @@ def train(config: TrainConfig, data=None) -> Path:
         disable=not accelerator.is_local_main_process,
     )
     micro_positions = list(order.schedule(start_step, config.train_steps))
-    batches = data.batches((order.rows(positions) for positions in micro_positions), accelerator.device)
+    batches = data.batches(
+        (order.rows(positions) for positions in micro_positions), accelerator.device, config.read_ahead
+    )
     micro_batches = zip(micro_positions, batches)
     for step in progress:
         for _ in range(config.grad_accum):
