@@ -14,14 +14,26 @@ from dataclasses import dataclass
 from shared.config_flags import option
 
 LOADERS = ("auto", "memory", "stream")  # --loader (student_train/batches.py)
+PRUNE_LEVELS = ("base", "small", "tiny")  # --prune (student_train/students/pruning.py)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     cache: str = option(None, "the store (path or fsspec URL)", required=True)
     out: str = option(None, "output folder: the exported student + logs + checkpoints", required=True)
-    method: str = option("direct", "direct | lcm | progressive")
-    student: str = option("full", "full | lora")
+    method: str = option("direct", "direct | lcm | progressive | blockkd")
+    student: str = option("full", "full | lora | pruned (BK-SDM block removal, see --prune)")
+    prune: str = option(
+        "small",
+        "pruned students: base (one resnet+attention pair fewer per stage) | small (also no mid block) | "
+        "tiny (also no innermost stage)",
+        choices=PRUNE_LEVELS,
+    )
+    init: str = option(
+        "",
+        "start from an earlier student folder (student-train run --out): its architecture and weights, a LoRA "
+        "folder fused onto its base; any method and student kind (not pruned); distill.json records the chain",
+    )
     teacher: str = option("", "the denoiser's source; default: the store fingerprint's source")
     num_student_steps: int = option(
         4, "K: the student's sampling steps (direct trains them; recommended for all)"
@@ -44,6 +56,11 @@ class TrainConfig:
     time_cond_proj_dim: int = option(256, "lcm full students' w-embedding; 0: none")
     timestep_scaling: float = option(10.0, "lcm boundary conditions")
     weighting: str = option("truncated_snr", "progressive: truncated_snr | snr_plus_one")
+    lambda_task: float = option(
+        1.0, "blockkd: weight of the task term (guided student eps vs the eps of the cached final latents)"
+    )
+    lambda_out: float = option(1.0, "blockkd: weight of output distillation (cached cond / uncond outputs)")
+    lambda_feat: float = option(1.0, "blockkd: weight of feature distillation (cached block outputs)")
     gradient_checkpointing: bool = option(
         False,
         "recompute activations in the backward pass (the denoiser's own gradient checkpointing; "

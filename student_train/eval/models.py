@@ -80,11 +80,11 @@ def load_models(
     the judge for `prompts` (none for an empty list)."""
     from shared.teacher import resolve_dtype
     from student_train.export import load_exported_student
-    from student_train.students.denoiser import load_denoiser
+    from student_train.students.denoiser import load_denoiser, teacher_source
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    source = teacher or reader.fingerprint.get("source")
+    source = teacher_source(reader, teacher)
     denoiser_name = reader.settings.get("denoiser", "unet")
     teacher_denoiser = place(load_denoiser(source, denoiser_name), device, dtype)
     vae = place(load_denoiser(source, "vae"), device, dtype)

@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from shared.errors import DistillCacheError
-from student_train.students.denoiser import call_denoiser, nest_conditioning
+from student_train.students.denoiser import call_denoiser, concat_halves, guided_output, nest_conditioning
 
 SPACINGS = ("trailing", "store")
 
@@ -55,26 +55,11 @@ def read_conditioning(reader, rows: Sequence[int], half: str) -> dict:
     return nest_conditioning({name[len(prefix) :]: reader.read(name, rows) for name in names})
 
 
-def concat_halves(uncond: dict, cond: dict) -> dict:
-    """Nested kwargs of the two halves joined along the batch axis, uncond first (diffusers' order)."""
-    return {
-        key: concat_halves(value, cond[key]) if isinstance(value, dict) else torch.cat([value, cond[key]])
-        for key, value in uncond.items()
-    }
-
-
 def map_tensors(kwargs: dict, fn) -> dict:
     """Apply `fn` to every tensor of nested kwargs (e.g. move to a device, slice a batch)."""
     return {
         key: map_tensors(value, fn) if isinstance(value, dict) else fn(value) for key, value in kwargs.items()
     }
-
-
-def guided_output(out_uncond: torch.Tensor, out_cond: torch.Tensor, guidance_scale) -> torch.Tensor:
-    """Classifier-free guidance, diffusers' convention: u + w (c - u); w a float or [N]."""
-    w = torch.as_tensor(guidance_scale, dtype=out_cond.dtype, device=out_cond.device)
-    w = w.reshape(-1, *[1] * (out_cond.dim() - 1)) if w.dim() else w  # [N, 1, 1, 1]
-    return out_uncond + w * (out_cond - out_uncond)
 
 
 @torch.no_grad()

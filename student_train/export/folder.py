@@ -1,14 +1,21 @@
 """The student folder (DESIGN.md), loadable with stock diffusers:
 
     STUDENT/
-      unet/                               full students: UNet2DConditionModel.from_pretrained(STUDENT, subfolder="unet")
+      unet/                               full / pruned students: UNet2DConditionModel.from_pretrained(STUDENT, subfolder="unet")
       pytorch_lora_weights.safetensors    lora students ("unet." + peft keys): pipe.load_lora_weights(STUDENT)
-      scheduler/scheduler_config.json     the few-step scheduler (LCMScheduler for lcm, DDIM / Euler otherwise)
-      distill.json                        method, teacher, store, recommended steps / guidance / timesteps, settings
+      scheduler/scheduler_config.json     the few-step scheduler (LCMScheduler for lcm, DDIM / Euler otherwise,
+                                          the teacher's own for blockkd)
+      distill.json                        method, teacher, store, recommended steps / guidance / timesteps, settings,
+                                          pruning (the block-removal record) and lineage (the --init chain)
 
     export_student(student, config, reader, out_dir, train_summary)
     model, distill = load_exported_student(out_dir)       # the student's denoiser alone, for eval
+    model, distill = load_fused_student(out_dir)          # the same with a LoRA adapter merged (--init)
     pipe.scheduler = load_student_scheduler(out_dir)
+
+A LoRA student's base is the teacher's denoiser, or, when it was trained with --init, the last
+student of its lineage (`lineage[-1]["dir"]`, fused): `pipe.unet = load_fused_student(base)[0]`
+before `pipe.load_lora_weights(STUDENT)`.
 
 Samplers: `distill.json["sampling"]` gives the sampler (ddim | lcm) and the exact timesteps the
 student was trained at for 1, 2, 4 and 8 steps; a stock pipeline reproduces them with
@@ -22,7 +29,7 @@ import diffusers
 import torch
 
 from student_train.sampling import SAMPLER_OF_METHOD, student_scheduler, student_timesteps
-from student_train.students.denoiser import load_denoiser, unwrap
+from student_train.students.denoiser import load_denoiser, teacher_source, unwrap
 
 FORMAT_VERSION = 1
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -40,9 +47,20 @@ def json_timesteps(timesteps: list[float]) -> list[int | float]:
     return [int(t) if float(t).is_integer() else float(t) for t in timesteps]
 
 
+def recommended_sampling(student, config, settings: dict) -> tuple[int, float, float | None]:
+    """(num_inference_steps, pipeline guidance_scale, guidance w) a student is meant to sample with."""
+    if SAMPLER_OF_METHOD[config.method] == "cfg":  # as the teacher: its steps, CFG at its scale
+        return int(settings["num_inference_steps"]), float(settings["guidance_scale"]), None
+    guidance_w = student.fixed_w
+    if guidance_w is None:
+        guidance_w = recommended_guidance_w(student.w_conditioned, config, settings)
+    # the stock pipeline's scale: 1 = no CFG; a w-conditioned student gets w + 1 (embedded, one pass)
+    return config.num_student_steps, 1.0 if guidance_w is None else guidance_w + 1.0, guidance_w
+
+
 def distill_record(student, config, reader, train_summary: dict) -> dict:
     settings = reader.settings
-    guidance_w = recommended_guidance_w(student.w_conditioned, config, settings)
+    num_steps, guidance_scale, guidance_w = recommended_sampling(student, config, settings)
     steps = {
         str(k): json_timesteps(student_timesteps(config.method, k, settings)) for k in EXPORTED_STEP_COUNTS
     }
@@ -51,16 +69,15 @@ def distill_record(student, config, reader, train_summary: dict) -> dict:
         "method": config.method,
         "student": config.student,
         "teacher": {
-            "source": config.teacher or reader.fingerprint.get("source"),
+            "source": teacher_source(reader, config.teacher),
             "fingerprint": reader.fingerprint,
         },
         "store": {"url": config.cache, "fingerprint": reader.fingerprint},
         "denoiser": settings.get("denoiser", "unet"),
         "recommended": {
-            "num_inference_steps": config.num_student_steps,
-            # the stock pipeline's scale: 1 = no CFG; a w-conditioned student gets w + 1 (embedded, one pass)
-            "guidance_scale": 1.0 if guidance_w is None else guidance_w + 1.0,
-            "timesteps": json_timesteps(student_timesteps(config.method, config.num_student_steps, settings)),
+            "num_inference_steps": num_steps,
+            "guidance_scale": guidance_scale,
+            "timesteps": json_timesteps(student_timesteps(config.method, num_steps, settings)),
         },
         "sampling": {
             "sampler": SAMPLER_OF_METHOD[config.method],
@@ -69,6 +86,8 @@ def distill_record(student, config, reader, train_summary: dict) -> dict:
             "timestep_scaling": config.timestep_scaling,
             "timesteps": steps,
         },
+        "pruning": student.pruning,
+        "lineage": student.lineage,
         "settings": config.to_json(),
         "train": train_summary,
     }
@@ -123,8 +142,22 @@ def load_exported_student(
     distill = json.loads((student_dir / "distill.json").read_text())
     denoiser_name = distill.get("denoiser", "unet")
     if distill["student"] == "lora":
-        model = load_denoiser(teacher or distill["teacher"]["source"], denoiser_name)
+        lineage = distill.get("lineage") or []
+        if lineage:  # trained with --init: the adapter sits on the previous student of the chain
+            model, _ = load_fused_student(lineage[-1]["dir"], teacher)
+        else:
+            model = load_denoiser(teacher or distill["teacher"]["source"], denoiser_name)
         model.load_lora_adapter(str(student_dir), prefix=denoiser_name, weight_name=LORA_WEIGHT_NAME)
     else:
         model = load_denoiser(str(student_dir), denoiser_name)
     return model.eval().requires_grad_(False), distill
+
+
+def load_fused_student(student_dir: str | Path, teacher: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The student's denoiser with a LoRA adapter merged into its weights (diffusers' `fuse_lora`, then
+    the adapter layers removed): a plain model of the base's architecture, what --init starts from."""
+    model, distill = load_exported_student(student_dir, teacher)
+    if distill["student"] == "lora":
+        model.fuse_lora()
+        model.unload_lora()
+    return model, distill

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
-from student_train.losses import direct, lcm, progressive
+from student_train.losses import blockkd, direct, lcm, progressive
 from student_train.losses.distance import Distance
 from student_train.sampling import cached_grid, student_timesteps
 
@@ -63,6 +63,20 @@ def build_progressive(config, settings: dict, schedule: NoiseSchedule):
     )
 
 
+def build_blockkd(config, settings: dict, schedule: NoiseSchedule):
+    return blockkd.BlockKdLoss(
+        schedule,
+        [float(t) for t in settings["timesteps"]],
+        [int(step) for step in settings.get("feature_steps") or []],
+        list(settings.get("feature_modules") or []),
+        settings["prediction_type"],
+        Distance(config.loss, config.huber_c),
+        lambda_task=config.lambda_task,
+        lambda_out=config.lambda_out,
+        lambda_feat=config.lambda_feat,
+    )
+
+
 def always(fields: tuple[str, ...]) -> Callable:
     """`reads` of a method whose fields do not depend on the settings."""
     return lambda config: fields
@@ -72,6 +86,12 @@ METHODS = {
     "direct": Method("direct", always(direct.FIELDS), False, build_direct),
     "lcm": Method("lcm", always(lcm.FIELDS), True, build_lcm),
     "progressive": Method("progressive", always(progressive.FIELDS), False, build_progressive),
+    "blockkd": Method(
+        "blockkd",
+        lambda config: blockkd.fields_read(config.lambda_task, config.lambda_feat),
+        False,
+        build_blockkd,
+    ),
 }
 
 

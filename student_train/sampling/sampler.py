@@ -28,7 +28,9 @@ Denoise = Callable[
     ..., torch.Tensor
 ]  # (x_t (B,C,H,W), timesteps (B,), cond, guidance_w (B,) | None) -> output
 
-SAMPLER_OF_METHOD = {"direct": "ddim", "lcm": "lcm", "progressive": "ddim"}
+# "cfg": the teacher's own sampler with classifier-free guidance at the store's scale (a blockkd
+# student replaces the teacher's denoiser and nothing else); eval runs it as its teacher@K baseline.
+SAMPLER_OF_METHOD = {"direct": "ddim", "lcm": "lcm", "progressive": "ddim", "blockkd": "cfg"}
 
 
 def sample(

@@ -24,6 +24,8 @@ def student_scheduler(
         )
     if method == "direct":  # trailing: the first step starts at t = T - 1, from pure noise
         return DDIMScheduler.from_config(config, timestep_spacing="trailing")
+    if method == "blockkd":  # the teacher's own scheduler: the student replaces only its denoiser
+        return getattr(diffusers, scheduler_settings["class"]).from_config(config)
     return EulerDiscreteScheduler.from_config(config)  # progressive: custom timesteps on the cached grid
 
 

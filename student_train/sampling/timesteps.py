@@ -4,6 +4,7 @@
   timesteps = student_timesteps("lcm", 4, settings)  # the K timesteps of a 4-step lcm student
 
 direct       diffusers' DDIMScheduler on the teacher's schedule, "trailing" spacing (starts at t = T-1)
+blockkd      the teacher's own scheduler (the student samples as the teacher does, with CFG)
 lcm          every (S / K)-th point of the cached S-step grid, LCMScheduler's index rule
 progressive  every 2^R-th point of the cached grid, R = the last round (see losses/progressive.py)
 """
@@ -30,10 +31,10 @@ def student_timesteps(method: str, num_steps: int, settings: dict) -> list[float
     """The K timesteps a student of `method` samples at (the ones it was trained at)."""
     scheduler = settings["scheduler"]
     num_grid_steps = len(settings["timesteps"])
-    if method == "direct":
+    if method in ("direct", "blockkd"):
         from student_train.sampling.schedulers import student_scheduler
 
-        few_step = student_scheduler("direct", scheduler, num_grid_steps)
+        few_step = student_scheduler(method, scheduler, num_grid_steps)
         few_step.set_timesteps(num_steps)
         return [float(t) for t in few_step.timesteps]
     if method == "lcm":

@@ -18,6 +18,12 @@ from diffusers import UNet2DConditionModel
 from shared.errors import DistillCacheError
 
 
+def teacher_source(reader, override: str = "") -> str:
+    """Where the store's teacher loads from: `override` (--teacher), else the store's record of it.
+    The one place phase two reads the teacher's source from a store."""
+    return override or reader.fingerprint.get("source", "")
+
+
 def load_denoiser(source: str, subfolder: str = "unet", revision: str | None = None) -> torch.nn.Module:
     """Load only `source/subfolder` (a local folder or a Hub id) with the class its config names."""
     import diffusers
@@ -68,6 +74,22 @@ def nest_conditioning(flat: dict[str, torch.Tensor]) -> dict:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return kwargs
+
+
+def concat_halves(first: dict, second: dict) -> dict:
+    """Nested kwargs of two halves joined along the batch axis, `first` first (CFG in diffusers'
+    order: uncond, cond)."""
+    return {
+        key: concat_halves(value, second[key]) if isinstance(value, dict) else torch.cat([value, second[key]])
+        for key, value in first.items()
+    }
+
+
+def guided_output(out_uncond: torch.Tensor, out_cond: torch.Tensor, guidance_scale) -> torch.Tensor:
+    """Classifier-free guidance, diffusers' convention: u + w (c - u); w a float or [N]."""
+    w = torch.as_tensor(guidance_scale, dtype=out_cond.dtype, device=out_cond.device)
+    w = w.reshape(-1, *[1] * (out_cond.dim() - 1)) if w.dim() else w  # [N, 1, 1, 1]
+    return out_uncond + w * (out_cond - out_uncond)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

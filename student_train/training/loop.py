@@ -33,8 +33,9 @@ from student_train.data.batches import TrainingData, check_fields, rows_for_micr
 from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
 from student_train.losses import get_method
-from student_train.students import build_student, check_student_settings
-from student_train.students.denoiser import load_denoiser
+from student_train.students import Origin, build_student, check_student_settings
+from student_train.students.denoiser import load_denoiser, teacher_source
+from student_train.students.init import check_init, load_init
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -153,18 +154,26 @@ def train(config: TrainConfig) -> Path:
     reader = open_store(config.cache)
     check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
+    check_init(config, reader)
     resume_from = resume_point(config, out)
     schedule = NoiseSchedule.from_scheduler_config(
         settings["scheduler"]["config"], settings["scheduler"]["class"]
     )
     loss_fn = method.build(config, settings, schedule)
 
-    # 2. The cached fields and the teacher's denoiser weights: nothing else of the teacher.
+    # 2. The cached fields and the teacher's denoiser weights (or an --init student's): nothing else.
     data = TrainingData(reader, method.fields(config), config.split, config.max_samples, config.loader)
-    source = config.teacher or reader.fingerprint.get("source", "")
-    denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
-    student = build_student(config.student, denoiser, config, method.w_conditioned)
+    source = teacher_source(reader, config.teacher)
+    if config.init:
+        denoiser, origin = load_init(config.init, source, method.w_conditioned)
+    else:
+        denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
+        origin = Origin()
+    student = build_student(config.student, denoiser, config, method.w_conditioned, origin)
     del denoiser
+    check_student = getattr(loss_fn, "check_student", None)  # a loss that needs a shape check (blockkd)
+    if check_student is not None:
+        check_student(student, data.batch(torch.arange(1), next(student.model.parameters()).device))
 
     # 3. accelerate: device, mixed precision, accumulation, DDP, TensorBoard.
     accelerator = Accelerator(
@@ -197,9 +206,11 @@ def train(config: TrainConfig) -> Path:
     log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process)
     if accelerator.is_main_process:
         where = "in memory" if data.in_memory else "streamed"
+        kind = config.student + (f" {config.prune}" if config.student == "pruned" else "")
+        start = f"--init {config.init}" if config.init else f"denoiser of {source}"
         print(
-            f"student-train: {config.method}/{config.student} from {config.cache}: {len(data)} {config.split} rows "
-            f"({data.nbytes / 2**20:.0f} MiB, {where}), denoiser of {source}; {config.train_steps} updates of "
+            f"student-train: {config.method}/{kind} from {config.cache}: {len(data)} {config.split} rows "
+            f"({data.nbytes / 2**20:.0f} MiB, {where}), {start}; {config.train_steps} updates of "
             f"{config.batch_size} x {config.grad_accum} x {accelerator.num_processes} on {accelerator.device}"
             + (f", resumed at {start_step}" if start_step else "")
             + f" -> {out}",
