@@ -35,7 +35,12 @@ def build(folder: Path, compressor: str) -> tuple[Path, float]:
     """A store of SAMPLES random samples (and .npy copies when compressor == "none"); seconds to write."""
     url = folder / f"store-{compressor}"
     writer = StoreWriter(
-        url, fingerprint={"bench": 1}, settings={"val_fraction": 0.0}, fields=FIELDS, compressor=compressor
+        url,
+        fingerprint={"pipeline_class": "BenchPipeline", "weights_hash": "bench", "denoiser_hash": "bench"},
+        teacher={"source": "bench", "revision": None},
+        settings={"val_fraction": 0.0},
+        fields=FIELDS,
+        compressor=compressor,
     )
     generator = torch.Generator().manual_seed(0)
     seconds = 0.0

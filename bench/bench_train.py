@@ -237,6 +237,7 @@ def measure(settings: BenchSettings) -> dict:
 
     from shared.schedule import NoiseSchedule
     from shared.store import StoreReader
+    from shared.teacher import resolve_teacher_source
     from student_train.data.randomness import SampleRandom
     from student_train.losses import get_method
     from student_train.students import build_student
@@ -253,7 +254,7 @@ def measure(settings: BenchSettings) -> dict:
     )
     spec = get_method(method)
     loss_fn = spec.build(config, reader.settings, schedule)
-    teacher_source = reader.fingerprint["source"]
+    teacher_source = resolve_teacher_source(reader.teacher["source"])
     steps = range(settings.warmup_steps + settings.timed_steps)
     if source in ("cached", "preloaded"):  # the denoiser's weights only, as student-train run
         denoiser = load_denoiser(teacher_source, reader.settings.get("denoiser", "unet"))

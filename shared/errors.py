@@ -7,3 +7,9 @@ Asserts stay for internal invariants; anything a user can cause raises this.
 
 class DistillCacheError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none): for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

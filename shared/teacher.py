@@ -1,13 +1,22 @@
-"""Load the teacher: any diffusers pipeline from a local folder or a Hub id, on a device and dtype.
+"""Load the teacher: any diffusers pipeline from a local folder, a Hub id or the embedded package, on a
+device and dtype; or its denoiser alone, checked against the digest a store records.
 
     teacher = load_teacher("path/or/org-name", revision=None, device=torch.device("cpu"), dtype=torch.float32)
-    teacher.pipe, teacher.denoiser, teacher.denoiser_name, teacher.fingerprint
+    teacher.pipe, teacher.denoiser, teacher.denoiser_name
+    teacher.fingerprint     # identity: {pipeline_class, weights_hash, denoiser_hash} (store.json "fingerprint")
+    teacher.origin          # where from: {"source": "embedded:default_teacher" | hub id | absolute path, "revision"}
+    unet = load_denoiser(reader.teacher["source"], "unet", reader.teacher["revision"],
+                         expected_digest=reader.fingerprint["denoiser_hash"])
 
-The fingerprint (pipeline class, source, revision, weights hash over every torch component) is what
-the store checks on append and what sample ids are derived from.
+A source resolves from any working directory and any machine with the package installed:
+`embedded:<name>` is a folder of the installed `teacher_cache.embedded` package, an absolute path is
+itself, anything else is a Hub id. `denoiser_hash` is the state_dict_digest of the denoiser loaded
+the way phase two loads it (float32, `load_denoiser`), so a capture in float16 records the same
+digest as one in float32 and phase two can check it without loading anything else.
 """
 
 import hashlib
+import importlib
 import json
 import warnings
 from contextlib import contextmanager
@@ -20,12 +29,14 @@ import transformers
 from diffusers import DiffusionPipeline
 from torch import nn
 
-from shared.errors import DistillCacheError
+from shared.errors import DistillCacheError, first_line
 from shared.store import state_dict_digest
+from shared.store.schema import check_name
 
 DENOISER_NAMES = ("unet", "transformer")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEACHER_EVAL_FILE = "teacher_eval.json"
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_PACKAGE = "teacher_cache.embedded"
 
 
 @dataclass(frozen=True)
@@ -33,13 +44,49 @@ class Teacher:
     pipe: DiffusionPipeline
     denoiser: nn.Module
     denoiser_name: str  # "unet" | "transformer"
-    fingerprint: dict
+    fingerprint: dict  # identity: pipeline_class, weights_hash, denoiser_hash
+    origin: dict  # where to load it from: {"source", "revision"} (the store's "teacher" record)
+
+
+def embedded_teachers_dir() -> Path:
+    """The folder of the installed embedded-teacher package (each subfolder one teacher)."""
+    return Path(importlib.import_module(EMBEDDED_PACKAGE).__file__).resolve().parent
+
+
+def resolve_teacher_source(source: str) -> str:
+    """A recorded or given source as from_pretrained takes it: `embedded:<name>` -> that folder of the
+    installed package; a path or Hub id unchanged. Raises DistillCacheError for an unknown embedded name."""
+    if not source.startswith(EMBEDDED_PREFIX):
+        return source
+    name = source[len(EMBEDDED_PREFIX) :]
+    check_name(name, "embedded teacher")
+    folder = embedded_teachers_dir() / name
+    if not (folder / "model_index.json").is_file():
+        raise DistillCacheError(
+            f"teacher {source}: the installed distillcache has no embedded teacher {name!r} (looked in {folder}); "
+            "install the distillcache version that made the store, or pass --teacher PATH_OR_ID"
+        )
+    return str(folder)
+
+
+def teacher_origin(teacher: str, revision: str | None) -> dict:
+    """How a store records where the teacher came from, so that it resolves anywhere: a folder of the
+    embedded package as `embedded:<name>`, another folder by its absolute path, a Hub id as given."""
+    if teacher.startswith(EMBEDDED_PREFIX):
+        return {"source": teacher, "revision": revision}
+    path = Path(teacher)
+    if not path.exists():
+        return {"source": teacher, "revision": revision}
+    resolved = path.resolve()
+    if resolved.parent == embedded_teachers_dir():
+        return {"source": EMBEDDED_PREFIX + resolved.name, "revision": revision}
+    return {"source": str(resolved), "revision": revision}
 
 
 def recommended_guidance(teacher: str) -> float | None:
     """The guidance scale a local teacher folder recommends in its teacher_eval.json (the embedded
     teacher's guidance sweep writes `recommended_guidance_scale`), or None."""
-    path = Path(teacher) / TEACHER_EVAL_FILE
+    path = Path(resolve_teacher_source(teacher)) / TEACHER_EVAL_FILE
     if not path.is_file():
         return None
     try:
@@ -57,24 +104,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
-def teacher_source(teacher: str) -> str:
-    """How the fingerprint names the teacher: a Hub id as given, a folder by its resolved path
-    (relative to the project for folders inside it, so the embedded teacher is named the same on
-    every checkout)."""
-    path = Path(teacher)
-    if not path.exists():
-        return teacher
-    resolved = path.resolve()
-    return str(resolved.relative_to(PROJECT_ROOT)) if resolved.is_relative_to(PROJECT_ROOT) else str(resolved)
-
-
 def weights_hash(pipe: DiffusionPipeline) -> str:
-    """One digest over the weights of every torch component (denoiser, text encoders, VAE)."""
+    """One digest over the weights of every torch component (denoiser, text encoders, VAE), as loaded."""
     digest = hashlib.sha256()
     for name, component in sorted(pipe.components.items()):
         if isinstance(component, nn.Module):
             digest.update(f"{name}:{state_dict_digest(component)}\n".encode())
     return digest.hexdigest()
+
+
+def denoiser_hash(denoiser: nn.Module, source: str, denoiser_name: str, revision: str | None) -> str:
+    """state_dict_digest of the denoiser in float32, as `load_denoiser` loads it: the loaded one when it
+    is float32 already, else a float32 load of its folder (a float16 cast has lost the digits)."""
+    if all(
+        value.dtype == torch.float32 for value in denoiser.state_dict().values() if value.is_floating_point()
+    ):
+        return state_dict_digest(denoiser)
+    return state_dict_digest(load_denoiser(source, denoiser_name, revision, what="teacher denoiser"))
 
 
 @contextmanager
@@ -105,7 +151,7 @@ def absent_components(model_index: dict) -> dict[str, None]:
     }
 
 
-def _check_source(teacher: str) -> None:
+def check_source(teacher: str) -> None:
     path = Path(teacher)
     if path.exists() and not (path / "model_index.json").is_file():
         raise DistillCacheError(
@@ -121,7 +167,9 @@ def _check_source(teacher: str) -> None:
 
 def load_teacher(teacher: str, revision: str | None, device: torch.device, dtype: torch.dtype) -> Teacher:
     """Load the pipeline onto `device` in `dtype`; raises DistillCacheError if it cannot be loaded."""
-    _check_source(teacher)
+    origin = teacher_origin(teacher, revision)
+    teacher = resolve_teacher_source(teacher)
+    check_source(teacher)
     try:
         index = DiffusionPipeline.load_config(teacher, revision=revision)  # model_index.json
         with warnings.catch_warnings(), loading_bars_hidden():
@@ -131,8 +179,7 @@ def load_teacher(teacher: str, revision: str | None, device: torch.device, dtype
                 teacher, revision=revision, torch_dtype=dtype, **absent_components(index)
             )
     except Exception as error:  # any failure to load is the user's to fix: say which teacher and why
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DistillCacheError(f"cannot load teacher {teacher}: {first_line}") from None
+        raise DistillCacheError(f"cannot load teacher {teacher}: {first_line(error)}") from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     denoiser_name = next((name for name in DENOISER_NAMES if getattr(pipe, name, None) is not None), None)
@@ -140,10 +187,49 @@ def load_teacher(teacher: str, revision: str | None, device: torch.device, dtype
         raise DistillCacheError(
             f"teacher {teacher} ({type(pipe).__name__}) has neither a unet nor a transformer to capture"
         )
+    denoiser = getattr(pipe, denoiser_name)
     fingerprint = {
         "pipeline_class": type(pipe).__name__,
-        "source": teacher_source(teacher),
-        "revision": revision,
         "weights_hash": weights_hash(pipe),
+        "denoiser_hash": denoiser_hash(denoiser, teacher, denoiser_name, revision),
     }
-    return Teacher(pipe, getattr(pipe, denoiser_name), denoiser_name, fingerprint)
+    return Teacher(pipe, denoiser, denoiser_name, fingerprint, origin)
+
+
+def load_denoiser(
+    source: str,
+    subfolder: str = "unet",
+    revision: str | None = None,
+    expected_digest: str | None = None,
+    what: str = "teacher denoiser",
+) -> nn.Module:
+    """Load only `source/subfolder` (a folder, `embedded:<name>` or a Hub id) with the class its config
+    names, in float32, frozen, in eval mode. With `expected_digest`, a model whose state_dict_digest
+    differs is refused: it is not the teacher the store was made with. `what` names it in errors."""
+    source = resolve_teacher_source(source)
+    config_path = Path(source) / subfolder / "config.json"
+    if Path(source).exists() and not config_path.exists():
+        raise DistillCacheError(
+            f"{config_path} not found: the {what}'s folder {source} has no {subfolder}/; "
+            "pass the folder that holds it (--teacher for the teacher, --student for a student)"
+        )
+    try:
+        if config_path.exists():
+            class_name = json.loads(config_path.read_text())["_class_name"]
+            model_class = getattr(diffusers, class_name)
+        else:  # a Hub id: AutoModel reads the class from the subfolder's config
+            model_class = diffusers.AutoModel
+        with warnings.catch_warnings(), loading_bars_hidden():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            model = model_class.from_pretrained(source, subfolder=subfolder, revision=revision)
+    except Exception as error:  # a missing, partial or damaged folder: name the model and the reason
+        raise DistillCacheError(f"cannot load the {what} from {source!r} ({first_line(error)})") from None
+    model = model.float().eval().requires_grad_(False)
+    if expected_digest is not None:
+        actual = state_dict_digest(model)
+        if actual != expected_digest:
+            raise DistillCacheError(
+                f"the {what} at {source!r} has weights digest {actual[:16]}..., but the store was made by "
+                f"{expected_digest[:16]}...: it is another model; pass --teacher with the store's own teacher"
+            )
+    return model

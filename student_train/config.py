@@ -34,7 +34,11 @@ class TrainConfig:
         "start from an earlier student folder (student-train run --out): its architecture and weights, a LoRA "
         "folder fused onto its base; any method and student kind (not pruned); distill.json records the chain",
     )
-    teacher: str = option("", "the denoiser's source; default: the store fingerprint's source")
+    teacher: str = option(
+        "",
+        "the teacher's folder or Hub id, e.g. your own copy (its denoiser's digest must match the store's)",
+        default_text="the source the store records",
+    )
     num_student_steps: int = option(
         4, "K: the student's sampling steps (direct trains them; recommended for all)"
     )

@@ -3,8 +3,9 @@
     student-train sample --student runs/student --prompt "a red seven on blue" --steps 4 --out seven.png
 
 The teacher pipeline named in distill.json supplies the text encoder, tokenizer and VAE; the
-student replaces its denoiser (`unet/` of a full student: `from_pretrained(DIR, subfolder="unet")`)
-or adds its adapter (`pipe.load_lora_weights(DIR)`), and `DIR/scheduler` replaces the scheduler.
+student replaces its denoiser (`unet/` of a full or pruned student: `from_pretrained(DIR, subfolder="unet")`)
+or adds its adapter (`pipe.load_lora_weights(DIR)`, onto the previous student of its --init chain if
+it has one), and `DIR/scheduler` replaces the scheduler.
 The initial noise is made from --seed exactly as phase one makes a row's noise, so `--seed S`
 gives the student's image for the store rows of seed S.
 """
@@ -98,16 +99,23 @@ def student_pipeline(config: SampleConfig, distill: dict):
     dtype = resolve_dtype(config.dtype, device)
     recorded = distill.get("teacher", {})
     source = config.teacher or recorded.get("source")
-    teacher = load_teacher(source, recorded.get("fingerprint", {}).get("revision"), device, dtype)
-    expected_hash = recorded.get("fingerprint", {}).get("weights_hash")
-    if expected_hash and teacher.fingerprint["weights_hash"] != expected_hash:
-        print(
-            f"student-train: warning: the weights of {source} differ from the teacher the student was distilled from"
+    teacher = load_teacher(source, None if config.teacher else recorded.get("revision"), device, dtype)
+    expected = recorded.get("fingerprint", {}).get("denoiser_hash")
+    if teacher.fingerprint["denoiser_hash"] != expected:
+        raise DistillCacheError(
+            f"the teacher at {source} is not the one the student was distilled from (its denoiser's digest "
+            "differs from distill.json's); pass --teacher with the student's own teacher"
         )
     pipe, denoiser_name = teacher.pipe, teacher.denoiser_name
     if (Path(config.student) / denoiser_name).is_dir():
         setattr(pipe, denoiser_name, place(load_denoiser(config.student, denoiser_name), device, dtype))
     else:
+        lineage = distill.get("lineage") or []
+        if lineage:  # a LoRA trained with --init sits on the previous student of its chain
+            from student_train.export import load_fused_student
+
+            base, _ = load_fused_student(lineage[-1]["dir"], config.teacher or None)
+            setattr(pipe, denoiser_name, place(base, device, dtype))
         pipe.load_lora_weights(config.student)
     pipe.scheduler = load_student_scheduler(config.student)
     return pipe, device, dtype

@@ -54,6 +54,19 @@ def forward_parameter_names(module: nn.Module) -> list[str]:
     return [name for name in inspect.signature(type(module).forward).parameters if name != "self"]
 
 
+def check_first_order(scheduler) -> None:
+    """Refuse a scheduler whose steps take several denoiser calls (Heun, KDPM2: `order` 2): each loop
+    iteration of the pipeline is then half a step, its timesteps repeat, and the cached grid would not
+    be the sampler's grid that phase two assumes."""
+    order = int(getattr(scheduler, "order", 1))
+    if order > 1:
+        raise DistillCacheError(
+            f"the teacher's scheduler {type(scheduler).__name__} is of order {order} (several denoiser calls "
+            "per step); capture needs a first-order one: save the pipeline with pipe.scheduler = "
+            "DDIMScheduler.from_config(pipe.scheduler.config) (or Euler / FlowMatchEuler) and capture that"
+        )
+
+
 class CaptureHooks:
     """Installs the hooks for its `with` block; records one pipeline call between start() and finish()."""
 

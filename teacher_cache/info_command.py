@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def store_summary(reader: StoreReader) -> dict:
-    """format_version, samples, splits, writers, fields {name: {dtype, shape, bytes_per_sample}}, teacher, settings, bytes."""
+    """format_version, samples, splits, writers, fields {name: {dtype, shape, bytes_per_sample}},
+    fingerprint (teacher identity), teacher (source, revision), settings, bytes."""
     return {
         "store": reader.location.url,
         "format_version": reader.format_version,
@@ -29,7 +30,8 @@ def store_summary(reader: StoreReader) -> dict:
             name: {"dtype": spec.dtype, "shape": list(spec.shape), "bytes_per_sample": spec.sample_nbytes}
             for name, spec in reader.fields.items()
         },
-        "teacher": reader.fingerprint,
+        "fingerprint": reader.fingerprint,
+        "teacher": reader.teacher,
         "settings": reader.settings,
         "bytes": reader.nbytes,
     }
@@ -42,7 +44,10 @@ def format_summary(summary: dict) -> str:
         f"samples    {summary['samples']} ({splits}) from {summary['writers']} writer(s)",
         f"bytes      {human_bytes(summary['bytes'])} on disk",
         "teacher",
-        *(f"  {key:<24} {brief(value)}" for key, value in summary["teacher"].items()),
+        *(
+            f"  {key:<24} {brief(value)}"
+            for key, value in {**summary["teacher"], **summary["fingerprint"]}.items()
+        ),
         "settings",
         *(f"  {key:<24} {brief(value)}" for key, value in summary["settings"].items()),
         "fields     (dtype, per-sample shape, uncompressed bytes per sample)",

@@ -23,7 +23,7 @@ from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, sample_id_for
 from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
-from teacher_cache.capture import CaptureHooks
+from teacher_cache.capture import CaptureHooks, check_first_order
 from teacher_cache.commit_queue import CommitQueue
 from teacher_cache.config import FALLBACK_GUIDANCE, CaptureConfig, check_config
 from teacher_cache.feature_modules import match_feature_modules
@@ -144,6 +144,7 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     device = state.device if config.device == "auto" else torch.device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     teacher = load_teacher(config.teacher, config.revision, device, dtype)
+    check_first_order(teacher.pipe.scheduler)
     wants_features = "features" in config.fields
     feature_modules = match_feature_modules(teacher.denoiser, config.features) if wants_features else {}
     geometry = latent_geometry(teacher, config.height, config.width)
@@ -155,7 +156,7 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     mine = slice_for_rank(samples, state.process_index, state.num_processes)
     if state.is_main_process:
         print(
-            f"teacher-cache: {fingerprint['pipeline_class']} from {config.teacher} on {device} ({dtype_name(dtype)}); "
+            f"teacher-cache: {fingerprint['pipeline_class']} from {teacher.origin['source']} on {device} ({dtype_name(dtype)}); "
             f"{len(samples)} jobs ({len(mine)} on this rank), {config.steps} steps, guidance {config.guidance:g}, "
             f"fields {','.join(config.fields)} -> {config.out}",
             flush=True,
@@ -181,7 +182,11 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
         # 3. This process's writer, its own group (writes nothing until its first commit; refuses a
         #    store made with another teacher, other settings or other fields).
         writer = StoreWriter(
-            config.out, fingerprint=fingerprint, settings=settings, fields=field_specs(first_batch.arrays)
+            config.out,
+            fingerprint=fingerprint,
+            teacher=teacher.origin,
+            settings=settings,
+            fields=field_specs(first_batch.arrays),
         )
         already_committed = writer.committed_ids
         pending = [sample for sample in mine if sample.sample_id not in already_committed]

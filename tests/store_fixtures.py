@@ -9,12 +9,8 @@ import torch
 
 from shared.store import FieldSpec, StoreWriter, sample_id_for
 
-FINGERPRINT = {
-    "pipeline_class": "TinyPipeline",
-    "source": "tests",
-    "revision": None,
-    "weights_hash": "0" * 64,
-}
+FINGERPRINT = {"pipeline_class": "TinyPipeline", "weights_hash": "0" * 64, "denoiser_hash": "1" * 64}
+TEACHER = {"source": "tests/tiny-teacher", "revision": None}
 SETTINGS = {
     "num_inference_steps": 5,
     "guidance_scale": 3.0,
@@ -67,7 +63,9 @@ def batch_for(indices, fields: dict = FIELDS) -> tuple[list[dict], dict[str, tor
 
 
 def write_samples(url, indices, batch_size: int = 4, fields: dict = FIELDS, **writer_options) -> StoreWriter:
-    writer = StoreWriter(url, fingerprint=FINGERPRINT, settings=SETTINGS, fields=fields, **writer_options)
+    writer = StoreWriter(
+        url, fingerprint=FINGERPRINT, teacher=TEACHER, settings=SETTINGS, fields=fields, **writer_options
+    )
     indices = [index for index in indices if sample_row(index)["sample_id"] not in writer.committed_ids]
     for start in range(0, len(indices), batch_size):
         writer.commit(*batch_for(indices[start : start + batch_size], fields))

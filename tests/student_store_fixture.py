@@ -19,6 +19,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from shared.store import state_dict_digest
+from shared.teacher import load_denoiser
 from tests.tiny_models import LATENT_SHAPE, save_tiny_sd_pipeline
 
 FEATURE_MODULES = ("down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
@@ -51,6 +53,7 @@ class TeacherCapture:
     arrays: dict[str, torch.Tensor]  # field name -> (N, *per-sample shape)
     settings: dict
     fingerprint: dict
+    teacher: dict  # the store's teacher record: {"source", "revision"}
 
 
 def scheduler_settings(scheduler) -> dict:
@@ -146,11 +149,11 @@ def capture_tiny_teacher(
     }
     fingerprint = {
         "pipeline_class": "StableDiffusionPipeline",
-        "source": str(teacher_dir),
-        "revision": None,
         "weights_hash": "tiny",
+        "denoiser_hash": state_dict_digest(load_denoiser(str(teacher_dir))),  # phase two checks it
     }
-    return TeacherCapture(teacher_dir, rows, arrays, settings, fingerprint)
+    teacher = {"source": str(teacher_dir), "revision": None}
+    return TeacherCapture(teacher_dir, rows, arrays, settings, fingerprint, teacher)
 
 
 @functools.lru_cache(maxsize=4)
@@ -189,7 +192,13 @@ def write_capture_store(
         if fields is None or name in fields or name.startswith(("cond.", "uncond."))
     }
     specs = {name: FieldSpec("float32", tuple(array.shape[1:])) for name, array in keep.items()}
-    writer = StoreWriter(str(url), fingerprint=capture.fingerprint, settings=capture.settings, fields=specs)
+    writer = StoreWriter(
+        str(url),
+        fingerprint=capture.fingerprint,
+        teacher=capture.teacher,
+        settings=capture.settings,
+        fields=specs,
+    )
     writer.commit(capture.rows, keep)
     return str(url)
 

@@ -6,14 +6,14 @@
 import json
 
 from teacher_cache.cli import main
-from tests.store_fixtures import FIELDS, FINGERPRINT, SETTINGS, write_samples
+from tests.store_fixtures import FIELDS, FINGERPRINT, SETTINGS, TEACHER, write_samples
 
 
 def test_info_json_describes_the_store(tmp_path, capsys):
     write_samples(tmp_path / "store", range(12), batch_size=4)
     assert main(["info", str(tmp_path / "store"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["format_version"] == 1
+    assert summary["format_version"] == 2
     assert summary["samples"] == 12 and sum(summary["splits"].values()) == 12
     assert summary["fields"]["trajectory"] == {
         "dtype": "float16",
@@ -21,7 +21,8 @@ def test_info_json_describes_the_store(tmp_path, capsys):
         "bytes_per_sample": 3072,
     }
     assert set(summary["fields"]) == set(FIELDS)
-    assert summary["teacher"] == FINGERPRINT and summary["settings"] == SETTINGS
+    assert summary["fingerprint"] == FINGERPRINT and summary["teacher"] == TEACHER
+    assert summary["settings"] == SETTINGS
     on_disk = sum(path.stat().st_size for path in (tmp_path / "store").rglob("*") if path.is_file())
     assert summary["bytes"] == on_disk
 
@@ -63,9 +64,11 @@ def test_info_on_a_store_with_no_rows_yet(tmp_path, capsys):
     from shared.store.format import StoreMetadata, write_metadata
     from shared.store.paths import StoreLocation
 
-    StoreWriter(tmp_path / "store", fingerprint=FINGERPRINT, settings=SETTINGS, fields=FIELDS)
+    StoreWriter(
+        tmp_path / "store", fingerprint=FINGERPRINT, teacher=TEACHER, settings=SETTINGS, fields=FIELDS
+    )
     write_metadata(
-        StoreLocation.open(tmp_path / "store"), StoreMetadata.create(FINGERPRINT, SETTINGS, FIELDS)
+        StoreLocation.open(tmp_path / "store"), StoreMetadata.create(FINGERPRINT, TEACHER, SETTINGS, FIELDS)
     )
     assert main(["info", str(tmp_path / "store"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 0

@@ -23,6 +23,7 @@ from tests.store_fixtures import (
     FIELDS,
     FINGERPRINT,
     SETTINGS,
+    TEACHER,
     assert_reads_back,
     batch_for,
     expected_arrays,
@@ -102,9 +103,12 @@ def test_memory_url_store_works_end_to_end():
 
 def test_sample_id_depends_on_every_input_and_on_nothing_else():
     base = sample_id_for(FINGERPRINT, "a red seven", "", 3, 4.0)
-    assert base == sample_id_for(dict(reversed(FINGERPRINT.items())), "a red seven", None, 3, 4)
+    assert base == sample_id_for(
+        dict(reversed(FINGERPRINT.items())), "a red seven", None, 3, 4, source_key=""
+    )
     variants = [
-        sample_id_for({**FINGERPRINT, "revision": "v2"}, "a red seven", "", 3, 4.0),
+        sample_id_for({**FINGERPRINT, "denoiser_hash": "2" * 64}, "a red seven", "", 3, 4.0),
+        sample_id_for(FINGERPRINT, "a red seven", "", 3, 4.0, source_key="image:0001"),
         sample_id_for(FINGERPRINT, "a red eight", "", 3, 4.0),
         sample_id_for(FINGERPRINT, "a red seven", "blurry", 3, 4.0),
         sample_id_for(FINGERPRINT, "a red seven", "", 4, 4.0),
@@ -160,7 +164,9 @@ def test_example_batches_give_every_pair_once_with_the_right_values(tmp_path):
 
 
 def test_commit_refuses_bad_arrays_and_rows_before_writing_anything(tmp_path):
-    writer = StoreWriter(tmp_path / "store", fingerprint=FINGERPRINT, settings=SETTINGS, fields=FIELDS)
+    writer = StoreWriter(
+        tmp_path / "store", fingerprint=FINGERPRINT, teacher=TEACHER, settings=SETTINGS, fields=FIELDS
+    )
     rows, arrays = batch_for(range(3))
     bad_inputs = [
         (rows, {**arrays, "trajectory": arrays["trajectory"][:, :5]}),  # wrong shape
@@ -186,7 +192,9 @@ def test_writer_refuses_unsafe_names_and_unknown_options(tmp_path):
         {"fields": {"x": FieldSpec("float16", (2,))}, "clevel": 12},
     ):
         with pytest.raises(DistillCacheError):
-            StoreWriter(tmp_path / "store", fingerprint=FINGERPRINT, settings=SETTINGS, **options)
+            StoreWriter(
+                tmp_path / "store", fingerprint=FINGERPRINT, teacher=TEACHER, settings=SETTINGS, **options
+            )
     with pytest.raises(DistillCacheError, match="dtype"):
         FieldSpec("complex64", (2,))
     assert not (tmp_path / "store").exists()

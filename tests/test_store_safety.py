@@ -4,6 +4,7 @@ and damaged bytes (verify names the row).
     .venv/bin/python -m pytest tests/test_store_safety.py -q
 """
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -17,7 +18,9 @@ from tests.store_fixtures import (
     FIELDS,
     FINGERPRINT,
     SETTINGS,
+    TEACHER,
     assert_reads_back,
+    batch_for,
     index_by_sample_id,
     write_samples,
     writer_groups,
@@ -41,26 +44,67 @@ def snapshot(folder) -> dict:
 def test_appending_with_another_teacher_settings_or_fields_is_refused(tmp_path, change, named):
     write_samples(tmp_path / "store", range(4))
     before = snapshot(tmp_path / "store")
-    options = {"fingerprint": FINGERPRINT, "settings": SETTINGS, "fields": FIELDS, **change}
+    options = {
+        "fingerprint": FINGERPRINT,
+        "teacher": TEACHER,
+        "settings": SETTINGS,
+        "fields": FIELDS,
+        **change,
+    }
     with pytest.raises(DistillCacheError, match=named.replace(".", r"\.")):
         StoreWriter(tmp_path / "store", **options)
     assert snapshot(tmp_path / "store") == before
 
 
-def edit_store_json(folder, edit) -> None:
+def edit_store_json(folder, edit, redigest: bool = True) -> None:
+    """Change store.json; with `redigest`, as a hostile store would, with a digest that matches again."""
     path = folder / "store.json"
     data = json.loads(path.read_text())
     edit(data)
+    if redigest:
+        content = {key: value for key, value in data.items() if key != "digest"}
+        data["digest"] = hashlib.sha256(
+            json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        ).hexdigest()
     path.write_text(json.dumps(data))
 
 
 def test_an_unknown_format_version_is_refused_by_reader_and_writer(tmp_path):
     write_samples(tmp_path / "store", range(2))
-    edit_store_json(tmp_path / "store", lambda data: data.update(format_version=2))
-    with pytest.raises(DistillCacheError, match="format version 2"):
+    edit_store_json(tmp_path / "store", lambda data: data.update(format_version=3))
+    with pytest.raises(DistillCacheError, match="format version 3"):
         StoreReader(tmp_path / "store")
-    with pytest.raises(DistillCacheError, match="format version 2"):
-        StoreWriter(tmp_path / "store", fingerprint=FINGERPRINT, settings=SETTINGS, fields=FIELDS)
+    with pytest.raises(DistillCacheError, match="format version 3"):
+        StoreWriter(
+            tmp_path / "store", fingerprint=FINGERPRINT, teacher=TEACHER, settings=SETTINGS, fields=FIELDS
+        )
+
+
+def test_a_format_1_store_is_refused_with_what_to_do(tmp_path):
+    write_samples(tmp_path / "store", range(2))
+    edit_store_json(tmp_path / "store", lambda data: data.update(format_version=1), redigest=False)
+    with pytest.raises(DistillCacheError, match=r"format 1.*teacher-cache run --out NEW_STORE"):
+        StoreReader(tmp_path / "store")
+
+
+def test_a_store_json_edited_without_its_digest_is_refused(tmp_path):
+    write_samples(tmp_path / "store", range(2))
+    edit_store_json(
+        tmp_path / "store", lambda data: data["settings"].update(guidance_scale=7.5), redigest=False
+    )
+    with pytest.raises(DistillCacheError, match="store.json does not match its digest"):
+        StoreReader(tmp_path / "store")
+
+
+def test_appending_with_the_same_teacher_from_another_place_is_allowed(tmp_path):
+    write_samples(tmp_path / "store", range(2))
+    elsewhere = {"source": "/mnt/other/copy", "revision": None}
+    writer = StoreWriter(
+        tmp_path / "store", fingerprint=FINGERPRINT, teacher=elsewhere, settings=SETTINGS, fields=FIELDS
+    )
+    writer.commit(*batch_for(range(2, 4)))
+    reader = StoreReader(tmp_path / "store")
+    assert len(reader) == 4 and reader.teacher == TEACHER  # the record stays as the first writer wrote it
 
 
 def test_a_store_json_naming_a_path_outside_the_store_is_refused(tmp_path):

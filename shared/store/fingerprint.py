@@ -1,13 +1,23 @@
-"""Digests that identify a teacher: of a fingerprint dict, and of a module's weights.
+"""The teacher's identity in a store, and the digests it is made of.
 
-fingerprint_digest({"pipeline_class": ..., "source": ..., "revision": ..., "weights_hash": ...})
-state_dict_digest(pipe.unet)    # sha256 over names, dtypes, shapes and raw bytes of the state dict
+    fingerprint = {"pipeline_class": "StableDiffusionPipeline",
+                   "weights_hash": sha256 over every torch component's state_dict_digest,
+                   "denoiser_hash": state_dict_digest(denoiser in float32)}     # identity: compared, hashed into ids
+    teacher = {"source": "embedded:default_teacher" | "org/name" | "/abs/path", "revision": None}  # where to load it
+
+The fingerprint says *which* teacher made the rows (appends and merges compare it, sample ids hash
+it); the teacher record says *where* to load it from and may differ between copies of one teacher,
+so it is not part of the identity. Phase two checks `denoiser_hash` on the denoiser it loads.
 """
 
 import hashlib
 import json
 
 import torch
+
+from shared.errors import DistillCacheError
+
+FINGERPRINT_KEYS = ("pipeline_class", "weights_hash", "denoiser_hash")
 
 
 def canonical_json(value: object) -> str:
@@ -30,3 +40,37 @@ def state_dict_digest(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def check_fingerprint(fingerprint: object, where: str) -> dict:
+    """A store's teacher identity: exactly pipeline_class, weights_hash and denoiser_hash, non-empty strings."""
+    if (
+        not isinstance(fingerprint, dict)
+        or sorted(fingerprint) != sorted(FINGERPRINT_KEYS)
+        or not all(isinstance(value, str) and value for value in fingerprint.values())
+    ):
+        raise DistillCacheError(
+            f"{where}: the teacher fingerprint must be {{{', '.join(FINGERPRINT_KEYS)}}} (non-empty strings), "
+            f"got {_short(fingerprint)}"
+        )
+    return fingerprint
+
+
+def check_teacher_record(teacher: object, where: str) -> dict:
+    """Where to load the teacher from: {"source": non-empty string, "revision": string or None}."""
+    if (
+        not isinstance(teacher, dict)
+        or sorted(teacher) != ["revision", "source"]
+        or not isinstance(teacher["source"], str)
+        or not teacher["source"]
+        or not isinstance(teacher["revision"], (str, type(None)))
+    ):
+        raise DistillCacheError(
+            f"{where}: the teacher record must be {{'source': str, 'revision': str | None}}, got {_short(teacher)}"
+        )
+    return teacher
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

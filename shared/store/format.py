@@ -1,21 +1,29 @@
-"""store.json: the format version, the teacher fingerprint, the capture settings and the field specs.
+"""store.json: the format version, the teacher (identity and where to load it), the capture settings,
+the field specs, and a digest of all of it.
 
-    {"format_version": 1, "fingerprint": {...}, "settings": {...}, "fields": {name: {dtype, shape}}}
+    {"format_version": 2, "fingerprint": {pipeline_class, weights_hash, denoiser_hash},
+     "teacher": {"source": ..., "revision": ...}, "settings": {...}, "fields": {name: {dtype, shape}},
+     "digest": sha256 of the canonical JSON of everything above}
 
-Written once, by the first commit to a store; every later writer must bring equal values, or it is
-refused with the keys that differ. A reader refuses any other format version.
+Written once, by the first commit to a store; every later writer must bring an equal fingerprint,
+settings and fields, or it is refused with the keys that differ (the teacher record may differ: it
+only says where one copy of the teacher lives). A reader refuses any other format version, and a
+store.json whose content does not match its digest (a flipped byte is one clear line, never a
+silently changed setting).
 """
 
+import hashlib
 import json
 from dataclasses import dataclass
 
 from shared.errors import DistillCacheError
-from shared.store.fingerprint import canonical_json
+from shared.store.fingerprint import canonical_json, check_fingerprint, check_teacher_record
 from shared.store.paths import StoreLocation
 from shared.store.schema import FieldSpec, check_fields, check_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STORE_JSON = "store.json"
+DIGEST_KEY = "digest"
 
 
 def json_copy(value: object, what: str) -> dict:
@@ -29,43 +37,71 @@ def json_copy(value: object, what: str) -> dict:
     return copied
 
 
+def content_digest(content: dict) -> str:
+    """sha256 of the canonical JSON of store.json without its digest."""
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class StoreMetadata:
     fingerprint: dict
+    teacher: dict
     settings: dict
     fields: dict[str, FieldSpec]
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict:
-        return {
+        content = {
             "format_version": self.format_version,
             "fingerprint": self.fingerprint,
+            "teacher": self.teacher,
             "settings": self.settings,
             "fields": {name: spec.to_json() for name, spec in self.fields.items()},
         }
+        return {**content, DIGEST_KEY: content_digest(content)}
 
     @classmethod
-    def create(cls, fingerprint: dict, settings: dict, fields: dict) -> "StoreMetadata":
+    def create(cls, fingerprint: dict, teacher: dict, settings: dict, fields: dict) -> "StoreMetadata":
         return cls(
-            json_copy(fingerprint, "fingerprint"), json_copy(settings, "settings"), check_fields(fields)
+            check_fingerprint(json_copy(fingerprint, "fingerprint"), "store"),
+            check_teacher_record(json_copy(teacher, "teacher record"), "store"),
+            json_copy(settings, "settings"),
+            check_fields(fields),
         )
 
     @classmethod
     def from_json(cls, data: object, url: str) -> "StoreMetadata":
+        where = f"{url}/{STORE_JSON}"
         if not isinstance(data, dict) or "format_version" not in data:
-            raise DistillCacheError(f"{url}/{STORE_JSON} is not a distillcache store description")
+            raise DistillCacheError(f"{where} is not a distillcache store description")
+        if data["format_version"] == 1:
+            raise DistillCacheError(
+                f"{url} is a store of format 1, which this distillcache no longer reads (format 2 checks every "
+                "read and names the teacher portably); capture it again with `teacher-cache run --out NEW_STORE`"
+            )
         if data["format_version"] != FORMAT_VERSION:
             raise DistillCacheError(
                 f"{url} has store format version {data['format_version']!r}; this distillcache reads "
                 f"version {FORMAT_VERSION}: use the distillcache version that wrote it"
             )
+        content = {key: value for key, value in data.items() if key != DIGEST_KEY}
+        if data.get(DIGEST_KEY) != content_digest(content):
+            raise DistillCacheError(
+                f"{where} does not match its digest: the store's description is damaged; "
+                "restore store.json from a good copy of the store"
+            )
         fields = data.get("fields")
         if not isinstance(fields, dict) or not fields:
-            raise DistillCacheError(f"{url}/{STORE_JSON} lists no fields; the store is damaged")
+            raise DistillCacheError(f"{where} lists no fields; the store is damaged")
         specs = {
             check_name(name, f"{url}: field"): FieldSpec.from_json(spec) for name, spec in fields.items()
         }
-        return cls.create(data.get("fingerprint"), data.get("settings"), specs)
+        return cls(
+            check_fingerprint(json_copy(data.get("fingerprint"), "fingerprint"), where),
+            check_teacher_record(json_copy(data.get("teacher"), "teacher record"), where),
+            json_copy(data.get("settings"), "settings"),
+            check_fields(specs),
+        )
 
 
 def read_metadata(location: StoreLocation) -> StoreMetadata | None:
@@ -74,7 +110,7 @@ def read_metadata(location: StoreLocation) -> StoreMetadata | None:
         return None
     try:
         data = json.loads(location.read_bytes(STORE_JSON))
-    except ValueError as error:
+    except (ValueError, UnicodeDecodeError) as error:
         raise DistillCacheError(
             f"{location.url}/{STORE_JSON} is not valid JSON ({error}); the store is damaged"
         ) from None
@@ -86,7 +122,7 @@ def write_metadata(location: StoreLocation, metadata: StoreMetadata) -> None:
 
 
 def differences(existing: StoreMetadata, wanted: StoreMetadata) -> list[str]:
-    """Human-readable differences between two store descriptions, [] when they agree."""
+    """Human-readable differences of teacher identity, settings and fields; [] when they agree."""
     found = []
     for section in ("fingerprint", "settings"):
         old, new = getattr(existing, section), getattr(wanted, section)

@@ -1,11 +1,14 @@
 """Deterministic sample ids (the dedupe key) and the train/val split drawn from them.
 
     sample_id_for(fingerprint, "a red seven on blue", "", seed=3, guidance_scale=4.0)  # 32 hex chars
+    sample_id_for(fingerprint, prompt, "", seed, 4.0, source_key="image:0042")         # a row made from an image
     split_for(sample_id, val_fraction=0.1)                                              # "train" | "val"
 
-The id depends on the teacher fingerprint, prompt, negative prompt, seed and guidance only, so the
-same job gets the same id in any process, batch or run: that is what makes resume and multi-writer
-stores dedupe. The split is a hash of the id, so it never changes as the store grows.
+The id depends on the teacher fingerprint (its identity, not where it was loaded from), prompt,
+negative prompt, seed, guidance and `source_key` (what the row was made from besides the prompt: ""
+for pipeline rows, an image's id for noised points of a user's image) only, so the same job gets the
+same id in any process, batch or run: that is what makes resume and multi-writer stores dedupe. The
+split is a hash of the id, so it never changes as the store grows.
 """
 
 import hashlib
@@ -14,9 +17,21 @@ from shared.store.fingerprint import canonical_json, fingerprint_digest
 
 
 def sample_id_for(
-    fingerprint: dict, prompt: str, negative_prompt: str | None, seed: int, guidance_scale: float
+    fingerprint: dict,
+    prompt: str,
+    negative_prompt: str | None,
+    seed: int,
+    guidance_scale: float,
+    source_key: str = "",
 ) -> str:
-    key = [fingerprint_digest(fingerprint), prompt, negative_prompt or "", int(seed), float(guidance_scale)]
+    key = [
+        fingerprint_digest(fingerprint),
+        prompt,
+        negative_prompt or "",
+        int(seed),
+        float(guidance_scale),
+        str(source_key),
+    ]
     return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:32]
 
 

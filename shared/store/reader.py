@@ -38,7 +38,8 @@ class StoreReader:
                 "make one with `teacher-cache run --out STORE`"
             )
         self.format_version: int = metadata.format_version
-        self.fingerprint: dict = metadata.fingerprint
+        self.fingerprint: dict = metadata.fingerprint  # the teacher's identity
+        self.teacher: dict = metadata.teacher  # where to load it: {"source", "revision"}
         self.settings: dict = metadata.settings
         self.fields: dict[str, FieldSpec] = metadata.fields
         self.manifest: pa.Table = read_manifest(self.location, list(self.fields))

@@ -1,6 +1,6 @@
 """StoreWriter: commit batches of rows to a store, atomically, beside any number of other writers.
 
-    writer = StoreWriter("runs/cache", fingerprint=fp, settings=settings,
+    writer = StoreWriter("runs/cache", fingerprint=fp, teacher={"source": ..., "revision": None}, settings=settings,
                          fields={"trajectory": FieldSpec("float16", (51, 4, 64, 64)), ...})
     todo = [job for job in jobs if job.sample_id not in writer.committed_ids]   # resume
     writer.commit(rows, {"trajectory": tensor_of_shape_(B, 51, 4, 64, 64), ...})
@@ -10,7 +10,8 @@ store's first commit, (3) write the arrays into this writer's own group on fresh
 (4) publish the batch's manifest file. Rows are visible only after (4): a crash before it leaves
 unreferenced shards and no half sample. Each writer owns its group and its manifest files, so
 writers on one store need no locks. Constructing a writer writes nothing; it refuses a store made
-with another fingerprint, other settings or other fields.
+with another teacher fingerprint, other settings or other fields (the `teacher` record, where the
+teacher is loaded from, is kept as the first writer wrote it).
 """
 
 import math
@@ -44,6 +45,7 @@ class StoreWriter:
         url: str | os.PathLike,
         *,
         fingerprint: dict,
+        teacher: dict,
         settings: dict,
         fields: dict[str, FieldSpec],
         writer_id: str | None = None,
@@ -51,7 +53,7 @@ class StoreWriter:
         clevel: int = 3,
     ):
         self.location = StoreLocation.open(url)
-        self.metadata = StoreMetadata.create(fingerprint, settings, fields)
+        self.metadata = StoreMetadata.create(fingerprint, teacher, settings, fields)
         self.fields = self.metadata.fields
         self.writer_id = check_name(writer_id or new_writer_id(), "writer id")
         self.compression = zarr_arrays.Compression(compressor, clevel)

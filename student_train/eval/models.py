@@ -80,15 +80,19 @@ def load_models(
     the judge for `prompts` (none for an empty list)."""
     from shared.teacher import resolve_dtype
     from student_train.export import load_exported_student
-    from student_train.students.denoiser import load_denoiser, teacher_source
+    from student_train.students.denoiser import load_denoiser
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    source = teacher_source(reader, teacher)
+    source = teacher or reader.teacher["source"]
+    revision = None if teacher else reader.teacher["revision"]
     denoiser_name = reader.settings.get("denoiser", "unet")
-    teacher_denoiser = place(load_denoiser(source, denoiser_name), device, dtype)
-    vae = place(load_denoiser(source, "vae"), device, dtype)
-    student_denoiser, _ = load_exported_student(student, teacher=source)
+    denoiser = load_denoiser(
+        source, denoiser_name, revision, expected_digest=reader.fingerprint["denoiser_hash"]
+    )
+    teacher_denoiser = place(denoiser, device, dtype)
+    vae = place(load_denoiser(source, "vae", revision, what="teacher VAE"), device, dtype)
+    student_denoiser, _ = load_exported_student(student, teacher=teacher or None)
     return Models(
         teacher_denoiser, vae, place(student_denoiser, device, dtype), distill, judge_for(prompts, device)
     )

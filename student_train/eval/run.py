@@ -32,7 +32,6 @@ from student_train.eval.generation import generate
 from student_train.eval.models import load_models
 from student_train.eval.report import check_targets, format_table, grid_rows, score
 from student_train.eval.sets import check_same_teacher, open_eval_sets, read_distill
-from student_train.students.denoiser import teacher_source
 
 DEFAULT_STEPS = (1, 2, 4)
 
@@ -179,7 +178,7 @@ def run(config: EvalConfig) -> dict:
 
     metrics = {
         "config": asdict(config),
-        "teacher": teacher_source(eval_sets[0].reader, config.teacher),
+        "teacher": config.teacher or eval_sets[0].reader.teacher["source"],
         "student": {key: distill.get(key) for key in ("method", "student", "recommended", "sampling")},
         "sets": [{"name": s.name, "store": s.url, "rows": len(s.rows)} for s in eval_sets],
         "denoiser": cost,

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import DistillCacheError
-from student_train.students.denoiser import teacher_source
 
 UNSEEN_SUFFIX = "_unseen"
 REQUIRED_FIELDS = ("noise", "final_latents")
@@ -106,5 +105,5 @@ def check_same_teacher(distill: dict, reader, cache: str) -> None:
     if distill.get("store", {}).get("fingerprint") != reader.fingerprint:
         raise DistillCacheError(
             f"the student was distilled from teacher {distill.get('teacher', {}).get('source')!r}, "
-            f"but --cache {cache} holds teacher {teacher_source(reader)!r}; evaluate on its own store"
+            f"but --cache {cache} holds teacher {reader.teacher['source']!r}; evaluate on its own store"
         )

@@ -5,8 +5,9 @@
       pytorch_lora_weights.safetensors    lora students ("unet." + peft keys): pipe.load_lora_weights(STUDENT)
       scheduler/scheduler_config.json     the few-step scheduler (LCMScheduler for lcm, DDIM / Euler otherwise,
                                           the teacher's own for blockkd)
-      distill.json                        method, teacher, store, recommended steps / guidance / timesteps, settings,
-                                          pruning (the block-removal record) and lineage (the --init chain)
+      distill.json                        method, teacher (source, revision, fingerprint), store, recommended
+                                          steps / guidance / timesteps, settings, pruning (the block-removal
+                                          record) and lineage (the --init chain)
 
     export_student(student, config, reader, out_dir, train_summary)
     model, distill = load_exported_student(out_dir)       # the student's denoiser alone, for eval
@@ -28,8 +29,9 @@ from pathlib import Path
 import diffusers
 import torch
 
+from shared.errors import DistillCacheError, first_line
 from student_train.sampling import SAMPLER_OF_METHOD, student_scheduler, student_timesteps
-from student_train.students.denoiser import load_denoiser, teacher_source, unwrap
+from student_train.students.denoiser import load_denoiser, unwrap
 
 FORMAT_VERSION = 1
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -69,7 +71,8 @@ def distill_record(student, config, reader, train_summary: dict) -> dict:
         "method": config.method,
         "student": config.student,
         "teacher": {
-            "source": teacher_source(reader, config.teacher),
+            "source": config.teacher or reader.teacher["source"],
+            "revision": None if config.teacher else reader.teacher["revision"],
             "fingerprint": reader.fingerprint,
         },
         "store": {"url": config.cache, "fingerprint": reader.fingerprint},
@@ -107,7 +110,7 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
         # diffusers picks the format from the first key, so a UNet whose first adapted module is a conv
         # (no attention in down_blocks.0, as the embedded teacher) would reload without its attention LoRA.
         lora_layers = get_peft_model_state_dict(model)
-        pipeline_class = getattr(diffusers, reader.fingerprint.get("pipeline_class", ""), None)
+        pipeline_class = getattr(diffusers, reader.fingerprint["pipeline_class"], None)
         if not hasattr(pipeline_class, "save_lora_weights"):
             pipeline_class = diffusers.StableDiffusionPipeline
         adapter_config = model.peft_config["default"].to_dict()  # keeps lora_alpha != r on reload
@@ -146,10 +149,21 @@ def load_exported_student(
         if lineage:  # trained with --init: the adapter sits on the previous student of the chain
             model, _ = load_fused_student(lineage[-1]["dir"], teacher)
         else:
-            model = load_denoiser(teacher or distill["teacher"]["source"], denoiser_name)
-        model.load_lora_adapter(str(student_dir), prefix=denoiser_name, weight_name=LORA_WEIGHT_NAME)
+            recorded = distill["teacher"]
+            model = load_denoiser(
+                teacher or recorded["source"],
+                denoiser_name,
+                None if teacher else recorded.get("revision"),
+                expected_digest=recorded["fingerprint"]["denoiser_hash"],
+            )
+        try:
+            model.load_lora_adapter(str(student_dir), prefix=denoiser_name, weight_name=LORA_WEIGHT_NAME)
+        except Exception as error:  # a damaged or foreign adapter file: the student is at fault
+            raise DistillCacheError(
+                f"cannot load the student's LoRA adapter {student_dir / LORA_WEIGHT_NAME} ({first_line(error)})"
+            ) from None
     else:
-        model = load_denoiser(str(student_dir), denoiser_name)
+        model = load_denoiser(str(student_dir), denoiser_name, what="student's denoiser")
     return model.eval().requires_grad_(False), distill
 
 

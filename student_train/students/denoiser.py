@@ -1,51 +1,29 @@
 """The teacher's denoiser, alone: load its weights and call it with replayed conditioning.
 
-Phase two loads only the denoiser (`unet/` or `transformer/` of the teacher folder named in the
-store's fingerprint) — never the text encoders, the VAE or the pipeline. Conditioning comes from the
-store (`cond.encoder_hidden_states`, `cond.added_cond_kwargs.text_embeds`, ...), nested back into the
-kwargs the pipeline passed:
+Phase two loads only the denoiser (`unet/` or `transformer/` of the teacher the store's `teacher`
+record names, checked against the fingerprint's `denoiser_hash`) — never the text encoders, the VAE
+or the pipeline. `load_denoiser` lives in shared/teacher.py (phase one computes the same digest) and
+is re-exported here. Conditioning comes from the store (`cond.encoder_hidden_states`,
+`cond.added_cond_kwargs.text_embeds`, ...), nested back into the kwargs the pipeline passed:
 
-    model = load_denoiser(source, "unet")
+    model = load_denoiser(reader.teacher["source"], "unet", expected_digest=reader.fingerprint["denoiser_hash"])
     output = call_denoiser(model, x_t, timesteps, cond, guidance_w=None)   # (B, C, H, W)
 """
-
-import json
-from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 
-from shared.errors import DistillCacheError
+from shared.teacher import load_denoiser
 
-
-def teacher_source(reader, override: str = "") -> str:
-    """Where the store's teacher loads from: `override` (--teacher), else the store's record of it.
-    The one place phase two reads the teacher's source from a store."""
-    return override or reader.fingerprint.get("source", "")
-
-
-def load_denoiser(source: str, subfolder: str = "unet", revision: str | None = None) -> torch.nn.Module:
-    """Load only `source/subfolder` (a local folder or a Hub id) with the class its config names."""
-    import diffusers
-
-    config_path = Path(source) / subfolder / "config.json"
-    if Path(source).exists() and not config_path.exists():
-        raise DistillCacheError(
-            f"{config_path} not found: the store's teacher folder has no {subfolder}/; pass --teacher "
-            "with the teacher's diffusers folder"
-        )
-    try:
-        if config_path.exists():
-            class_name = json.loads(config_path.read_text())["_class_name"]
-            model_class = getattr(diffusers, class_name)
-        else:  # a Hub id: AutoModel reads the class from the subfolder's config
-            model_class = diffusers.AutoModel
-        model = model_class.from_pretrained(source, subfolder=subfolder, revision=revision)
-    except OSError as error:
-        raise DistillCacheError(
-            f"cannot load the teacher denoiser from {source!r} ({error}); pass --teacher PATH_OR_ID"
-        ) from error
-    return model.float().eval().requires_grad_(False)
+__all__ = [
+    "call_denoiser",
+    "concat_halves",
+    "guidance_scale_embedding",
+    "guided_output",
+    "load_denoiser",
+    "nest_conditioning",
+    "unwrap",
+]
 
 
 def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """`--init STUDENT_DIR`: start any method from an earlier student folder instead of the teacher's denoiser.
 
     check_init(config, reader)                                   # before anything is written
-    denoiser, origin = load_init(config.init, source, method)    # then build_student(..., denoiser, origin=origin)
+    denoiser, origin = load_init(config.init, config.teacher or None, method.w_conditioned)
 
 The folder's distill.json says what it holds: a denoiser (`unet/`, full or pruned: its architecture
 and weights) or a LoRA adapter, which is fused onto its base (the teacher's denoiser, or the previous
@@ -63,12 +63,13 @@ def lineage_entry(init_dir: str, distill: dict) -> dict:
 
 
 def load_init(
-    init_dir: str, teacher_source: str, method_w_conditioned: bool
+    init_dir: str, teacher: str | None, method_w_conditioned: bool
 ) -> tuple[torch.nn.Module, Origin]:
-    """The --init folder's denoiser (trainable weights, LoRA fused) and where it came from."""
+    """The --init folder's denoiser (trainable weights, LoRA fused) and where it came from; `teacher`
+    (--teacher) overrides the source of a LoRA chain's base teacher."""
     from student_train.export import load_fused_student
 
-    model, distill = load_fused_student(init_dir, teacher_source)
+    model, distill = load_fused_student(init_dir, teacher)
     w_embedded = bool(getattr(model.config, "time_cond_proj_dim", None))
     fixed_w = (
         distill.get("sampling", {}).get("guidance_w") if w_embedded and not method_w_conditioned else None

@@ -34,7 +34,7 @@ from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
 from student_train.losses import get_method
 from student_train.students import Origin, build_student, check_student_settings
-from student_train.students.denoiser import load_denoiser, teacher_source
+from student_train.students.denoiser import load_denoiser
 from student_train.students.init import check_init, load_init
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -163,11 +163,16 @@ def train(config: TrainConfig) -> Path:
 
     # 2. The cached fields and the teacher's denoiser weights (or an --init student's): nothing else.
     data = TrainingData(reader, method.fields(config), config.split, config.max_samples, config.loader)
-    source = teacher_source(reader, config.teacher)
+    source = config.teacher or reader.teacher["source"]
     if config.init:
-        denoiser, origin = load_init(config.init, source, method.w_conditioned)
+        denoiser, origin = load_init(config.init, config.teacher or None, method.w_conditioned)
     else:
-        denoiser = load_denoiser(source, settings.get("denoiser", "unet"), reader.fingerprint.get("revision"))
+        denoiser = load_denoiser(
+            source,
+            settings.get("denoiser", "unet"),
+            None if config.teacher else reader.teacher["revision"],
+            expected_digest=reader.fingerprint["denoiser_hash"],
+        )
         origin = Origin()
     student = build_student(config.student, denoiser, config, method.w_conditioned, origin)
     del denoiser
