@@ -61,7 +61,7 @@ class TrainConfig:
     timestep_scaling: float = option(10.0, "lcm boundary conditions")
     weighting: str = option("truncated_snr", "progressive: truncated_snr | snr_plus_one")
     lambda_task: float = option(
-        1.0, "blockkd: weight of the task term (guided student eps vs the eps of the cached final latents)"
+        1.0, "blockkd: weight of the task term (guided student eps vs the eps of the teacher's cached step)"
     )
     lambda_out: float = option(1.0, "blockkd: weight of output distillation (cached cond / uncond outputs)")
     lambda_feat: float = option(1.0, "blockkd: weight of feature distillation (cached block outputs)")

@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
 from student_train.data.randomness import SampleRandom
 from student_train.losses.blockkd import BlockKdLoss, task_target
 from student_train.losses.distance import Distance
+from student_train.sampling import cached_grid
 from student_train.students import build_student
 from student_train.students.block_outputs import aligned_blocks
 from student_train.students.denoiser import load_denoiser
@@ -34,7 +34,7 @@ def blockkd_loss(capture, lambda_task=1.0, lambda_out=1.0, lambda_feat=1.0) -> B
     settings = capture.settings
     return BlockKdLoss(
         schedule_of(capture),
-        settings["timesteps"],
+        cached_grid(settings, schedule_of(capture)),
         settings["feature_steps"],
         settings["feature_modules"],
         settings["prediction_type"],
@@ -85,17 +85,20 @@ def test_loss_value_by_hand_for_a_pruned_student():
     expected = []
     for b in range(3):
         n = settings["feature_steps"][int(j[b])]
-        t = settings["timesteps"][n]
-        x_t = capture.arrays["trajectory"][b : b + 1, n]
+        t, s = settings["timesteps"][n], (settings["timesteps"] + [-1])[n + 1]
+        x_t, x_s = capture.arrays["trajectory"][b : b + 1, n], capture.arrays["trajectory"][b : b + 1, n + 1]
         with torch.no_grad():
             uncond_out = student.model(
                 x_t, t, capture.arrays["uncond.encoder_hidden_states"][b : b + 1]
             ).sample
             cond_out = student.model(x_t, t, capture.arrays["cond.encoder_hidden_states"][b : b + 1]).sample
         guided = uncond_out + 2.0 * (cond_out - uncond_out)
-        alpha, sigma = alphas_cumprod[t].sqrt().item(), (1 - alphas_cumprod[t]).sqrt().item()
-        eps_target = (x_t - alpha * capture.arrays["final_latents"][b : b + 1]) / sigma
-        task = (guided - eps_target).square().mean()
+        alpha_t, sigma_t = alphas_cumprod[t].sqrt().item(), (1 - alphas_cumprod[t]).sqrt().item()
+        alpha_s = alphas_cumprod[max(s, 0)].sqrt().item()  # the last step ends at alphas_cumprod[0]
+        sigma_s = (1 - alpha_s**2) ** 0.5
+        # x_t = alpha_t x0 + sigma_t eps, x_s = alpha_s x0 + sigma_s eps, solved for eps
+        eps_step = (alpha_s * x_t - alpha_t * x_s) / (alpha_s * sigma_t - alpha_t * sigma_s)
+        task = (guided - eps_step).square().mean()
         output_kd = (
             (cond_out - capture.arrays["out_cond"][b, n]).square().mean()
             + (uncond_out - capture.arrays["out_uncond"][b, n]).square().mean()
@@ -108,51 +111,34 @@ def test_loss_value_by_hand_for_a_pruned_student():
     torch.testing.assert_close(got, torch.stack(expected), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "flow_prediction"])
-def test_task_target_is_the_noise_that_made_the_point(prediction_type):
-    family = {"class": "FlowMatchEulerDiscreteScheduler"} if prediction_type == "flow_prediction" else {}
-    schedule = NoiseSchedule.from_scheduler_config({"num_train_timesteps": 1000}, family.get("class", ""))
+@pytest.mark.parametrize("family", ["ddpm", "flow"])
+def test_task_target_is_the_noise_shared_by_two_points_of_one_line(family):
+    class_name = "FlowMatchEulerDiscreteScheduler" if family == "flow" else "DDIMScheduler"
+    schedule = NoiseSchedule.from_scheduler_config({"num_train_timesteps": 1000}, class_name)
     x0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
-    t = torch.tensor([999.0, 500.0, 20.0])
-    alpha, sigma = schedule.alpha_sigma(t)
-    x_t = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
-    torch.testing.assert_close(
-        task_target(schedule, x_t, t, {"final_latents": x0}), eps, rtol=1e-4, atol=1e-4
-    )
+    t, s = torch.tensor([999.0, 500.0, 20.0]), torch.tensor([979.0, 250.0, 0.0])
+
+    def point(time):
+        alpha, sigma = schedule.alpha_sigma(time)
+        return alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
+
+    torch.testing.assert_close(task_target(schedule, point(t), t, point(s), s), eps, rtol=1e-3, atol=1e-3)
 
 
-def test_task_term_is_zero_for_the_teacher_at_a_step_that_lands_on_its_output():
-    """One guided DDIM step of the teacher with a final alpha of 1 (diffusers' own step): the cached x0
-    is its own x0 estimate, so the implied noise is exactly its guided eps."""
+def test_task_term_is_zero_for_the_teacher_itself_at_every_step():
+    """The cached DDIM trajectory: the eps of each step is the teacher's guided output there."""
     capture = shared_capture(features=True)
-    scheduler = DDIMScheduler.from_config(capture.settings["scheduler"]["config"], set_alpha_to_one=True)
-    scheduler.set_timesteps(1)
-    t = int(scheduler.timesteps[0])
-    teacher = load_denoiser(str(capture.teacher_dir))
-    x_t = capture.arrays["noise"][:2]
-    cond, uncond = (
-        capture.arrays["cond.encoder_hidden_states"][:2],
-        capture.arrays["uncond.encoder_hidden_states"][:2],
-    )
-    with torch.no_grad():
-        out_cond, out_uncond = teacher(x_t, t, cond).sample, teacher(x_t, t, uncond).sample
-    guided = out_uncond + 2.0 * (out_cond - out_uncond)
-    x0 = scheduler.step(guided, t, x_t).prev_sample
-    batch = capture_batch(capture, [0, 1])
-    batch.fields = {
-        "trajectory": torch.stack([x_t, x0], dim=1),
-        "out_cond": out_cond[:, None],
-        "out_uncond": out_uncond[:, None],
-        "final_latents": x0,
-        "uncond.encoder_hidden_states": uncond,
-    }
-    schedule = NoiseSchedule.from_scheduler_config(dict(scheduler.config))
-    loss = BlockKdLoss(schedule, [t], [0], [], "epsilon", Distance("l2"), lambda_out=0.0, lambda_feat=0.0)
-    student = build_student("full", teacher, tiny_train_config("unused", "unused"))
-    assert loss(student, batch, SampleRandom(0, 0, batch.sample_ids), step=0).max().item() < 1e-10
-    torch.testing.assert_close(
-        task_target(schedule, x_t, torch.tensor([t, t]), {"final_latents": x0}), guided
-    )
+    schedule, settings = schedule_of(capture), capture.settings
+    grid = torch.tensor(cached_grid(settings, schedule))
+    trajectory = capture.arrays["trajectory"]
+    for n in range(settings["num_inference_steps"]):  # the last step too (to alphas_cumprod[0])
+        cond, uncond = capture.arrays["out_cond"][:, n], capture.arrays["out_uncond"][:, n]
+        times = grid[n].expand(len(trajectory)), grid[n + 1].expand(len(trajectory))
+        eps_step = task_target(schedule, trajectory[:, n], times[0], trajectory[:, n + 1], times[1])
+        torch.testing.assert_close(eps_step, uncond + 2.0 * (cond - uncond), rtol=1e-3, atol=1e-3)
+    batch = capture_batch(capture)
+    task_only = blockkd_loss(capture, lambda_out=0.0, lambda_feat=0.0)
+    assert task_only(student_of(capture), batch, SampleRandom(0, 0, batch.sample_ids), step=0).max() < 1e-8
 
 
 def test_features_are_aligned_by_name():

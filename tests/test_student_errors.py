@@ -37,7 +37,7 @@ def run(capsys, *argv) -> tuple[int, str]:
         (
             ["--method", "blockkd", "--student", "pruned"],
             "the store has no trajectory, out_cond, out_uncond, features.*, which --method blockkd reads; cache "
-            "them with `teacher-cache run --fields trajectory,out,cond,final_latents,features --features "
+            "them with `teacher-cache run --fields trajectory,out,cond,features --features "
             '"down_blocks.*,mid_block,up_blocks.*" [--feature-steps I,J,...]`',
         ),
         (

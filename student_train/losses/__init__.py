@@ -66,7 +66,7 @@ def build_progressive(config, settings: dict, schedule: NoiseSchedule):
 def build_blockkd(config, settings: dict, schedule: NoiseSchedule):
     return blockkd.BlockKdLoss(
         schedule,
-        [float(t) for t in settings["timesteps"]],
+        cached_grid(settings, schedule),
         [int(step) for step in settings.get("feature_steps") or []],
         list(settings.get("feature_modules") or []),
         settings["prediction_type"],
@@ -88,7 +88,7 @@ METHODS = {
     "progressive": Method("progressive", always(progressive.FIELDS), False, build_progressive),
     "blockkd": Method(
         "blockkd",
-        lambda config: blockkd.fields_read(config.lambda_task, config.lambda_feat),
+        lambda config: blockkd.fields_read(config.lambda_feat),
         False,
         build_blockkd,
     ),
