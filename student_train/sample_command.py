@@ -3,8 +3,9 @@
     student-train sample --student runs/student --prompt "a red seven on blue" --steps 4 --out seven.png
 
 The teacher pipeline named in distill.json supplies the text encoder, tokenizer and VAE; the
-student replaces its denoiser (`unet/` of a full student: `from_pretrained(DIR, subfolder="unet")`)
-or adds its adapter (`pipe.load_lora_weights(DIR)`), and `DIR/scheduler` replaces the scheduler.
+student replaces its denoiser (`unet/` of a full or pruned student: `from_pretrained(DIR, subfolder="unet")`)
+or adds its adapter (`pipe.load_lora_weights(DIR)`, onto the previous student of its --init chain if
+it has one), and `DIR/scheduler` replaces the scheduler.
 The initial noise is made from --seed exactly as phase one makes a row's noise, so `--seed S`
 gives the student's image for the store rows of seed S.
 """
@@ -110,6 +111,12 @@ def student_pipeline(config: SampleConfig, distill: dict):
         student = load_denoiser(config.student, denoiser_name, what="student's denoiser")
         setattr(pipe, denoiser_name, place(student, device, dtype))
     else:
+        lineage = distill.get("lineage") or []
+        if lineage:  # a LoRA trained with --init sits on the previous student of its chain
+            from student_train.export import load_fused_student
+
+            base, _ = load_fused_student(lineage[-1]["dir"], config.teacher or None)
+            setattr(pipe, denoiser_name, place(base, device, dtype))
         try:
             pipe.load_lora_weights(config.student)
         except Exception as error:  # a damaged or foreign adapter: the student is at fault, not the teacher

@@ -2,8 +2,9 @@
 
 import torch
 
-from student_train.eval.teacher_baseline import concat_halves, ddim_scheduler, sample_with_cfg
+from student_train.eval.teacher_baseline import ddim_scheduler, sample_with_cfg
 from student_train.losses.guided import guided_output
+from student_train.students.denoiser import concat_halves
 from tests.tiny_models import LATENT_SHAPE, tiny_ddim_scheduler, tiny_sd_pipeline
 
 

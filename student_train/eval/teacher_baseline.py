@@ -22,7 +22,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from shared.errors import DistillCacheError
 from student_train.losses.guided import guided_output
 from student_train.sampling.with_scheduler import sample_with_scheduler
-from student_train.students.denoiser import call_denoiser, nest_conditioning
+from student_train.students.denoiser import call_denoiser, concat_halves, nest_conditioning
 
 SPACINGS = ("trailing", "store")
 
@@ -55,14 +55,6 @@ def read_conditioning(reader, rows: Sequence[int], half: str) -> dict:
             f"the store has no '{half}.*' conditioning fields; re-run teacher-cache run with a CFG teacher"
         )
     return nest_conditioning({name[len(prefix) :]: reader.read(name, rows) for name in names})
-
-
-def concat_halves(uncond: dict, cond: dict) -> dict:
-    """Nested kwargs of the two halves joined along the batch axis, uncond first (diffusers' order)."""
-    return {
-        key: concat_halves(value, cond[key]) if isinstance(value, dict) else torch.cat([value, cond[key]])
-        for key, value in uncond.items()
-    }
 
 
 def map_tensors(kwargs: dict, fn) -> dict:

@@ -33,6 +33,8 @@ def student_scheduler(
         return TCDScheduler.from_config(config, original_inference_steps=num_grid_steps)
     if method == "direct":  # trailing: the first step starts at t = T - 1, from pure noise
         return DDIMScheduler.from_config(config, timestep_spacing="trailing")
+    if method == "blockkd":  # the teacher's own scheduler: the student replaces only its denoiser
+        return getattr(diffusers, scheduler_settings["class"]).from_config(config)
     if method == "reflow":  # a flow student on a DDPM teacher's pipeline: first-order DPM-Solver with
         # flow sigmas is Euler on x_s = (1 - s) x0 + s noise, with init_noise_sigma = 1 and
         # scale_model_input = identity, which StableDiffusionPipeline calls (FlowMatch* have neither)
