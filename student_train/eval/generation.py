@@ -1,7 +1,7 @@
 """The columns of `student-train eval`, from the cached initial noise and conditioning of each row:
 
     teacher@S   the teacher's cached many-step output `final_latents` (the reference, not recomputed)
-    teacher@K   the teacher's denoiser, DDIM at K steps, CFG at the row's guidance (teacher_baseline.py)
+    teacher@K   the teacher's denoiser, DDIM (flow: Euler) at K steps, CFG at the row's guidance (teacher_baseline.py)
     student@K   the student, its method's few-step sampler (sampling.py)
 
 Every column is decoded with the teacher's VAE and kept with its latent MSE to teacher@S, batch by batch.
@@ -88,10 +88,11 @@ def generate(
     cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS)."""
     from student_train.eval.image_metrics import mse
     from student_train.eval.teacher_baseline import (
-        ddim_scheduler,
         map_tensors,
         read_conditioning,
         sample_with_cfg,
+        teacher_sampler_name,
+        teacher_scheduler,
     )
 
     reader, manifest = eval_set.reader, eval_set.reader.manifest
@@ -103,6 +104,7 @@ def generate(
         int(reader.settings["num_inference_steps"]),
         models.distill["sampling"]["sampler"],
     )
+    teacher_sampler = teacher_sampler_name(reader.settings)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for start in range(0, len(eval_set.rows), batch_size):
         rows = eval_set.rows[start : start + batch_size]
@@ -122,7 +124,7 @@ def generate(
             with autocast:
                 teacher = sample_with_cfg(
                     models.teacher,
-                    ddim_scheduler(reader.settings, teacher_spacing),
+                    teacher_scheduler(reader.settings, teacher_spacing),
                     noise,
                     cond,
                     uncond,
@@ -130,6 +132,6 @@ def generate(
                     k,
                 )
                 student = student_latents(models, train_settings, noise, cond, sample_ids, k)
-            add(f"teacher@{k}", "teacher", k, "ddim", teacher)
+            add(f"teacher@{k}", "teacher", k, teacher_sampler, teacher)
             add(f"student@{k}", "student", k, student_sampler, student)
     return columns

@@ -1,9 +1,10 @@
 """The student folder (DESIGN.md), loadable with stock diffusers:
 
     STUDENT/
-      unet/                               full students: UNet2DConditionModel.from_pretrained(STUDENT, subfolder="unet")
-      pytorch_lora_weights.safetensors    lora students ("unet." + peft keys): pipe.load_lora_weights(STUDENT)
-      scheduler/scheduler_config.json     the few-step scheduler (LCMScheduler for lcm, DDIM / Euler otherwise)
+      unet/ or transformer/               full students: <denoiser class>.from_pretrained(STUDENT, subfolder=...)
+      pytorch_lora_weights.safetensors    lora students ("unet." / "transformer." + peft keys): pipe.load_lora_weights(STUDENT)
+      scheduler/scheduler_config.json     the few-step scheduler (sampling/schedulers.py: LCMScheduler or
+                                          FlowMatchLCMScheduler for lcm, DDIM / Euler / FlowMatchEuler otherwise)
       distill.json                        method, teacher, store, recommended steps / guidance / timesteps, settings
 
     export_student(student, config, reader, out_dir, train_summary)
@@ -11,8 +12,11 @@
     pipe.scheduler = load_student_scheduler(out_dir)
 
 Samplers: `distill.json["sampling"]` gives the sampler (ddim | lcm) and the exact timesteps the
-student was trained at for 1, 2, 4 and 8 steps; a stock pipeline reproduces them with
-`pipe(..., timesteps=distill["recommended"]["timesteps"])` (LCM / Euler schedulers take custom timesteps).
+student was trained at for 1, 2, 4 and 8 steps; a stock pipeline of the teacher's class (SD, SDXL,
+SD3) reproduces the recommended ones with
+`pipe(..., num_inference_steps=..., **distill["recommended"]["schedule_kwargs"])`: `timesteps=` for
+DDPM schedulers that need them, `sigmas=` for flow ones, {} when the scheduler's own K steps are the
+trained ones.
 """
 
 import json
@@ -21,7 +25,12 @@ from pathlib import Path
 import diffusers
 import torch
 
-from student_train.sampling import SAMPLER_OF_METHOD, student_scheduler, student_timesteps
+from student_train.sampling import (
+    SAMPLER_OF_METHOD,
+    student_scheduler,
+    student_timesteps,
+    trained_schedule_kwargs,
+)
 from student_train.students.denoiser import load_denoiser, unwrap
 
 FORMAT_VERSION = 1
@@ -40,12 +49,14 @@ def json_timesteps(timesteps: list[float]) -> list[int | float]:
     return [int(t) if float(t).is_integer() else float(t) for t in timesteps]
 
 
-def distill_record(student, config, reader, train_summary: dict) -> dict:
+def distill_record(student, config, reader, train_summary: dict, scheduler) -> dict:
+    """distill.json; `scheduler` is the exported one (it decides the recommended schedule_kwargs)."""
     settings = reader.settings
     guidance_w = recommended_guidance_w(student.w_conditioned, config, settings)
     steps = {
         str(k): json_timesteps(student_timesteps(config.method, k, settings)) for k in EXPORTED_STEP_COUNTS
     }
+    recommended_timesteps = student_timesteps(config.method, config.num_student_steps, settings)
     return {
         "format_version": FORMAT_VERSION,
         "method": config.method,
@@ -60,7 +71,9 @@ def distill_record(student, config, reader, train_summary: dict) -> dict:
             "num_inference_steps": config.num_student_steps,
             # the stock pipeline's scale: 1 = no CFG; a w-conditioned student gets w + 1 (embedded, one pass)
             "guidance_scale": 1.0 if guidance_w is None else guidance_w + 1.0,
-            "timesteps": json_timesteps(student_timesteps(config.method, config.num_student_steps, settings)),
+            "timesteps": json_timesteps(recommended_timesteps),
+            # what a stock pipeline needs besides num_inference_steps to step at those timesteps
+            "schedule_kwargs": trained_schedule_kwargs(scheduler, recommended_timesteps),
         },
         "sampling": {
             "sampler": SAMPLER_OF_METHOD[config.method],
@@ -109,7 +122,7 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
         config.timestep_scaling,
     )
     scheduler.save_pretrained(out_dir / "scheduler")
-    record = distill_record(student, config, reader, train_summary)
+    record = distill_record(student, config, reader, train_summary, scheduler)
     (out_dir / "distill.json").write_text(json.dumps(record, indent=2))
     return out_dir
 

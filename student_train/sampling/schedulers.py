@@ -1,14 +1,36 @@
-"""The diffusers scheduler a student samples with, and loading it back from a student folder.
+"""The diffusers scheduler a student samples with, loading it back, and the pipeline arguments that
+make a stock pipeline sample at exactly the timesteps the student was trained at.
 
 scheduler = student_scheduler("lcm", settings["scheduler"], num_grid_steps=50)   # what export writes
 pipe.scheduler = load_student_scheduler(student_dir)                              # DIR/scheduler
+pipe(prompt, num_inference_steps=K, **trained_schedule_kwargs(pipe.scheduler, trained_timesteps))
+
+DDPM family: direct samples with DDIM ("trailing": its first step starts at t = T - 1), lcm with
+LCMScheduler on the cached grid, progressive with Euler at custom timesteps on the cached grid.
+
+Flow family (FlowMatch* teachers, e.g. SD3): direct samples with the teacher's own
+FlowMatchEulerDiscreteScheduler (its shift included: K steps give the trained timesteps); lcm with
+diffusers' FlowMatchLCMScheduler, progressive with FlowMatchEulerDiscreteScheduler, both at the
+cached grid's sigmas, which are already shifted: these two are exported with shift = 1 so that
+custom sigmas pass through unchanged (sigma = t / 1000), and the SD3 pipeline takes them as `sigmas=`.
 """
 
+import inspect
 import json
 from pathlib import Path
 
 import diffusers
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
+from diffusers import (
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchLCMScheduler,
+    LCMScheduler,
+)
+
+
+def is_flow_scheduler(class_name: str) -> bool:
+    return class_name.startswith("FlowMatch")
 
 
 def student_scheduler(
@@ -16,8 +38,13 @@ def student_scheduler(
 ):
     """The diffusers scheduler a student of `method` samples with, on the teacher's noise schedule."""
     config = {k: v for k, v in scheduler_settings["config"].items() if not k.startswith("_")}
-    if scheduler_settings["class"].startswith("FlowMatch"):
-        return FlowMatchEulerDiscreteScheduler.from_config(config)
+    if is_flow_scheduler(scheduler_settings["class"]):
+        if method == "direct":  # the teacher's own schedule, shift included
+            return FlowMatchEulerDiscreteScheduler.from_config(config)
+        unshifted = {**config, "shift": 1.0, "use_dynamic_shifting": False}  # custom sigmas kept as given
+        if method == "lcm":
+            return FlowMatchLCMScheduler.from_config(accepted_by(FlowMatchLCMScheduler, unshifted))
+        return FlowMatchEulerDiscreteScheduler.from_config(unshifted)  # progressive
     if method == "lcm":
         return LCMScheduler.from_config(
             config, original_inference_steps=num_grid_steps, timestep_scaling=timestep_scaling
@@ -27,6 +54,27 @@ def student_scheduler(
     return EulerDiscreteScheduler.from_config(config)  # progressive: custom timesteps on the cached grid
 
 
+def accepted_by(scheduler_class, config: dict) -> dict:
+    """The entries of another scheduler's config that `scheduler_class` takes (no unknown-key warnings)."""
+    parameters = inspect.signature(scheduler_class.__init__).parameters
+    return {key: value for key, value in config.items() if key in parameters}
+
+
 def load_student_scheduler(student_dir: str | Path):
     config = json.loads((Path(student_dir) / "scheduler" / "scheduler_config.json").read_text())
     return getattr(diffusers, config["_class_name"]).from_pretrained(student_dir, subfolder="scheduler")
+
+
+def trained_schedule_kwargs(scheduler, timesteps: list[float]) -> dict:
+    """What to pass to a stock pipeline besides num_inference_steps = len(timesteps) so that `scheduler`
+    steps at `timesteps`: nothing when it already does, else `sigmas` (flow schedulers: t / 1000, as the
+    SD3 pipeline takes them) or `timesteps` (schedulers that accept custom timesteps)."""
+    probe = type(scheduler).from_config(scheduler.config)
+    probe.set_timesteps(len(timesteps))
+    if [float(t) for t in probe.timesteps] == [float(t) for t in timesteps]:
+        return {}
+    if is_flow_scheduler(type(scheduler).__name__):
+        return {"sigmas": [float(t) / scheduler.config.num_train_timesteps for t in timesteps]}
+    if "timesteps" in inspect.signature(scheduler.set_timesteps).parameters:
+        return {"timesteps": list(timesteps)}
+    return {}

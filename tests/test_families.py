@@ -1,0 +1,233 @@
+"""Phase two on every family phase one captures (SD, SDXL, SD3 flow matching), from stores made by
+phase one itself on tiny random pipelines (tests/family_stores.py):
+
+- the exported student drops into the stock pipeline of the teacher's class (`unet/` or
+  `transformer/`, or `load_lora_weights`), with its own scheduler, and samples exactly what
+  student_train.sampling samples from the cached noise and conditioning;
+- the loss falls, and a killed and resumed run ends bit-identical (slow matrix: every family x
+  method x student);
+- LoRA adapts the modules of diffusers' scripts for the denoiser's class;
+- a student trained from an SD3 store never loads a text encoder, the VAE or the pipeline.
+"""
+
+import json
+from functools import partial
+
+import diffusers
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import student_train.training.loop as training_loop
+from shared.schedule import NoiseSchedule
+from shared.store import StoreReader
+from student_train.data.randomness import SampleRandom
+from student_train.export import LORA_WEIGHT_NAME, load_exported_student
+from student_train.sampling import load_student_scheduler, sample
+from student_train.students import LORA_TARGET_MODULES, build_student
+from student_train.students.denoiser import call_denoiser, load_denoiser, nest_conditioning
+from tests.family_stores import PIPELINE_CLASSES, family_capture
+from tests.student_store_fixture import one_torch_thread, tiny_train_config  # noqa: F401 (autouse)
+
+METHODS = ("direct", "lcm", "progressive")
+STUDENTS = ("full", "lora")
+
+
+def train(family: str, out, **overrides) -> dict:
+    """A few updates of the tiny family student at a learning rate that moves every weight; distill.json."""
+    settings = dict(train_steps=2, lr=1e-2, lora_alpha=8, batch_size=3) | overrides
+    training_loop.train(tiny_train_config(family_capture(family).store, out, **settings))
+    return json.loads((out / "distill.json").read_text())
+
+
+def cached(family: str, rows: list[int]) -> tuple[torch.Tensor, dict, list[str]]:
+    """The store's noise (B, C, H, W), nested cond kwargs and sample ids of `rows`."""
+    reader = StoreReader(family_capture(family).store)
+    names = [name for name in reader.fields if name.startswith("cond.")]
+    cond = nest_conditioning({name[len("cond.") :]: reader.read(name, rows) for name in names})
+    ids = [str(reader.manifest.column("sample_id")[r]) for r in rows]
+    return reader.read("noise", rows), cond, ids
+
+
+def stock_pipeline(family: str, student_dir, distill: dict):
+    """The teacher's own pipeline class with the student's denoiser (or adapter) and scheduler."""
+    pipeline_class = getattr(diffusers, PIPELINE_CLASSES[family])
+    teacher_dir = family_capture(family).teacher_dir
+    extra = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}
+    denoiser_name = distill["denoiser"]
+    if distill["student"] == "full":
+        denoiser_class = getattr(diffusers, "SD3Transformer2DModel" if family == "sd3" else "UNet2DConditionModel")
+        extra[denoiser_name] = denoiser_class.from_pretrained(student_dir, subfolder=denoiser_name)
+    pipe = pipeline_class.from_pretrained(teacher_dir, scheduler=load_student_scheduler(student_dir), **extra)
+    if distill["student"] == "lora":
+        pipe.load_lora_weights(student_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def embeds_kwargs(family: str, cond: dict) -> dict:
+    """The cached conditioning as the pipeline's own *_embeds arguments (the text encoders stay unused)."""
+    if family == "sdxl":
+        return {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["added_cond_kwargs"]["text_embeds"]}
+    if family == "sd3":
+        return {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["pooled_projections"]}
+    return {"prompt_embeds": cond["encoder_hidden_states"]}
+
+
+def stock_latents(family: str, student_dir, distill: dict, num_steps: int, rows: list[int]) -> torch.Tensor:
+    noise, cond, _ = cached(family, rows)
+    pipe = stock_pipeline(family, student_dir, distill)
+    trained = distill["sampling"]["timesteps"][str(num_steps)]
+    from student_train.sampling import trained_schedule_kwargs
+
+    return pipe(
+        **embeds_kwargs(family, cond),
+        latents=noise,
+        num_inference_steps=num_steps,
+        guidance_scale=distill["recommended"]["guidance_scale"],
+        output_type="latent",
+        **trained_schedule_kwargs(pipe.scheduler, trained),
+    ).images
+
+
+def our_latents(family: str, student_dir, distill: dict, num_steps: int, rows: list[int]) -> torch.Tensor:
+    noise, cond, ids = cached(family, rows)
+    settings = StoreReader(family_capture(family).store).settings
+    model, _ = load_exported_student(student_dir)
+    sampling = distill["sampling"]
+    w = sampling["guidance_w"]
+    with torch.no_grad():
+        return sample(
+            partial(call_denoiser, model),
+            NoiseSchedule.from_scheduler_config(settings["scheduler"]["config"], settings["scheduler"]["class"]),
+            noise,
+            cond,
+            sampling["timesteps"][str(num_steps)],
+            sampling["prediction_type"],
+            sampling["sampler"],
+            SampleRandom(0, 0, ids),
+            None if w is None else torch.full((len(rows),), w),
+        )
+
+
+def check_stock_pipeline_matches_ours(family: str, student_dir, distill: dict) -> None:
+    """One step for lcm (its multistep sampler re-noises with a generator of its own), two otherwise."""
+    num_steps, rows = (1 if distill["method"] == "lcm" else 2), [0, 1]
+    stock = stock_latents(family, student_dir, distill, num_steps, rows)
+    torch.testing.assert_close(stock, our_latents(family, student_dir, distill, num_steps, rows), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "family, method, student", [("sdxl", "lcm", "full"), ("sd3", "lcm", "lora"), ("sd3", "progressive", "full")]
+)
+def test_export_samples_in_the_stock_pipeline_as_ours(tmp_path, family, method, student):
+    distill = train(family, tmp_path / "student", method=method, student=student)
+    assert distill["denoiser"] == ("transformer" if family == "sd3" else "unet")
+    check_stock_pipeline_matches_ours(family, tmp_path / "student", distill)
+
+
+def test_flow_students_export_stock_flow_schedulers(tmp_path):
+    schedulers = {}
+    for method in METHODS:
+        distill = train("sd3", tmp_path / method, method=method, student="lora", train_steps=1)
+        scheduler = load_student_scheduler(tmp_path / method)
+        schedulers[method] = (type(scheduler).__name__, scheduler.config.shift)
+        assert distill["sampling"]["prediction_type"] == "flow_prediction"
+        recommended = distill["recommended"]
+        if method == "direct":  # the teacher's shifted schedule: K steps alone give the trained timesteps
+            assert recommended["schedule_kwargs"] == {}
+        else:  # the cached grid's (shifted) sigmas, passed as given to an unshifted scheduler
+            assert recommended["schedule_kwargs"] == {"sigmas": [t / 1000 for t in recommended["timesteps"]]}
+    teacher_shift = json.loads((family_capture("sd3").teacher_dir / "scheduler" / "scheduler_config.json").read_text())["shift"]
+    assert schedulers == {
+        "direct": ("FlowMatchEulerDiscreteScheduler", teacher_shift),
+        "lcm": ("FlowMatchLCMScheduler", 1.0),
+        "progressive": ("FlowMatchEulerDiscreteScheduler", 1.0),
+    }
+
+
+@pytest.mark.parametrize(
+    "family, denoiser_class",
+    [pytest.param("sdxl", "UNet2DConditionModel", marks=pytest.mark.slow), ("sd3", "SD3Transformer2DModel")],
+)  # peft takes seconds to adapt the 117 modules of even a tiny UNet: SDXL's list is SD's, tested there
+def test_lora_adapts_the_modules_of_diffusers_scripts(family, denoiser_class):
+    denoiser = load_denoiser(str(family_capture(family).teacher_dir), "transformer" if family == "sd3" else "unet")
+    assert type(denoiser).__name__ == denoiser_class
+    targets = LORA_TARGET_MODULES[denoiser_class]
+    expected = {  # peft's rule: a target matches a module named exactly so or ending in "." + target
+        name for name, module in denoiser.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and any(name == t or name.endswith("." + t) for t in targets)
+    }  # fmt: skip
+    student = build_student("lora", denoiser, tiny_train_config("unused", "unused"))
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in student.model.named_modules() if name.endswith(".lora_A")}
+    assert adapted and adapted == expected
+    if family == "sd3":  # both streams of every joint block: image q/k/v/out and text q/k/v/out
+        blocks = denoiser.config.num_layers
+        assert sum(name.endswith("attn.add_q_proj") for name in adapted) == blocks
+        assert sum(name.endswith("attn.to_add_out") for name in adapted) == blocks - 1  # the last block: context_pre_only
+
+
+def test_sd3_student_never_loads_a_text_encoder_or_runs_the_teacher(tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("phase two must not load a text encoder, VAE or pipeline")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(forbidden))
+    monkeypatch.setattr(diffusers.AutoencoderKL, "from_pretrained", classmethod(forbidden))
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", classmethod(forbidden))
+    loaded, forwards = [], []
+    load = training_loop.load_denoiser
+    monkeypatch.setattr(training_loop, "load_denoiser", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    forward = diffusers.SD3Transformer2DModel.forward
+    monkeypatch.setattr(
+        diffusers.SD3Transformer2DModel, "forward", lambda self, *a, **k: forwards.append(id(self)) or forward(self, *a, **k)
+    )
+    train("sd3", tmp_path / "lcm", method="lcm", student="full", train_steps=3)
+    assert len(loaded) == 1 and type(loaded[0]).__name__ == "SD3Transformer2DModel"
+    # Per update one forward of the student (the loaded transformer itself: SD3 has no w-embedding to
+    # add, so the student takes it over) and one of its EMA copy (the target); no third, teacher, pass.
+    assert len(forwards) == 2 * 3 and len(set(forwards)) == 2 and id(loaded[0]) in forwards
+    exported = load_file(str(tmp_path / "lcm" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert "time_text_embed.timestep_embedder.linear_1.weight" in exported  # a stock SD3 transformer
+
+
+def logged_losses(out) -> list[float]:
+    return [float(line.split(",")[1]) for line in (out / "logs" / "train_log.csv").read_text().splitlines()[1:]]
+
+
+def exported_weights(out) -> dict[str, torch.Tensor]:
+    files = list(out.glob("*/diffusion_pytorch_model.safetensors")) or [out / LORA_WEIGHT_NAME]
+    return load_file(str(files[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", STUDENTS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ("sdxl", "sd3"))
+def test_every_family_method_and_student(tmp_path, monkeypatch, family, method, student):
+    # The loss falls: the mean of the last 4 updates is below the mean of the first 4 (the whole store
+    # every update, l2; lcm's target moves with the student, so it gets more updates).
+    falls = tmp_path / "falls"
+    train(family, falls, method=method, student=student, loss="l2", lr=1e-3, batch_size=6,
+          train_steps=24 if method == "lcm" else 12, log_every=1)  # fmt: skip
+    losses = logged_losses(falls)
+    assert sum(losses[-4:]) < 0.9 * sum(losses[:4]), losses
+    check_stock_pipeline_matches_ours(family, falls, json.loads((falls / "distill.json").read_text()))
+
+    # Killed after update 3 (last checkpoint at 2) and resumed: bit-identical to an uninterrupted run.
+    settings = dict(method=method, student=student, train_steps=5, checkpoint_every=2)
+    train(family, tmp_path / "whole", **settings)
+    write = training_loop.TrainLog.write
+
+    def die_after_step_3(self, accelerator, step, *args):
+        write(self, accelerator, step, *args)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_loop.TrainLog, "write", die_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(family, tmp_path / "killed", **settings)
+    monkeypatch.setattr(training_loop.TrainLog, "write", write)
+    train(family, tmp_path / "killed", resume=True, **settings)
+    whole, resumed = exported_weights(tmp_path / "whole"), exported_weights(tmp_path / "killed")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
