@@ -47,7 +47,7 @@ class FamilyCapture:
     store: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family_capture(family: str) -> FamilyCapture:
     """The family's tiny teacher, saved, and its store (captured once per session)."""
     folder = Path(tempfile.mkdtemp(prefix=f"family_{family}_"))

@@ -2,8 +2,13 @@
 
 import torch
 
-from student_train.eval.teacher_baseline import concat_halves, teacher_scheduler, guided_output, sample_with_cfg
-from tests.tiny_models import LATENT_SHAPE, tiny_teacher_scheduler, tiny_sd_pipeline
+from student_train.eval.teacher_baseline import (
+    concat_halves,
+    guided_output,
+    sample_with_cfg,
+    teacher_scheduler,
+)
+from tests.tiny_models import LATENT_SHAPE, tiny_ddim_scheduler, tiny_sd_pipeline
 
 
 def test_matches_stable_diffusion_pipeline_from_the_same_noise_and_embeddings():
@@ -46,7 +51,7 @@ def test_per_row_guidance_and_nested_halves():
 
 def test_trailing_spacing_starts_every_step_count_from_pure_noise():
     settings = {
-        "scheduler": {"config": dict(tiny_teacher_scheduler().config)}
+        "scheduler": {"config": dict(tiny_ddim_scheduler().config)}
     }  # SD's "leading" + steps_offset 1
     for steps, first in [(1, 999), (4, 999)]:
         trailing = teacher_scheduler(settings, "trailing")

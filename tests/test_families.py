@@ -57,7 +57,9 @@ def stock_pipeline(family: str, student_dir, distill: dict):
     extra = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}
     denoiser_name = distill["denoiser"]
     if distill["student"] == "full":
-        denoiser_class = getattr(diffusers, "SD3Transformer2DModel" if family == "sd3" else "UNet2DConditionModel")
+        denoiser_class = getattr(
+            diffusers, "SD3Transformer2DModel" if family == "sd3" else "UNet2DConditionModel"
+        )
         extra[denoiser_name] = denoiser_class.from_pretrained(student_dir, subfolder=denoiser_name)
     pipe = pipeline_class.from_pretrained(teacher_dir, scheduler=load_student_scheduler(student_dir), **extra)
     if distill["student"] == "lora":
@@ -69,9 +71,15 @@ def stock_pipeline(family: str, student_dir, distill: dict):
 def embeds_kwargs(family: str, cond: dict) -> dict:
     """The cached conditioning as the pipeline's own *_embeds arguments (the text encoders stay unused)."""
     if family == "sdxl":
-        return {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["added_cond_kwargs"]["text_embeds"]}
+        return {
+            "prompt_embeds": cond["encoder_hidden_states"],
+            "pooled_prompt_embeds": cond["added_cond_kwargs"]["text_embeds"],
+        }
     if family == "sd3":
-        return {"prompt_embeds": cond["encoder_hidden_states"], "pooled_prompt_embeds": cond["pooled_projections"]}
+        return {
+            "prompt_embeds": cond["encoder_hidden_states"],
+            "pooled_prompt_embeds": cond["pooled_projections"],
+        }
     return {"prompt_embeds": cond["encoder_hidden_states"]}
 
 
@@ -100,7 +108,9 @@ def our_latents(family: str, student_dir, distill: dict, num_steps: int, rows: l
     with torch.no_grad():
         return sample(
             partial(call_denoiser, model),
-            NoiseSchedule.from_scheduler_config(settings["scheduler"]["config"], settings["scheduler"]["class"]),
+            NoiseSchedule.from_scheduler_config(
+                settings["scheduler"]["config"], settings["scheduler"]["class"]
+            ),
             noise,
             cond,
             sampling["timesteps"][str(num_steps)],
@@ -115,11 +125,14 @@ def check_stock_pipeline_matches_ours(family: str, student_dir, distill: dict) -
     """One step for lcm (its multistep sampler re-noises with a generator of its own), two otherwise."""
     num_steps, rows = (1 if distill["method"] == "lcm" else 2), [0, 1]
     stock = stock_latents(family, student_dir, distill, num_steps, rows)
-    torch.testing.assert_close(stock, our_latents(family, student_dir, distill, num_steps, rows), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        stock, our_latents(family, student_dir, distill, num_steps, rows), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(
-    "family, method, student", [("sdxl", "lcm", "full"), ("sd3", "lcm", "lora"), ("sd3", "progressive", "full")]
+    "family, method, student",
+    [("sdxl", "lcm", "full"), ("sd3", "lcm", "lora"), ("sd3", "progressive", "full")],
 )
 def test_export_samples_in_the_stock_pipeline_as_ours(tmp_path, family, method, student):
     distill = train(family, tmp_path / "student", method=method, student=student)
@@ -139,7 +152,9 @@ def test_flow_students_export_stock_flow_schedulers(tmp_path):
             assert recommended["schedule_kwargs"] == {}
         else:  # the cached grid's (shifted) sigmas, passed as given to an unshifted scheduler
             assert recommended["schedule_kwargs"] == {"sigmas": [t / 1000 for t in recommended["timesteps"]]}
-    teacher_shift = json.loads((family_capture("sd3").teacher_dir / "scheduler" / "scheduler_config.json").read_text())["shift"]
+    teacher_shift = json.loads(
+        (family_capture("sd3").teacher_dir / "scheduler" / "scheduler_config.json").read_text()
+    )["shift"]
     assert schedulers == {
         "direct": ("FlowMatchEulerDiscreteScheduler", teacher_shift),
         "lcm": ("FlowMatchLCMScheduler", 1.0),
@@ -152,7 +167,9 @@ def test_flow_students_export_stock_flow_schedulers(tmp_path):
     [pytest.param("sdxl", "UNet2DConditionModel", marks=pytest.mark.slow), ("sd3", "SD3Transformer2DModel")],
 )  # peft takes seconds to adapt the 117 modules of even a tiny UNet: SDXL's list is SD's, tested there
 def test_lora_adapts_the_modules_of_diffusers_scripts(family, denoiser_class):
-    denoiser = load_denoiser(str(family_capture(family).teacher_dir), "transformer" if family == "sd3" else "unet")
+    denoiser = load_denoiser(
+        str(family_capture(family).teacher_dir), "transformer" if family == "sd3" else "unet"
+    )
     assert type(denoiser).__name__ == denoiser_class
     targets = LORA_TARGET_MODULES[denoiser_class]
     expected = {  # peft's rule: a target matches a module named exactly so or ending in "." + target
@@ -160,12 +177,16 @@ def test_lora_adapts_the_modules_of_diffusers_scripts(family, denoiser_class):
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and any(name == t or name.endswith("." + t) for t in targets)
     }  # fmt: skip
     student = build_student("lora", denoiser, tiny_train_config("unused", "unused"))
-    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in student.model.named_modules() if name.endswith(".lora_A")}
+    adapted = {
+        name.rsplit(".lora_A", 1)[0] for name, _ in student.model.named_modules() if name.endswith(".lora_A")
+    }
     assert adapted and adapted == expected
     if family == "sd3":  # both streams of every joint block: image q/k/v/out and text q/k/v/out
         blocks = denoiser.config.num_layers
         assert sum(name.endswith("attn.add_q_proj") for name in adapted) == blocks
-        assert sum(name.endswith("attn.to_add_out") for name in adapted) == blocks - 1  # the last block: context_pre_only
+        assert (
+            sum(name.endswith("attn.to_add_out") for name in adapted) == blocks - 1
+        )  # the last block: context_pre_only
 
 
 def test_sd3_student_never_loads_a_text_encoder_or_runs_the_teacher(tmp_path, monkeypatch):
@@ -177,10 +198,14 @@ def test_sd3_student_never_loads_a_text_encoder_or_runs_the_teacher(tmp_path, mo
     monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", classmethod(forbidden))
     loaded, forwards = [], []
     load = training_loop.load_denoiser
-    monkeypatch.setattr(training_loop, "load_denoiser", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    monkeypatch.setattr(
+        training_loop, "load_denoiser", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1]
+    )
     forward = diffusers.SD3Transformer2DModel.forward
     monkeypatch.setattr(
-        diffusers.SD3Transformer2DModel, "forward", lambda self, *a, **k: forwards.append(id(self)) or forward(self, *a, **k)
+        diffusers.SD3Transformer2DModel,
+        "forward",
+        lambda self, *a, **k: forwards.append(id(self)) or forward(self, *a, **k),
     )
     train("sd3", tmp_path / "lcm", method="lcm", student="full", train_steps=3)
     assert len(loaded) == 1 and type(loaded[0]).__name__ == "SD3Transformer2DModel"
@@ -192,7 +217,9 @@ def test_sd3_student_never_loads_a_text_encoder_or_runs_the_teacher(tmp_path, mo
 
 
 def logged_losses(out) -> list[float]:
-    return [float(line.split(",")[1]) for line in (out / "logs" / "train_log.csv").read_text().splitlines()[1:]]
+    return [
+        float(line.split(",")[1]) for line in (out / "logs" / "train_log.csv").read_text().splitlines()[1:]
+    ]
 
 
 def exported_weights(out) -> dict[str, torch.Tensor]:

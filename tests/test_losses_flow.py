@@ -5,11 +5,11 @@ and diffusers' FlowMatchLCMScheduler.step."""
 
 from functools import partial
 
+import diffusers.schedulers.scheduling_flow_match_lcm as flow_match_lcm
 import pytest
 import torch
-
-import diffusers.schedulers.scheduling_flow_match_lcm as flow_match_lcm
 from diffusers import FlowMatchLCMScheduler
+
 from shared.schedule import NoiseSchedule
 from shared.store import StoreReader
 from student_train.data.batches import TrainingData
@@ -31,7 +31,9 @@ def flow():
     """(reader, settings, schedule, batch of every row) of the tiny SD3 store."""
     reader = StoreReader(family_capture("sd3").store)
     settings = reader.settings
-    schedule = NoiseSchedule.from_scheduler_config(settings["scheduler"]["config"], settings["scheduler"]["class"])
+    schedule = NoiseSchedule.from_scheduler_config(
+        settings["scheduler"]["config"], settings["scheduler"]["class"]
+    )
     data = TrainingData(reader, FIELDS, split="all", loader="memory")
     return reader, settings, schedule, data.batch(torch.arange(len(data)), "cpu")
 
@@ -39,7 +41,9 @@ def flow():
 def test_the_store_is_a_shifted_flow_store(flow):
     _, settings, schedule, _ = flow
     assert schedule.family == "flow" and schedule.end_timestep == 0.0
-    assert settings["prediction_type"] == "flow_prediction" and settings["scheduler"]["config"]["shift"] == 3.0
+    assert (
+        settings["prediction_type"] == "flow_prediction" and settings["scheduler"]["config"]["shift"] == 3.0
+    )
 
 
 def test_sampler_with_the_guided_teacher_reproduces_the_cached_output(flow):
@@ -55,7 +59,9 @@ def test_sampler_with_the_guided_teacher_reproduces_the_cached_output(flow):
         return out_uncond + settings["guidance_scale"] * (out_cond - out_uncond)
 
     with torch.no_grad():
-        latents = sample(guided, schedule, batch.fields["noise"], batch.cond, settings["timesteps"], "flow_prediction")
+        latents = sample(
+            guided, schedule, batch.fields["noise"], batch.cond, settings["timesteps"], "flow_prediction"
+        )
     torch.testing.assert_close(latents, batch.fields["final_latents"], rtol=1e-4, atol=1e-4)
 
 
@@ -100,7 +106,9 @@ class ZeroVelocity:
 
 def test_lcm_loss_value_by_hand(flow):
     _, settings, schedule, batch = flow
-    loss = LcmLoss(schedule, cached_grid(settings, schedule), "flow_prediction", Distance("l2"), w_min=2.0, w_max=2.0)
+    loss = LcmLoss(
+        schedule, cached_grid(settings, schedule), "flow_prediction", Distance("l2"), w_min=2.0, w_max=2.0
+    )
     got = loss(ZeroVelocity(), batch, SampleRandom(5, 0, batch.sample_ids), step=0)
     n = SampleRandom(5, 0, batch.sample_ids).randint(0, settings["num_inference_steps"])
     grid = settings["timesteps"] + [0.0]
@@ -139,13 +147,18 @@ def test_progressive_loss_is_zero_for_the_guided_teacher_and_weighted_by_flow_sn
     _, settings, schedule, batch = flow
     grid = cached_grid(settings, schedule)
     steps = settings["num_inference_steps"]
-    loss = ProgressiveLoss(schedule, grid, "flow_prediction", Distance("l2"), num_student_steps=steps, total_train_steps=1)
+    loss = ProgressiveLoss(
+        schedule, grid, "flow_prediction", Distance("l2"), num_student_steps=steps, total_train_steps=1
+    )
     rows = torch.arange(len(batch.sample_ids))
 
     class GuidedTeacher:  # the cached guided velocity at the cached points
         def denoise(self, x_t, timesteps, cond, guidance_w=None):
             index = [settings["timesteps"].index(float(t)) for t in timesteps]
-            cond_out, uncond_out = batch.fields["out_cond"][rows, index], batch.fields["out_uncond"][rows, index]
+            cond_out, uncond_out = (
+                batch.fields["out_cond"][rows, index],
+                batch.fields["out_uncond"][rows, index],
+            )
             return uncond_out + settings["guidance_scale"] * (cond_out - uncond_out)
 
     random = SampleRandom(1, 0, batch.sample_ids)

@@ -134,9 +134,13 @@ class FlowTeacherArchitecture:
     shift: float = 3.0  # FlowMatchEulerDiscreteScheduler's timestep shift, as Stable Diffusion 3
 
 
-def build_projected_text_encoder(arch: FlowTeacherArchitecture, vocab_size: int) -> CLIPTextModelWithProjection:
+def build_projected_text_encoder(
+    arch: FlowTeacherArchitecture, vocab_size: int
+) -> CLIPTextModelWithProjection:
     """One of SD3's two CLIP encoders: penultimate hidden states [B, 8, text_dim] + pooled `text_embeds`."""
-    config = text_config(arch.text_dim, arch.text_layers, arch.text_heads, vocab_size, projection_dim=arch.text_dim)
+    config = text_config(
+        arch.text_dim, arch.text_layers, arch.text_heads, vocab_size, projection_dim=arch.text_dim
+    )
     return CLIPTextModelWithProjection(config)
 
 

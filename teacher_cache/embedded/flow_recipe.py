@@ -62,7 +62,9 @@ class FlowRecipe:
         padding = clip_states.new_zeros(clip_states.shape[0], 1, clip_states.shape[-1])
         return torch.cat([clip_states, padding], dim=1), torch.cat(pooled, dim=-1)
 
-    def loss(self, latents: torch.Tensor, input_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(
+        self, latents: torch.Tensor, input_ids: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """latents [B, 4, 8, 8] and input_ids [B, 8] on the training device -> per-sample loss [B]."""
         device = latents.device
         noise = torch.randn(latents.shape, generator=generator).to(device)

@@ -55,13 +55,23 @@ class SdRecipe:
         self.scheduler = build_scheduler()
         self.modules = {"unet": self.unet, "text_encoder": self.text_encoder}
 
-    def loss(self, latents: torch.Tensor, input_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(
+        self, latents: torch.Tensor, input_ids: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """latents [B, 4, 8, 8] and input_ids [B, 8] on the training device -> per-sample loss [B]."""
         noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(self.scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+        timesteps = torch.randint(
+            self.scheduler.config.num_train_timesteps, (len(latents),), generator=generator
+        )
         device = latents.device
         return denoiser_loss(
-            self.unet, self.text_encoder, self.scheduler, latents, input_ids, noise.to(device), timesteps.to(device)
+            self.unet,
+            self.text_encoder,
+            self.scheduler,
+            latents,
+            input_ids,
+            noise.to(device),
+            timesteps.to(device),
         )
 
     def pipeline(self, vae, tokenizer) -> StableDiffusionPipeline:

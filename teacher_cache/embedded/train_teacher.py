@@ -43,7 +43,9 @@ from teacher_cache.embedded.word_tokenizer import build_word_tokenizer
 
 @dataclass(frozen=True)
 class TeacherSettings:
-    family: str = "sd"  # sd: StableDiffusionPipeline (default_teacher); sd3: StableDiffusion3Pipeline (flow_teacher)
+    family: str = (
+        "sd"  # sd: StableDiffusionPipeline (default_teacher); sd3: StableDiffusion3Pipeline (flow_teacher)
+    )
     out: str = ""  # "": the family's folder in teacher_cache/embedded/
     seed: int = 0
     pool_size: int = 24000  # training images, drawn once from shared.digits (split "train")
@@ -273,7 +275,10 @@ def run(settings: TeacherSettings) -> Path:
     latent_mean, latent_std = encode_pool(vae, images)
     vae.to("cpu")
     latent_mean, latent_std = normalise_latents(vae, latent_mean, latent_std, family.centre_latents)
-    print(f"vae  done: {dict(vae.config)['scaling_factor']:.4f} scaling  {time.time() - started:.0f}s", flush=True)
+    print(
+        f"vae  done: {dict(vae.config)['scaling_factor']:.4f} scaling  {time.time() - started:.0f}s",
+        flush=True,
+    )
 
     # Stage 2: the denoiser + text encoder(s), saving EMA snapshots along the way.
     def save(recipe):
