@@ -6,7 +6,10 @@ pipe.scheduler = load_student_scheduler(student_dir)                            
 pipe(prompt, num_inference_steps=K, **trained_schedule_kwargs(pipe.scheduler, trained_timesteps))
 
 DDPM family: direct samples with DDIM ("trailing": its first step starts at t = T - 1), lcm with
-LCMScheduler on the cached grid, progressive with Euler at custom timesteps on the cached grid.
+LCMScheduler on the cached grid, progressive with DDIM at custom timesteps on the cached grid: diffusers'
+DDIMScheduler takes no custom timesteps, so it is DPMSolverMultistepScheduler at order 1
+(dpmsolver++ of order 1 is the DDIM step) with DDIM's last step (to alphas_cumprod[0], or to alpha = 1
+with set_alpha_to_one).
 
 Flow family (FlowMatch* teachers, e.g. SD3): direct samples with the teacher's own
 FlowMatchEulerDiscreteScheduler (its shift included: K steps give the trained timesteps); lcm with
@@ -22,7 +25,7 @@ from pathlib import Path
 import diffusers
 from diffusers import (
     DDIMScheduler,
-    EulerDiscreteScheduler,
+    DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
     FlowMatchLCMScheduler,
     LCMScheduler,
@@ -51,7 +54,20 @@ def student_scheduler(
         )
     if method == "direct":  # trailing: the first step starts at t = T - 1, from pure noise
         return DDIMScheduler.from_config(config, timestep_spacing="trailing")
-    return EulerDiscreteScheduler.from_config(config)  # progressive: custom timesteps on the cached grid
+    return ddim_with_custom_timesteps(config)  # progressive: custom timesteps on the cached grid
+
+
+def ddim_with_custom_timesteps(ddim_config: dict) -> DPMSolverMultistepScheduler:
+    """DDIM's deterministic step, final alpha included, in a scheduler that takes custom timesteps."""
+    final = "zero" if ddim_config.get("set_alpha_to_one", True) else "sigma_min"
+    return DPMSolverMultistepScheduler.from_config(
+        accepted_by(DPMSolverMultistepScheduler, ddim_config),
+        solver_order=1,
+        algorithm_type="dpmsolver++",
+        final_sigmas_type=final,
+        use_karras_sigmas=False,
+        thresholding=False,
+    )
 
 
 def accepted_by(scheduler_class, config: dict) -> dict:
