@@ -308,3 +308,32 @@ def test_every_family_method_and_student(tmp_path, monkeypatch, family, method, 
     train(family, tmp_path / "killed", resume=True, **settings)
     whole, resumed = exported_weights(whole), exported_weights(tmp_path / "killed")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_eval_on_an_sd3_store_runs_the_teacher_on_its_flow_schedule(tmp_path):
+    """teacher@S recomputed with the store's FlowMatchEulerDiscreteScheduler (shift 3) and CFG is the
+    cached output; the student (the teacher's transformer, exported untrained) samples every K."""
+    from shared.store import StoreReader
+    from student_train.config import TrainConfig
+    from student_train.eval.run import EvalConfig, run
+    from student_train.export import export_student
+    from tests.family_stores import STEPS
+
+    store = family_capture("sd3").store
+    config = TrainConfig(cache=store, out=str(tmp_path / "student"), method="direct", num_student_steps=2)
+    transformer = load_denoiser(str(family_capture("sd3").teacher_dir), "transformer")
+    export_student(
+        build_student("full", transformer, config), config, StoreReader(store), tmp_path / "student", {}
+    )
+    metrics = run(
+        EvalConfig(cache=store, student=str(tmp_path / "student"), out=str(tmp_path / "eval"), unseen_cache=store,
+                   steps=(1, STEPS), teacher_spacing="store", judge=False)
+    )  # fmt: skip
+    by_column = {r["column"]: r for r in metrics["records"] if r["set"] == "unseen"}
+    assert by_column[f"teacher@{STEPS}"]["sampler"] == "euler"
+    assert by_column[f"teacher@{STEPS}"]["latent_mse"] < 1e-10  # the cached trajectory's own schedule
+    assert by_column["teacher@1"]["latent_mse"] > 1e-3
+    assert all(np.isfinite(r["latent_mse"]) for r in by_column.values() if "latent_mse" in r)
+    assert [t["target"].split(" ")[0] for t in metrics["targets"]] == ["student@4"] or metrics[
+        "targets"
+    ] == []

@@ -21,6 +21,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from shared.errors import DistillCacheError
+from shared.noise import init_noise_sigma
 from student_train.students.denoiser import call_denoiser, nest_conditioning
 
 SPACINGS = ("trailing", "store")
@@ -106,7 +107,7 @@ def sample_with_cfg(
     dtype = next(unet.parameters()).dtype
     scheduler.set_timesteps(num_steps, device=noise.device)
     conditioning = map_tensors(concat_halves(uncond, cond), lambda x: x.to(noise.device, dtype))  # [2N, ...]
-    latents = noise.float() * scheduler.init_noise_sigma  # [N, C, H, W]
+    latents = noise.float() * init_noise_sigma(scheduler)  # [N, C, H, W]; 1 for flow schedulers
     for t in scheduler.timesteps:
         model_input = torch.cat([latents, latents])  # [2N, C, H, W]
         if hasattr(scheduler, "scale_model_input"):  # flow schedulers have none (identity)
