@@ -334,6 +334,3 @@ def test_eval_on_an_sd3_store_runs_the_teacher_on_its_flow_schedule(tmp_path):
     assert by_column[f"teacher@{STEPS}"]["latent_mse"] < 1e-10  # the cached trajectory's own schedule
     assert by_column["teacher@1"]["latent_mse"] > 1e-3
     assert all(np.isfinite(r["latent_mse"]) for r in by_column.values() if "latent_mse" in r)
-    assert [t["target"].split(" ")[0] for t in metrics["targets"]] == ["student@4"] or metrics[
-        "targets"
-    ] == []
