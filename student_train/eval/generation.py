@@ -1,7 +1,7 @@
 """The columns of `student-train eval`, from the cached initial noise and conditioning of each row:
 
     teacher@S   the teacher's cached many-step output `final_latents` (the reference, not recomputed)
-    teacher@K   the teacher's denoiser, DDIM at K steps, CFG at the row's guidance (teacher_baseline.py)
+    teacher@K   the teacher's denoiser, DDIM (flow: Euler) at K steps, CFG at the row's guidance (teacher_baseline.py)
     student@K   the student, its method's few-step sampler (sampling.py); a "cfg" student (blockkd)
                 exactly as teacher@K with its own denoiser in the teacher's place
 
@@ -106,10 +106,11 @@ def generate(
     cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS)."""
     from student_train.eval.image_metrics import mse
     from student_train.eval.teacher_baseline import (
-        ddim_scheduler,
         map_tensors,
         read_conditioning,
         sample_with_cfg,
+        teacher_sampler_name,
+        teacher_scheduler,
     )
 
     reader, manifest = eval_set.reader, eval_set.reader.manifest
@@ -122,6 +123,7 @@ def generate(
         models.distill["sampling"]["sampler"],
     )
     cfg = bool(reader.settings.get("cfg", True))
+    teacher_sampler = teacher_sampler_name(reader.settings)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for start in range(0, len(eval_set.rows), batch_size):
         rows = eval_set.rows[start : start + batch_size]
@@ -133,14 +135,14 @@ def generate(
         sample_ids = [str(manifest.column("sample_id")[r]) for r in rows]
 
         def add(label: str, model: str, k: int, sampler: str, latents: torch.Tensor, final=final) -> None:
-            evaluations = k * (2 if sampler in ("cache", "ddim", "cfg") and cfg else 1)
+            evaluations = k * (2 if sampler in ("cache", teacher_sampler, "cfg") and cfg else 1)
             kind = {"model": model, "steps": k, "sampler": sampler, "evaluations": evaluations}
             columns.add(label, kind, decode(models.vae, latents), mse(latents, final))
 
         def with_cfg(
             denoiser: torch.nn.Module, k: int, inputs=(noise, cond, uncond, guidance)
         ) -> torch.Tensor:
-            return sample_with_cfg(denoiser, ddim_scheduler(reader.settings, teacher_spacing), *inputs, k)
+            return sample_with_cfg(denoiser, teacher_scheduler(reader.settings, teacher_spacing), *inputs, k)
 
         add(reference, "teacher", full_steps, "cache", final)
         for k in steps:
@@ -150,6 +152,6 @@ def generate(
                     student = with_cfg(models.student, k)
                 else:
                     student = student_latents(models, train_settings, noise, cond, sample_ids, k)
-            add(f"teacher@{k}", "teacher", k, "ddim", teacher)
+            add(f"teacher@{k}", "teacher", k, teacher_sampler, teacher)
             add(f"student@{k}", "student", k, student_sampler, student)
     return columns

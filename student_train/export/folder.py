@@ -1,14 +1,14 @@
 """The student folder (DESIGN.md), loadable with stock diffusers:
 
     STUDENT/
-      unet/                               full / pruned students: UNet2DConditionModel.from_pretrained(STUDENT, subfolder="unet")
-      pytorch_lora_weights.safetensors    lora students ("unet." + peft keys): pipe.load_lora_weights(STUDENT)
-      scheduler/scheduler_config.json     the scheduler to sample with (sampling/schedulers.py: LCM, TCD, DDIM,
-                                          Euler, a flow DPM-Solver for reflow, the teacher's
+      unet/ or transformer/               full / pruned students: <denoiser class>.from_pretrained(STUDENT, subfolder=...)
+      pytorch_lora_weights.safetensors    lora students ("unet." / "transformer." + peft keys): pipe.load_lora_weights(STUDENT)
+      scheduler/scheduler_config.json     the scheduler to sample with (sampling/schedulers.py: LCM / FlowMatchLCM,
+                                          TCD, DDIM, FlowMatchEuler, a flow DPM-Solver for reflow, the teacher's
                                           own for blockkd)
       distill.json                        method, teacher (source, revision, fingerprint), store, recommended
-                                          steps / guidance / timesteps (/ eta for tcd), settings, pruning (the
-                                          block-removal record) and lineage (the --init chain)
+                                          steps / guidance / timesteps / schedule_kwargs (/ eta for tcd),
+                                          settings, pruning (the block-removal record) and lineage (the --init chain)
 
     export_student(student, config, reader, out_dir, train_summary)   # weights in --save-dtype (fp32)
     model, distill = load_exported_student(out_dir)       # the student's denoiser alone, for eval
@@ -19,11 +19,12 @@ A LoRA student's base is the teacher's denoiser, or, when it was trained with --
 student of its lineage (`lineage[-1]["dir"]`, fused): `pipe.unet = load_fused_student(base)[0]`
 before `pipe.load_lora_weights(STUDENT)`.
 
-Samplers: `distill.json["sampling"]` gives the sampler (ddim | lcm | scheduler: the folder's own
+Samplers: `distill.json["sampling"]` gives the sampler (ddim | lcm | cfg | scheduler: the folder's own
 scheduler) and the exact timesteps the student was trained at for 1, 2, 4 and 8 steps; a stock
-pipeline reproduces them with `pipe(..., timesteps=distill["recommended"]["timesteps"])` (LCM, TCD
-and Euler schedulers take custom timesteps; None: the scheduler makes its own) and, for tcd,
-`eta=distill["recommended"]["eta"]`.
+pipeline of the teacher's class (SD, SDXL, SD3) reproduces the recommended ones with
+`pipe(..., num_inference_steps=..., **distill["recommended"]["schedule_kwargs"])`: `timesteps=` for
+DDPM schedulers that need them, `sigmas=` for flow ones, {} when the scheduler's own K steps are the
+trained ones; for tcd also `eta=distill["recommended"]["eta"]`.
 """
 
 import json
@@ -40,6 +41,7 @@ from student_train.sampling import (
     STUDENT_PREDICTION_TYPE,
     pipeline_timesteps,
     student_scheduler,
+    trained_schedule_kwargs,
 )
 from student_train.students.denoiser import load_denoiser, unwrap
 
@@ -78,7 +80,8 @@ def recommended_sampling(student, config, settings: dict) -> tuple[int, float, f
     return recommended_steps(config, settings), 1.0 if guidance_w is None else guidance_w + 1.0, guidance_w
 
 
-def distill_record(student, config, reader, train_summary: dict) -> dict:
+def distill_record(student, config, reader, train_summary: dict, scheduler) -> dict:
+    """distill.json; `scheduler` is the exported one (it decides the recommended schedule_kwargs)."""
     settings = reader.settings
     num_steps, guidance_scale, guidance_w = recommended_sampling(student, config, settings)
     steps = {
@@ -101,7 +104,11 @@ def distill_record(student, config, reader, train_summary: dict) -> dict:
         "recommended": {
             "num_inference_steps": num_steps,
             "guidance_scale": guidance_scale,
-            "timesteps": steps[str(num_steps)],  # pipe(..., timesteps=...); None: the scheduler's own
+            "timesteps": steps[str(num_steps)],  # the trained ones; None: the scheduler's own
+            # what a stock pipeline needs besides num_inference_steps to step at those timesteps
+            "schedule_kwargs": {}
+            if steps[str(num_steps)] is None
+            else trained_schedule_kwargs(scheduler, steps[str(num_steps)]),
             **eta,
         },
         "sampling": {
@@ -157,7 +164,7 @@ def export_student(student, config, reader, out_dir: str | Path, train_summary: 
         config.timestep_scaling,
     )
     scheduler.save_pretrained(out_dir / "scheduler")
-    record = distill_record(student, config, reader, train_summary)
+    record = distill_record(student, config, reader, train_summary, scheduler)
     (out_dir / "distill.json").write_text(json.dumps(record, indent=2))
     return out_dir
 

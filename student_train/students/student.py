@@ -1,5 +1,6 @@
 """Students built from the teacher's denoiser (or an earlier student's, `--init`): `full` (trainable,
-plus an EMA copy), `lora` (peft adapters on the frozen denoiser) and `pruned` (BK-SDM block removal,
+plus an EMA copy), `lora` (peft adapters on the frozen denoiser, on the target modules of its class:
+UNet2DConditionModel for SD / SDXL, SD3Transformer2DModel for SD3) and `pruned` (BK-SDM block removal,
 pruning.py, then trained as a full one). All are one `Student` and go through one training path;
 LoRA only adds the adapter and saves only the adapter's keys (as diffusers' LCM-LoRA script).
 
@@ -28,23 +29,50 @@ from shared.errors import DistillCacheError
 from student_train.config import WEIGHT_DTYPES
 from student_train.students.denoiser import call_denoiser, unwrap
 
-# diffusers' train_lcm_distill_lora_sd_wds.py: attention, feed-forward and conv modules of the UNet.
-LORA_TARGET_MODULES = [
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "conv1",
-    "conv2",
-    "conv_shortcut",
-    "downsamplers.0.conv",
-    "upsamplers.0.conv",
-    "time_emb_proj",
-]
+# LoRA target modules per denoiser class, as diffusers' own LoRA scripts choose them.
+LORA_TARGET_MODULES: dict[str, list[str]] = {
+    # examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py and ..._lora_sdxl_wds.py (the
+    # same list for SD and SDXL): attention, feed-forward and conv modules of the UNet.
+    "UNet2DConditionModel": [
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "proj_in",
+        "proj_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "conv1",
+        "conv2",
+        "conv_shortcut",
+        "downsamplers.0.conv",
+        "upsamplers.0.conv",
+        "time_emb_proj",
+    ],
+    # examples/dreambooth/train_dreambooth_lora_sd3.py (its --lora_layers default): the joint attention
+    # projections of both streams (image: to_q/k/v/out.0; text: add_q/k/v_proj, to_add_out).
+    "SD3Transformer2DModel": [
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "attn.to_k",
+        "attn.to_out.0",
+        "attn.to_q",
+        "attn.to_v",
+    ],
+}
+
+
+def lora_target_modules(denoiser: torch.nn.Module) -> list[str]:
+    """The LoRA target modules for the class of `denoiser`; one line naming the supported classes if none."""
+    name = type(unwrap(denoiser)).__name__
+    if name not in LORA_TARGET_MODULES:
+        raise DistillCacheError(
+            f"--student lora has no target modules for a {name} denoiser (supported: "
+            f"{', '.join(LORA_TARGET_MODULES)}); train --student full"
+        )
+    return LORA_TARGET_MODULES[name]
 
 
 @dataclass(frozen=True)
@@ -161,15 +189,17 @@ def build_pruned(
 
 
 def build_lora(denoiser: torch.nn.Module, config, w_conditioned: bool, origin: Origin = Origin()) -> Student:
-    """peft adapters (rank, alpha) on attention, feed-forward and conv modules of `denoiser` itself
-    (no copy: an SD1.5 UNet is 3.4 GB); the base stays frozen, in --base-dtype, the adapters float32."""
+    """peft adapters (rank, alpha) on the modules `lora_target_modules` names for the denoiser's class,
+    added to `denoiser` itself (no copy: an SD1.5 UNet is 3.4 GB); the base stays frozen, in
+    --base-dtype, the adapters float32."""
     from peft import LoraConfig
 
+    targets = lora_target_modules(denoiser)
     model = denoiser.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # lora_A's random init: a function of --seed alone
         torch.manual_seed(config.seed)
         model.add_adapter(
-            LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGET_MODULES)
+            LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets)
         )
     base_dtype = WEIGHT_DTYPES[config.base_dtype]
     for param in model.parameters():
