@@ -33,7 +33,7 @@ EVAL_ARGS ?=
 COMPARE_ARGS ?=
 BENCH ?=
 
-.PHONY: venv cache train eval compare test test-slow bench teacher lint format clean
+.PHONY: venv cache train eval compare test test-slow mutate bench teacher lint format clean
 
 venv: $(STAMP)
 
@@ -66,6 +66,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
+
+# Mutation testing of the store, schedule, losses, students, export and capture hooks ([tool.mutmut] in
+# pyproject.toml). Hours of CPU: not in CI. MUTANTS="shared.schedule*" runs a part.
+MUTANTS ?=
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[mutate]"
+	$(PY) -m mutmut run --max-children 2 $(MUTANTS)
+	$(PY) tools/mutation_summary.py --out runs/mutate
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH)
