@@ -19,7 +19,9 @@ SCORED = ("killed", "survived", "timeout", "suspicious")
 
 def mutant_statuses() -> dict[str, str]:
     """{mutant name: status} from `mutmut results --all true` (lines "    name: status")."""
-    listing = subprocess.run([*MUTMUT, "results", "--all", "true"], capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        [*MUTMUT, "results", "--all", "true"], capture_output=True, text=True, check=True
+    )
     statuses = {}
     for line in listing.stdout.splitlines():
         name, _, status = line.strip().rpartition(": ")
