@@ -215,11 +215,7 @@ def capture_batch(capture: TeacherCapture, rows: list[int] | None = None):
     from student_train.students.denoiser import nest_conditioning
 
     rows = list(range(len(capture.rows))) if rows is None else rows
-    fields = {
-        name: value[rows]
-        for name, value in capture.arrays.items()
-        if not name.startswith(("cond.", "uncond."))
-    }
+    fields = {name: value[rows] for name, value in capture.arrays.items() if not name.startswith("cond.")}
     cond = nest_conditioning(
         {name[5:]: value[rows] for name, value in capture.arrays.items() if name.startswith("cond.")}
     )

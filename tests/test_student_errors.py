@@ -33,7 +33,7 @@ def run(capsys, *argv) -> tuple[int, str]:
         (["--method", "progressive"], "`teacher-cache run --fields trajectory,cond`"),
         (
             ["--method", "consistency"],
-            "unknown --method 'consistency'; valid: direct, lcm, progressive, blockkd",
+            "unknown --method 'consistency'; valid: direct, lcm, progressive, guidance, tcd, reflow, blockkd",
         ),
         (["--method", "direct", "--student", "half"], "unknown --student 'half'; valid: full, lora, pruned"),
         (
