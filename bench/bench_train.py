@@ -8,13 +8,14 @@ cached ones (student_train.losses): only where the teacher tensors come from dif
 
   cache           `teacher-cache run` of the bench store: cost per cached row (the price of the cache,
                   start-up included, so over-stated for a bench store much smaller than a real cache)
-  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*),
+  lcm-cached      the lcm loss on batches of the store (noised.*, cond.*; --points as given),
                   streamed as `student-train run --loader stream` reads them (one batch ahead in a
                   reader thread; what --loader auto does for a split over 2 GiB, any real SD cache)
   lcm-preloaded   the same with the split in memory (`--loader memory`; auto's choice for small stores)
-  lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py: text-encode the prompts,
-                  VAE-encode real images (shared.digits), noise them to t_n, teacher cond + uncond
-                  passes at x_t; the loss then takes its DDIM solver step from those outputs
+  lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py (bench/online_lcm.py): text-encode
+                  the prompts, VAE-encode fresh real images (shared.digits), noise them to a timestep
+                  of LCM's solver grid, teacher cond + uncond passes at x_t, laid out as the store's
+                  noised fields; the loss (--points noised) then takes its DDIM solver step from them
   direct-cached   the direct loss on (noise, final_latents, cond.*) from the store (and direct-preloaded)
   direct-online   the teacher's S-step CFG sampling of each batch inside the loop, then the same loss
 
@@ -63,6 +64,7 @@ class BenchSettings:
     cache_size: int = 0  # cache variant: image side in pixels; 0 = the pipeline's default
     cache_fields: str = ""  # cache variant: comma-separated field groups; "" = all
     gradient_checkpointing: bool = False  # as student-train run --gradient-checkpointing
+    points: str = "noised"  # lcm: as student-train run --points (online variants always make noised points)
     base_dtype: str = (
         "fp32"  # as --base-dtype: the LoRA base; online also keeps its teacher in it (weight_dtype)
     )
@@ -140,6 +142,7 @@ def train_config(settings: BenchSettings, method: str):
         student=settings.student,
         batch_size=settings.batch_size,
         gradient_checkpointing=settings.gradient_checkpointing,
+        points=settings.points if method == "lcm" and "online" not in settings.variant else "noised",
         base_dtype=settings.base_dtype,
         mixed_precision=settings.mixed_precision,
         optimizer=settings.optimizer,
@@ -173,68 +176,6 @@ def empty_prompt_embeds(pipe, batch_size: int, device):
 
     with torch.no_grad():
         return pipe.encode_prompt([""] * batch_size, device, 1, False)[0]
-
-
-def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
-    """Per step, what the diffusers LCM script computes with the teacher in memory, laid out as the
-    cached fields the lcm loss reads (trajectory / out_cond / out_uncond at the point n it draws)."""
-    import torch
-
-    from shared.digits import make_images
-    from student_train.data.batches import Batch
-    from student_train.data.randomness import SampleRandom
-    from student_train.sampling import cached_grid
-
-    grid = torch.tensor(cached_grid(reader.settings, schedule), device=device)  # (S + 1,)
-    num_steps = len(grid) - 1
-    scaling = pipe.vae.config.scaling_factor
-    image_size = tuple(side * pipe.vae_scale_factor for side in reader.settings["latent_shape"][1:])
-    if settings.image_size:
-        image_size = (settings.image_size, settings.image_size)
-    weight_dtype = pipe.unet.dtype  # the script's weight_dtype: teacher, VAE and text encoder in it
-    uncond = empty_prompt_embeds(pipe, settings.batch_size, device)  # once, as the script does
-
-    @torch.no_grad()
-    def batch_at(step: int):
-        prompts = online_prompts(step, settings.batch_size, settings.seed)
-        images, _ = make_images(
-            settings.batch_size, seed=step, split="train", prompts=prompts
-        )  # uint8 [B, 32, 32, 3]
-        sample_ids = [f"online-{step}-{j}" for j in range(settings.batch_size)]
-        # The loss draws n first from this same per-sample generator: the twin gives the same n.
-        n = SampleRandom(settings.seed, step, sample_ids, device).randint(0, num_steps)  # (B,)
-        cond = pipe.encode_prompt(prompts, device, 1, False)[0]  # [B, L, D]
-        pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 32, 32]
-        pixels = torch.nn.functional.interpolate(
-            pixels, size=image_size, mode="bilinear"
-        )  # the teacher's size
-        latents = (
-            pipe.vae.encode(pixels.to(weight_dtype)).latent_dist.sample().float() * scaling
-        )  # [B, C, h, w]
-        t = grid[n]
-        alpha, sigma = (v.view(-1, 1, 1, 1) for v in schedule.alpha_sigma(t))
-        x_t = alpha * latents + sigma * torch.randn_like(latents)  # noised real images at t_n
-        both = pipe.unet(
-            torch.cat([x_t, x_t]).to(weight_dtype),
-            torch.cat([t, t]),
-            encoder_hidden_states=torch.cat([uncond, cond]),
-        )
-        out_uncond, out_cond = both.sample.float().chunk(2)
-        cond = cond.float()
-        rows = torch.arange(settings.batch_size, device=device)
-        fields = {
-            "trajectory": x_t.new_zeros(settings.batch_size, num_steps + 1, *x_t.shape[1:]),
-            "out_cond": x_t.new_zeros(settings.batch_size, num_steps, *x_t.shape[1:]),
-            "out_uncond": x_t.new_zeros(settings.batch_size, num_steps, *x_t.shape[1:]),
-        }
-        fields["trajectory"][rows, n], fields["out_cond"][rows, n], fields["out_uncond"][rows, n] = (
-            x_t,
-            out_cond,
-            out_uncond,
-        )
-        return Batch(fields, {"encoder_hidden_states": cond}, sample_ids)
-
-    return batch_at
 
 
 def online_direct_batches(settings: BenchSettings, reader, pipe, device):
@@ -316,10 +257,17 @@ def measure(settings: BenchSettings) -> dict:
         student = build_student(config.student, copy.deepcopy(pipe.unet), config, spec.w_conditioned)
         resident = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
         if method == "lcm":
-            batch_at = online_lcm_batches(settings, reader, pipe, schedule, device)
+            from bench.online_lcm import OnlineNoisedPoints
+            from student_train.data.batches import rows_for_micro_step
+
+            online = OnlineNoisedPoints(pipe, reader.settings, settings.seed)
+            positions = (
+                rows_for_micro_step(len(online), settings.batch_size, settings.seed, s) for s in steps
+            )
+            batches = online.batches(positions, device)
         else:
             batch_at = online_direct_batches(settings, reader, pipe, device)
-        batches = (batch_at(step) for step in steps)
+            batches = (batch_at(step) for step in steps)
     student.model.to(device)
     if student.ema is not None:
         student.ema.to(device)
@@ -461,7 +409,7 @@ SD15_STORE = Path("runs/bench/sd15_cache")
 # of the trajectory, so the grid length barely matters), LoRA students at batch 2: each step is
 # tens of CPU-seconds and online LoRA peaks at ~10.5 GB on this 24 GB machine. Full SD1.5 students
 # (weights, EMA, gradients, Adam: ~17 GB before the teacher) do not fit here.
-SD15_CACHE = dict(cache_rows=4, cache_steps=8, cache_size=256, cache_fields="trajectory,out,cond")
+SD15_CACHE = dict(cache_rows=4, cache_steps=8, cache_size=256, cache_fields="noised,cond")
 SD15_TRAIN = dict(student="lora", batch_size=2, warmup_steps=1, timed_steps=3)
 SD15_REPEATS = {False: 1, True: 3}  # gradient checkpointing -> cached/online pairs run (medians reported)
 

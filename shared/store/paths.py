@@ -82,6 +82,30 @@ class StoreLocation:
         self.check_path(relative)
         return self.call(f"read {relative}", self.fs.cat_file, self.path(relative))
 
+    def read_bytes_if_exists(self, relative: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist (any other failure is one line)."""
+        self.check_path(relative)
+
+        def read() -> bytes | None:
+            try:
+                return self.fs.cat_file(self.path(relative))
+            except FileNotFoundError:
+                return None
+
+        return self.call(f"read {relative}", read)
+
+    def remove(self, relative: str) -> None:
+        """Remove one file (not a folder); a file already gone is not an error."""
+        self.check_path(relative)
+
+        def remove() -> None:
+            try:
+                self.fs.rm_file(self.path(relative))
+            except FileNotFoundError:
+                pass
+
+        self.call(f"remove {relative}", remove)
+
     def write_atomic(self, relative: str, data: bytes) -> None:
         """Publish a whole file at once: readers see the old state or the new file, never a part."""
         self.check_path(relative)
@@ -102,9 +126,13 @@ class StoreLocation:
 
         self.call(f"write {relative}", write)
 
-    def list_names(self, relative: str, suffix: str) -> list[str]:
-        """Names of the visible files `relative/*suffix` (hidden temporary files excluded), sorted."""
+    def list_names(self, relative: str, suffix: str, fresh: bool = False) -> list[str]:
+        """Names of the visible files `relative/*suffix` (hidden temporary files excluded), sorted.
+        `fresh`: bypass the filesystem's listing cache (s3fs keeps listings, and would not show files
+        that other processes published since)."""
         folder = self.path(relative)
+        if fresh:
+            self.fs.invalidate_cache(folder)
         if not self.exists(relative):
             return []
         self.check_path(relative)
@@ -136,9 +164,22 @@ class StoreLocation:
         return bool(self.call(f"look for {path}", self.fs.exists, path))
 
     def total_bytes(self, relative: str = "") -> int:
+        """Bytes under `relative`. Other writers may remove their claims and temporary files while the
+        walk runs, so a file that vanishes between listing and measuring counts as gone."""
         if not self.exists(relative):
             return 0
-        return int(self.call("measure the size", self.fs.du, self.path(relative)))
+
+        def measure() -> int:
+            listed = self.fs.find(self.path(relative), detail=False)
+            total = 0
+            for path in listed:
+                try:
+                    total += int(self.fs.size(path))
+                except FileNotFoundError:
+                    continue
+            return total
+
+        return self.call("measure the size", measure)
 
     def zarr_store(self, read_only: bool):
         """The store folder as a Zarr store whose every key is checked (shared.store.confined)."""

@@ -11,15 +11,11 @@ split into processes and micro-batches.
     z = random.normal((4, 8, 8))           # (B, 4, 8, 8)
 """
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
 
-
-def sample_seed(seed: int, step: int, sample_id: str) -> int:
-    digest = hashlib.sha256(f"{seed}/{step}/{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from shared.noise import keyed_seed
 
 
 class SampleRandom:
@@ -30,7 +26,7 @@ class SampleRandom:
         steps = [step] * len(sample_ids) if isinstance(step, int) else [int(s) for s in step]
         assert len(steps) == len(sample_ids), "one step per sample id"
         self.generators = [
-            torch.Generator().manual_seed(sample_seed(seed, s, sid)) for s, sid in zip(steps, sample_ids)
+            torch.Generator().manual_seed(keyed_seed(seed, s, sid)) for s, sid in zip(steps, sample_ids)
         ]
 
     def uniform(self, low: float, high: float) -> torch.Tensor:

@@ -34,9 +34,10 @@ from student_train.config import MIXED_PRECISION, OPTIMIZERS, WEIGHT_DTYPES, Tra
 from student_train.data.batches import TrainingData, check_fields, select_rows
 from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
-from student_train.losses import get_method
-from student_train.students import build_student, check_student_settings
+from student_train.losses import get_method, w_range
+from student_train.students import Origin, build_student, check_student_settings
 from student_train.students.denoiser import load_denoiser
+from student_train.students.init import check_init, load_init
 from student_train.training.checkpoints import (
     check_global_batch,
     checkpoint_step,
@@ -52,14 +53,14 @@ from student_train.training.optimizer import (
 )
 
 
-def open_store(url: str, verify: bool = True):
+def open_store(url: str, verify: bool = True, cache_dir: str = ""):
     from shared.store import StoreReader
 
     if "://" not in url and not Path(url).exists():
         raise DistillCacheError(
             f"no store at {url!r}; build one with `teacher-cache run --out {url}` (make cache)"
         )
-    return StoreReader(url, verify=verify)
+    return StoreReader(url, verify=verify, cache_dir=cache_dir or None)
 
 
 def validate_settings(config: TrainConfig) -> None:
@@ -80,11 +81,12 @@ def validate_settings(config: TrainConfig) -> None:
         # accelerate has no fp16 autocast on the CPU (it would silently train in float32)
         raise DistillCacheError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
     check_optimizer_available(config.optimizer)
-    for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every"):
+    for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every", "read_ahead"):
         if getattr(config, name) <= 0:
             raise DistillCacheError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
-    if config.w_min > config.w_max:
-        raise DistillCacheError(f"--w-min {config.w_min} is above --w-max {config.w_max}")
+    w_min, w_max = w_range(config)
+    if w_min > w_max:
+        raise DistillCacheError(f"--w-min {w_min:g} is above --w-max {w_max:g}")
 
 
 class TrainLog:
@@ -119,7 +121,9 @@ class TrainLog:
         return loss
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, data=None) -> Path:
+    """Train and export; `data` replaces the store's batches with another source of the same shape
+    (len, batches(schedule, device), in_memory, nbytes), e.g. bench/online_lcm.py's teacher in the loop."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -128,9 +132,11 @@ def train(config: TrainConfig) -> Path:
     # 1. Validate every input before writing anything.
     validate_settings(config)
     method = get_method(config.method)
-    reader = open_store(config.cache, config.verify_reads)
-    check_fields(reader, method.name, method.fields(config))
+    reader = open_store(config.cache, config.verify_reads, config.cache_dir)
+    if data is None:
+        check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
+    check_init(config, reader)
     resume_from = resume_point(config, out)
     start_step = checkpoint_step(resume_from)
     schedule = NoiseSchedule.from_scheduler_config(
@@ -150,32 +156,46 @@ def train(config: TrainConfig) -> Path:
     if accelerator.device.type == "cpu" and config.threads > 0:
         torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
 
-    # 3. This process's share of the cached fields, and the teacher's denoiser weights: nothing else.
+    # 3. This process's share of the cached fields, and the teacher's denoiser weights (or an --init
+    # student's): nothing else.
     order = DataOrder(
-        len(select_rows(reader, config.split, config.max_samples)),
+        len(data) if data is not None else len(select_rows(reader, config.split, config.max_samples)),
         config.seed,
         config.batch_size,
         config.grad_accum,
         accelerator.num_processes,
         accelerator.process_index,
     )
-    data = TrainingData(
-        reader,
-        method.fields(config),
-        config.split,
-        config.max_samples,
-        config.loader,
-        needed=order.rows_read(start_step, config.train_steps),
-    )
+    if data is None:
+        data = TrainingData(
+            reader,
+            method.fields(config),
+            config.split,
+            config.max_samples,
+            config.loader,
+            needed=order.rows_read(start_step, config.train_steps),
+        )
     source = config.teacher or reader.teacher["source"]
-    denoiser = load_denoiser(
-        source,
-        settings.get("denoiser", "unet"),
-        None if config.teacher else reader.teacher["revision"],
-        expected_digest=reader.fingerprint["denoiser_hash"],
-    )
-    student = build_student(config.student, denoiser, config, method.w_conditioned)
+    if config.init:
+        denoiser, origin = load_init(config.init, config.teacher or None, method.w_conditioned)
+    else:
+        denoiser = load_denoiser(
+            source,
+            settings.get("denoiser", "unet"),
+            None if config.teacher else reader.teacher["revision"],
+            expected_digest=reader.fingerprint["denoiser_hash"],
+        )
+        origin = Origin()
+    student = build_student(config.student, denoiser, config, method.w_conditioned, origin)
     del denoiser
+    check_student = getattr(loss_fn, "check_student", None)  # a loss that needs a shape check (blockkd)
+    if check_student is not None:
+        first_positions = next(
+            iter(order.schedule(start_step, config.train_steps))
+        )  # rows this process reads
+        check_student(
+            student, data.batch(order.rows(first_positions)[:1], next(student.model.parameters()).device)
+        )
 
     # 4. Optimizer, LR schedule (stepped once per update), DDP wrapper, checkpointed state.
     optimizer = build_optimizer(config, student.trainable_parameters())
@@ -194,9 +214,11 @@ def train(config: TrainConfig) -> Path:
     log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process, start_step)
     if accelerator.is_main_process:
         where = "in memory" if data.in_memory else "streamed"
+        kind = config.student + (f" {config.prune}" if config.student == "pruned" else "")
+        start = f"--init {config.init}" if config.init else f"denoiser of {source}"
         print(
-            f"student-train: {config.method}/{config.student} from {config.cache}: {len(data)} {config.split} rows "
-            f"({data.nbytes / 2**20:.0f} MiB read by each process, {where}), denoiser of {source}; "
+            f"student-train: {config.method}/{kind} from {config.cache}: {len(data)} {config.split} rows "
+            f"({data.nbytes / 2**20:.0f} MiB read by each process, {where}), {start}; "
             f"{config.train_steps} updates of {config.batch_size} x {config.grad_accum} x "
             f"{accelerator.num_processes} processes on {accelerator.device}"
             + (f", resumed at {start_step}" if start_step else "")
@@ -214,7 +236,9 @@ def train(config: TrainConfig) -> Path:
         disable=not accelerator.is_local_main_process,
     )
     micro_positions = list(order.schedule(start_step, config.train_steps))
-    batches = data.batches((order.rows(positions) for positions in micro_positions), accelerator.device)
+    batches = data.batches(
+        (order.rows(positions) for positions in micro_positions), accelerator.device, config.read_ahead
+    )
     micro_batches = zip(micro_positions, batches)
     for step in progress:
         for _ in range(config.grad_accum):
