@@ -153,7 +153,7 @@ def run(config: CompareConfig) -> dict:
 
         torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
     reader = open_store(config.cache)
-    eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
+    _, eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
     full_steps = int(reader.settings["num_inference_steps"])
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
