@@ -117,6 +117,7 @@ def train_and_eval(config: CompareConfig, recipe, full_steps: int) -> dict:
         out=str(student_dir / "eval"),
         unseen_cache=config.unseen_cache,
         steps=steps,
+        teacher_steps=tuple(config.steps),  # at S (guidance) the reference is the cached teacher@S
         limit=config.limit,
         grid_prompts=2,
         judge=config.judge,
