@@ -21,14 +21,28 @@ REFLOW_T_SCHEDULES = ("uniform", "t0", "steps")  # --reflow-t-schedule (student_
 MIXED_PRECISION = ("no", "fp16", "bf16")  # --mixed-precision (accelerate's names)
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --base/save-dtype
 OPTIMIZERS = ("adamw", "adamw8bit")  # --optimizer (training/optimizer.py)
+PRUNE_LEVELS = ("base", "small", "tiny")  # --prune (student_train/students/pruning.py)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     cache: str = option(None, "the store (path or fsspec URL)", required=True)
     out: str = option(None, "output folder: the exported student + logs + checkpoints", required=True)
-    method: str = option("direct", "direct | lcm | progressive | guidance | tcd | reflow (docs/methods.md)")
-    student: str = option("full", "full | lora")
+    method: str = option(
+        "direct", "direct | lcm | progressive | guidance | tcd | reflow | blockkd (docs/methods.md)"
+    )
+    student: str = option("full", "full | lora | pruned (BK-SDM block removal, see --prune)")
+    prune: str = option(
+        "small",
+        "pruned students: base (one resnet+attention pair fewer per stage) | small (also no mid block) | "
+        "tiny (also no innermost stage)",
+        choices=PRUNE_LEVELS,
+    )
+    init: str = option(
+        "",
+        "start from an earlier student folder (student-train run --out): its architecture and weights, a LoRA "
+        "folder fused onto its base; any method and student kind (not pruned); distill.json records the chain",
+    )
     teacher: str = option(
         "",
         "the teacher's folder or Hub id, e.g. your own copy (its denoiser's digest must match the store's)",
@@ -77,6 +91,11 @@ class TrainConfig:
         "only: one-step distillation), steps (the K points of the exported sampler at --num-student-steps)",
         choices=REFLOW_T_SCHEDULES,
     )
+    lambda_task: float = option(
+        1.0, "blockkd: weight of the task term (guided student eps vs the eps of the teacher's cached step)"
+    )
+    lambda_out: float = option(1.0, "blockkd: weight of output distillation (cached cond / uncond outputs)")
+    lambda_feat: float = option(1.0, "blockkd: weight of feature distillation (cached block outputs)")
     gradient_checkpointing: bool = option(
         False,
         "recompute activations in the backward pass (the denoiser's own gradient checkpointing; "

@@ -1,5 +1,5 @@
 """`student-train run` end to end on a tiny cached teacher: the loss falls, only the denoiser is loaded,
-and a run killed and resumed ends with the same weights as an uninterrupted one."""
+and a run killed and resumed ends with the same weights as an uninterrupted one (lcm; blockkd pruned)."""
 
 import json
 import math
@@ -24,6 +24,11 @@ from tests.student_store_fixture import (  # noqa: F401 (autouse)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
+
+
+@pytest.fixture(scope="module")
+def feature_store(tmp_path_factory) -> str:
+    return write_capture_store(shared_capture(features=True), tmp_path_factory.mktemp("store") / "features")
 
 
 def logged_losses(out) -> list[float]:
@@ -86,8 +91,15 @@ def test_only_the_denoiser_is_loaded_and_the_teacher_never_runs(store, tmp_path,
     assert len(forwards) == 2 * 3 and len(set(forwards)) == 2  # per update: the student and its EMA target
 
 
-def test_killed_and_resumed_run_ends_with_the_same_weights(store, tmp_path, monkeypatch):
-    settings = dict(method="lcm", student="full", train_steps=5, checkpoint_every=2)
+@pytest.mark.parametrize(
+    "method, student",
+    [("lcm", "full"), ("blockkd", "pruned")],  # pruned: a smaller UNet, block hooks
+)
+def test_killed_and_resumed_run_ends_with_the_same_weights(
+    feature_store, tmp_path, monkeypatch, method, student
+):
+    store = feature_store
+    settings = dict(method=method, student=student, train_steps=5, checkpoint_every=2)
     training_loop.train(tiny_train_config(store, tmp_path / "whole", **settings))
 
     write = training_loop.TrainLog.write

@@ -28,7 +28,8 @@ def teacher_passes(reader) -> int:
 def seconds_per_pass(denoiser, reader, batch: int = 64, repeats: int = 3) -> float:
     """Median seconds of one sample-pass of `denoiser`, timed on a CFG batch of the store's own
     latents and conditioning (both halves in one call, as the pipelines make it)."""
-    from student_train.eval.teacher_baseline import concat_halves, map_tensors, read_conditioning
+    from student_train.eval.teacher_baseline import map_tensors, read_conditioning
+    from student_train.students.denoiser import concat_halves
 
     parameter = next(denoiser.parameters())
     rows = list(range(min(batch, len(reader))))

@@ -52,14 +52,14 @@ class GridRows:
     @torch.no_grad()
     def teacher(self, models) -> list[np.ndarray]:
         """The teacher with CFG (2 passes per step, DDIM trailing) at each K, and its cached output at S."""
-        from student_train.eval.teacher_baseline import ddim_scheduler, sample_with_cfg
+        from student_train.eval.teacher_baseline import sample_with_cfg, teacher_scheduler
 
         row = [
             self.cell(
                 models.vae,
                 sample_with_cfg(
                     models.teacher,
-                    ddim_scheduler(self.settings, "trailing"),
+                    teacher_scheduler(self.settings, "trailing"),
                     self.noise,
                     self.cond,
                     self.uncond,

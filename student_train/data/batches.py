@@ -35,9 +35,10 @@ from shared.errors import DistillCacheError
 from student_train.config import LOADERS
 from student_train.students.denoiser import nest_conditioning
 
-# Store field -> the `teacher-cache run --fields` group that writes it.
+# Store field -> the `teacher-cache run --fields` group that writes it ("name.*": every field named so).
 FIELD_GROUP = {"noise": "noise", "trajectory": "trajectory", "final_latents": "final_latents"}
-FIELD_GROUP.update({"out_cond": "out", "out_uncond": "out", "cond.*": "cond"})
+FIELD_GROUP.update({"out_cond": "out", "out_uncond": "out", "cond.*": "cond", "uncond.*": "cond"})
+FIELD_GROUP.update({"features.*": "features"})
 FIELD_GROUP.update(
     {f"noised.{name}": "noised" for name in ("x_t", "timestep", "next_timestep", "out_cond", "out_uncond")}
 )
@@ -49,6 +50,18 @@ class Batch:
     fields: dict[str, torch.Tensor]  # name -> (B, ...)
     cond: dict  # nested conditioning kwargs, each (B, ...)
     sample_ids: list[str]
+    guidance_scale: torch.Tensor | None = None  # (B,) each row's CFG scale (manifest), pipeline convention
+
+
+def expand_fields(reader_fields, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Field names with every "prefix.*" replaced by the store's fields of that prefix, in store order."""
+    expanded: list[str] = []
+    for name in names:
+        if name.endswith(".*"):
+            expanded += [field for field in reader_fields if field.startswith(name[:-1])]
+        else:
+            expanded.append(name)
+    return tuple(dict.fromkeys(expanded))
 
 
 class TrainingData:
@@ -65,9 +78,11 @@ class TrainingData:
     ):
         self.reader = reader
         self.rows = select_rows(reader, split, max_samples)
-        self.names = (*fields, *(name for name in reader.fields if name.startswith("cond.")))
+        self.names = expand_fields(reader.fields, (*fields, "cond.*"))
         all_ids = reader.manifest.column("sample_id").to_pylist()
         self.sample_ids = [str(all_ids[r]) for r in self.rows]
+        guidance = reader.manifest.column("guidance_scale").to_pylist()
+        self.guidance_scale = torch.tensor([float(guidance[r]) for r in self.rows])  # (N,)
         # The positions (indices into the split) this process will read; None: all of them.
         self.needed = None if needed is None or len(needed) == len(self.rows) else sorted(needed)
         self.in_memory = uses_memory(loader, self.nbytes, memory_budget(reader.settings))
@@ -120,7 +135,8 @@ class TrainingData:
         values = {name: value.to(device).float() for name, value in values.items()}
         cond = {name[len("cond.") :]: value for name, value in values.items() if name.startswith("cond.")}
         fields = {name: value for name, value in values.items() if not name.startswith("cond.")}
-        return Batch(fields, nest_conditioning(cond), [self.sample_ids[i] for i in positions.tolist()])
+        sample_ids = [self.sample_ids[i] for i in positions.tolist()]
+        return Batch(fields, nest_conditioning(cond), sample_ids, self.guidance_scale[positions].to(device))
 
 
 def memory_budget(settings: dict) -> int:
@@ -136,15 +152,20 @@ def uses_memory(loader: str, nbytes: int, budget: int) -> bool:
 
 def check_fields(reader, method_name: str, needed: tuple[str, ...]) -> None:
     """A store without what the method reads: one line naming the phase-one flags that add it."""
-    missing = [name for name in needed if name not in reader.fields]
-    if not any(name.startswith("cond.") for name in reader.fields):
-        missing.append("cond.*")
+    missing = [
+        name
+        for name in (*needed, "cond.*")
+        if not set(expand_fields(reader.fields, (name,))) & set(reader.fields)
+    ]
     if missing:
         groups = ",".join(dict.fromkeys(FIELD_GROUP[name] for name in (*needed, "cond.*")))
-        hint = " and --guidance > 1 (CFG)" if "out_uncond" in missing and "out_cond" not in missing else ""
+        halves = (("out_uncond", "out_cond"), ("uncond.*", "cond.*"))  # only the CFG half is missing
+        cfg_only = any(uncond in missing and cond not in missing for uncond, cond in halves)
+        hint = " and --guidance > 1 (CFG)" if cfg_only else ""
+        flags = ' --features "down_blocks.*,mid_block,up_blocks.*" [--feature-steps I,J,...]'
         raise DistillCacheError(
             f"the store has no {', '.join(missing)}, which --method {method_name} reads; "
-            f"cache them with `teacher-cache run --fields {groups}`{hint}"
+            f"cache them with `teacher-cache run --fields {groups}{flags if 'features.*' in missing else ''}`{hint}"
         )
 
 

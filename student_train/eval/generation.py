@@ -1,8 +1,11 @@
 """The columns of `student-train eval`, from the cached initial noise and conditioning of each row:
 
     teacher@S   the teacher's cached many-step output `final_latents` (the reference, not recomputed)
-    teacher@K   the teacher's denoiser, DDIM at K steps, CFG at the row's guidance (teacher_baseline.py)
-    student@K   the student, its method's few-step sampler (sampling.py)
+    teacher@K   the teacher's denoiser, DDIM (flow: Euler) at K steps, CFG at the row's guidance (teacher_baseline.py)
+    student@K   the student, its method's few-step sampler (sampling.py); a "cfg" student (blockkd)
+                exactly as teacher@K with its own denoiser in the teacher's place
+
+Each column's kind records its denoiser evaluations per image (`evaluations`: 2 per step under CFG).
 
 Every column is decoded with the teacher's VAE and kept with its latent MSE to teacher@S, batch by batch.
 
@@ -105,10 +108,11 @@ def generate(
     only for K in `teacher_steps` (None: every K)."""
     from student_train.eval.image_metrics import mse
     from student_train.eval.teacher_baseline import (
-        ddim_scheduler,
         map_tensors,
         read_conditioning,
         sample_with_cfg,
+        teacher_sampler_name,
+        teacher_scheduler,
     )
 
     reader, manifest = eval_set.reader, eval_set.reader.manifest
@@ -120,6 +124,8 @@ def generate(
         int(reader.settings["num_inference_steps"]),
         models.distill["sampling"]["sampler"],
     )
+    cfg = bool(reader.settings.get("cfg", True))
+    teacher_sampler = teacher_sampler_name(reader.settings)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for start in range(0, len(eval_set.rows), batch_size):
         rows = eval_set.rows[start : start + batch_size]
@@ -131,23 +137,23 @@ def generate(
         sample_ids = [str(manifest.column("sample_id")[r]) for r in rows]
 
         def add(label: str, model: str, k: int, sampler: str, latents: torch.Tensor, final=final) -> None:
-            kind = {"model": model, "steps": k, "sampler": sampler}
+            evaluations = k * (2 if sampler in ("cache", teacher_sampler, "cfg") and cfg else 1)
+            kind = {"model": model, "steps": k, "sampler": sampler, "evaluations": evaluations}
             columns.add(label, kind, decode(models.vae, latents), mse(latents, final))
+
+        def with_cfg(
+            denoiser: torch.nn.Module, k: int, inputs=(noise, cond, uncond, guidance)
+        ) -> torch.Tensor:
+            return sample_with_cfg(denoiser, teacher_scheduler(reader.settings, teacher_spacing), *inputs, k)
 
         add(reference, "teacher", full_steps, "cache", final)
         for k in steps:
             with autocast:
                 if teacher_steps is None or k in teacher_steps:
-                    teacher = sample_with_cfg(
-                        models.teacher,
-                        ddim_scheduler(reader.settings, teacher_spacing),
-                        noise,
-                        cond,
-                        uncond,
-                        guidance,
-                        k,
-                    )
-                    add(f"teacher@{k}", "teacher", k, "ddim", teacher)
-                student = student_latents(models, train_settings, noise, cond, sample_ids, k)
+                    add(f"teacher@{k}", "teacher", k, teacher_sampler, with_cfg(models.teacher, k))
+                if student_sampler == "cfg":
+                    student = with_cfg(models.student, k)
+                else:
+                    student = student_latents(models, train_settings, noise, cond, sample_ids, k)
             add(f"student@{k}", "student", k, student_sampler, student)
     return columns

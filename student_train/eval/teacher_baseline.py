@@ -1,45 +1,55 @@
 """The teacher at K steps: the baseline every few-step student is compared with.
 
-The teacher's own denoiser, diffusers' DDIMScheduler at K steps (deterministic, eta = 0) and
-classifier-free guidance at the store's guidance scale, started from the cached initial noise and
-fed the cached cond / uncond conditioning, so no text encoder is needed:
+The teacher's own denoiser, a deterministic few-step scheduler on its noise schedule (diffusers'
+DDIMScheduler, eta = 0, for the DDPM family; FlowMatchEulerDiscreteScheduler with the teacher's shift
+for the flow family) and classifier-free guidance at the store's guidance scale, started from the
+cached initial noise and fed the cached cond / uncond conditioning, so no text encoder is needed:
 
-    scheduler = ddim_scheduler(reader.settings, spacing="trailing")
+    scheduler = teacher_scheduler(reader.settings, spacing="trailing")
     cond, uncond = read_conditioning(reader, rows, "cond"), read_conditioning(reader, rows, "uncond")
     latents = sample_with_cfg(unet, scheduler, reader.read("noise", rows), cond, uncond, guidance, 4)
 
-`sample_with_cfg` is diffusers' own CFG loop (uncond half first; the scheduler loop of
-sampling/with_scheduler.py) with any diffusers scheduler: with the teacher's scheduler at the
-store's step count it reproduces the cached `final_latents`.
+`sample_with_cfg` is diffusers' own CFG loop (uncond half first, `scale_model_input`, `step`) with
+any diffusers scheduler: with the teacher's scheduler at the store's step count it reproduces the
+cached `final_latents`.
 """
 
 from collections.abc import Sequence
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from shared.errors import DistillCacheError
 from student_train.losses.guided import guided_output
 from student_train.sampling.with_scheduler import sample_with_scheduler
-from student_train.students.denoiser import call_denoiser, nest_conditioning
+from student_train.students.denoiser import call_denoiser, concat_halves, nest_conditioning
 
 SPACINGS = ("trailing", "store")
 
 
-def ddim_scheduler(settings: dict, spacing: str = "store") -> DDIMScheduler:
-    """A DDIMScheduler on the teacher's noise schedule (the store's `settings["scheduler"]`).
+def teacher_scheduler(settings: dict, spacing: str = "store") -> SchedulerMixin:
+    """The teacher's few-step scheduler on its noise schedule (the store's `settings["scheduler"]`).
 
-    spacing "store" keeps the teacher's own `timestep_spacing`; "trailing" makes every K start at
-    t = T - 1, from pure noise like the cached noise (Lin et al. 2024, "Common Diffusion Noise
-    Schedules and Sample Steps are Flawed"): Stable Diffusion's "leading" spacing starts K = 1 at
-    t = 1 and K = 4 at t = 751, a strawman baseline at few steps.
+    DDPM family: a DDIMScheduler; spacing "store" keeps the teacher's own `timestep_spacing`,
+    "trailing" makes every K start at t = T - 1, from pure noise like the cached noise (Lin et al.
+    2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"): Stable Diffusion's
+    "leading" spacing starts K = 1 at t = 1 and K = 4 at t = 751, a strawman baseline at few steps.
+    Flow family: the FlowMatchEulerDiscreteScheduler of the store's config (every K starts at sigma = 1
+    under either spacing).
     """
     if spacing not in SPACINGS:
         raise DistillCacheError(f"unknown timestep spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
     config = {key: value for key, value in settings["scheduler"]["config"].items() if not key.startswith("_")}
+    if settings["scheduler"].get("class", "").startswith("FlowMatch"):
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
     overrides = {"timestep_spacing": "trailing"} if spacing == "trailing" else {}
     return DDIMScheduler.from_config(config, **overrides)
+
+
+def teacher_sampler_name(settings: dict) -> str:
+    """How eval names teacher@K's sampler: ddim (DDPM family) or euler (flow family)."""
+    return "euler" if settings["scheduler"].get("class", "").startswith("FlowMatch") else "ddim"
 
 
 def read_conditioning(reader, rows: Sequence[int], half: str) -> dict:
@@ -55,14 +65,6 @@ def read_conditioning(reader, rows: Sequence[int], half: str) -> dict:
             f"the store has no '{half}.*' conditioning fields; re-run teacher-cache run with a CFG teacher"
         )
     return nest_conditioning({name[len(prefix) :]: reader.read(name, rows) for name in names})
-
-
-def concat_halves(uncond: dict, cond: dict) -> dict:
-    """Nested kwargs of the two halves joined along the batch axis, uncond first (diffusers' order)."""
-    return {
-        key: concat_halves(value, cond[key]) if isinstance(value, dict) else torch.cat([value, cond[key]])
-        for key, value in uncond.items()
-    }
 
 
 def map_tensors(kwargs: dict, fn) -> dict:

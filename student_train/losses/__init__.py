@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
-from student_train.losses import direct, guidance, lcm, progressive, reflow, tcd
+from student_train.losses import blockkd, direct, guidance, lcm, progressive, reflow, tcd
 from student_train.losses.distance import Distance
 from student_train.sampling import cached_grid, student_scheduler, student_timesteps
 
@@ -117,6 +117,20 @@ def build_progressive(config, settings: dict, schedule: NoiseSchedule):
     )
 
 
+def build_blockkd(config, settings: dict, schedule: NoiseSchedule):
+    return blockkd.BlockKdLoss(
+        schedule,
+        cached_grid(settings, schedule),
+        [int(step) for step in settings.get("feature_steps") or []],
+        list(settings.get("feature_modules") or []),
+        settings["prediction_type"],
+        Distance(config.loss, config.huber_c),
+        lambda_task=config.lambda_task,
+        lambda_out=config.lambda_out,
+        lambda_feat=config.lambda_feat,
+    )
+
+
 def always(fields: tuple[str, ...]) -> Callable:
     """`reads` of a method whose fields do not depend on the settings."""
     return lambda config: fields
@@ -129,6 +143,12 @@ METHODS = {
     "guidance": Method("guidance", always(guidance.FIELDS), True, build_guidance),
     "tcd": Method("tcd", always(tcd.FIELDS), True, build_tcd),
     "reflow": Method("reflow", always(reflow.FIELDS), False, build_reflow),
+    "blockkd": Method(
+        "blockkd",
+        lambda config: blockkd.fields_read(config.lambda_feat),
+        False,
+        build_blockkd,
+    ),
 }
 
 

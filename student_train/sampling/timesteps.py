@@ -4,6 +4,7 @@
   timesteps = student_timesteps("lcm", 4, settings)  # the K timesteps of a 4-step lcm student
 
 direct       diffusers' DDIMScheduler on the teacher's schedule, "trailing" spacing (starts at t = T-1)
+blockkd      the teacher's own scheduler (the student samples as the teacher does, with CFG)
 lcm          stock LCMScheduler(original_inference_steps=S).set_timesteps(K): K points of LCM's solver
              grid of S (50 of 1000: 999, 759, 499, 259 for K = 4), the grid noised points are drawn
              from and what `pipe(num_inference_steps=K)` samples at; flow-matching stores: every
@@ -37,7 +38,9 @@ def student_timesteps(method: str, num_steps: int, settings: dict) -> list[float
     """The K timesteps a student of `method` samples at (the ones it was trained at)."""
     scheduler = settings["scheduler"]
     num_grid_steps = len(settings["timesteps"])
-    if method in ("direct", "reflow") or (method == "lcm" and not scheduler["class"].startswith("FlowMatch")):
+    if method in ("direct", "reflow", "blockkd") or (
+        method == "lcm" and not scheduler["class"].startswith("FlowMatch")
+    ):
         from student_train.sampling.schedulers import student_scheduler
 
         few_step = student_scheduler(method, scheduler, num_grid_steps)

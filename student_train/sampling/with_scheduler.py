@@ -16,7 +16,9 @@ import inspect
 
 import torch
 
+from shared.noise import init_noise_sigma
 from student_train.sampling.sampler import Denoise
+from student_train.sampling.schedulers import trained_schedule_kwargs
 
 
 def step_kwargs(scheduler, eta: float, generator) -> dict:
@@ -41,18 +43,24 @@ def sample_with_scheduler(
 ) -> torch.Tensor:
     """K-step sampling from unit-variance noise (B, C, H, W) -> float32 latents (B, C, H, W).
 
-    `timesteps`: custom timesteps (LCM / TCD / Euler schedulers take them) instead of the scheduler's
-    own K; `eta`: the pipelines' `eta` (TCD's gamma; DDIM's eta); `guidance_w` (B,): a w-conditioned
+    `timesteps`: the trained timesteps, passed as a stock pipeline would (`trained_schedule_kwargs`:
+    custom timesteps, or sigmas for flow schedulers) when the scheduler's own K differ; `eta`: the pipelines' `eta` (TCD's gamma; DDIM's eta); `guidance_w` (B,): a w-conditioned
     student's embedding input (Imagen w = pipeline scale - 1).
     """
-    if timesteps is not None:
-        scheduler.set_timesteps(timesteps=[int(t) for t in timesteps], device=noise.device)
+    custom = {} if timesteps is None else trained_schedule_kwargs(scheduler, timesteps)
+    if "timesteps" in custom:
+        scheduler.set_timesteps(timesteps=[int(t) for t in custom["timesteps"]], device=noise.device)
+    elif "sigmas" in custom:  # flow schedulers, as the SD3 pipeline passes them
+        scheduler.set_timesteps(sigmas=custom["sigmas"], device=noise.device)
     else:
         scheduler.set_timesteps(num_steps, device=noise.device)
     extra = step_kwargs(scheduler, eta, generator)
-    latents = noise.float() * scheduler.init_noise_sigma  # (B, C, H, W)
+    latents = noise.float() * init_noise_sigma(scheduler)  # (B, C, H, W); 1 for flow schedulers
     for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(latents, t)
+        # flow schedulers have no scale_model_input (identity)
+        model_input = (
+            scheduler.scale_model_input(latents, t) if hasattr(scheduler, "scale_model_input") else latents
+        )
         output = denoise(model_input, t.expand(latents.shape[0]), cond, guidance_w).float()
         latents = scheduler.step(output, t, latents, **extra, return_dict=False)[0]
     return latents

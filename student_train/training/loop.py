@@ -35,8 +35,9 @@ from student_train.data.batches import TrainingData, check_fields, select_rows
 from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
 from student_train.losses import get_method, w_range
-from student_train.students import build_student, check_student_settings
+from student_train.students import Origin, build_student, check_student_settings
 from student_train.students.denoiser import load_denoiser
+from student_train.students.init import check_init, load_init
 from student_train.training.checkpoints import (
     check_global_batch,
     checkpoint_step,
@@ -135,6 +136,7 @@ def train(config: TrainConfig, data=None) -> Path:
     if data is None:
         check_fields(reader, method.name, method.fields(config))
     settings = reader.settings
+    check_init(config, reader)
     resume_from = resume_point(config, out)
     start_step = checkpoint_step(resume_from)
     schedule = NoiseSchedule.from_scheduler_config(
@@ -154,7 +156,8 @@ def train(config: TrainConfig, data=None) -> Path:
     if accelerator.device.type == "cpu" and config.threads > 0:
         torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
 
-    # 3. This process's share of the cached fields, and the teacher's denoiser weights: nothing else.
+    # 3. This process's share of the cached fields, and the teacher's denoiser weights (or an --init
+    # student's): nothing else.
     order = DataOrder(
         len(data) if data is not None else len(select_rows(reader, config.split, config.max_samples)),
         config.seed,
@@ -173,14 +176,26 @@ def train(config: TrainConfig, data=None) -> Path:
             needed=order.rows_read(start_step, config.train_steps),
         )
     source = config.teacher or reader.teacher["source"]
-    denoiser = load_denoiser(
-        source,
-        settings.get("denoiser", "unet"),
-        None if config.teacher else reader.teacher["revision"],
-        expected_digest=reader.fingerprint["denoiser_hash"],
-    )
-    student = build_student(config.student, denoiser, config, method.w_conditioned)
+    if config.init:
+        denoiser, origin = load_init(config.init, config.teacher or None, method.w_conditioned)
+    else:
+        denoiser = load_denoiser(
+            source,
+            settings.get("denoiser", "unet"),
+            None if config.teacher else reader.teacher["revision"],
+            expected_digest=reader.fingerprint["denoiser_hash"],
+        )
+        origin = Origin()
+    student = build_student(config.student, denoiser, config, method.w_conditioned, origin)
     del denoiser
+    check_student = getattr(loss_fn, "check_student", None)  # a loss that needs a shape check (blockkd)
+    if check_student is not None:
+        first_positions = next(
+            iter(order.schedule(start_step, config.train_steps))
+        )  # rows this process reads
+        check_student(
+            student, data.batch(order.rows(first_positions)[:1], next(student.model.parameters()).device)
+        )
 
     # 4. Optimizer, LR schedule (stepped once per update), DDP wrapper, checkpointed state.
     optimizer = build_optimizer(config, student.trainable_parameters())
@@ -199,9 +214,11 @@ def train(config: TrainConfig, data=None) -> Path:
     log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process, start_step)
     if accelerator.is_main_process:
         where = "in memory" if data.in_memory else "streamed"
+        kind = config.student + (f" {config.prune}" if config.student == "pruned" else "")
+        start = f"--init {config.init}" if config.init else f"denoiser of {source}"
         print(
-            f"student-train: {config.method}/{config.student} from {config.cache}: {len(data)} {config.split} rows "
-            f"({data.nbytes / 2**20:.0f} MiB read by each process, {where}), denoiser of {source}; "
+            f"student-train: {config.method}/{kind} from {config.cache}: {len(data)} {config.split} rows "
+            f"({data.nbytes / 2**20:.0f} MiB read by each process, {where}), {start}; "
             f"{config.train_steps} updates of {config.batch_size} x {config.grad_accum} x "
             f"{accelerator.num_processes} processes on {accelerator.device}"
             + (f", resumed at {start_step}" if start_step else "")
