@@ -10,9 +10,15 @@ in the same run, on the same bytes, with a warm page cache:
 - zarr, per example: one reader call per (sample, step) pair (what a naive loader does);
 - zarr, per batch: one batched read of the 64 samples' whole rows, then pick the steps;
 - zarr, shuffled blocks: `example_batches` (64 samples read whole, their pairs shuffled in memory).
+The cost of verifying every read: the two training paths (one batched read per batch, and
+example_batches) on the zstd store, with the reader's row checksum check on and off
+(`StoreReader(url, verify=False)`), run in turns (on, off, on, off, ...), in process CPU seconds
+(all threads), which a busy shared machine disturbs far less than wall time; medians of the turns.
+Both include Zarr's CRC-32C of each encoded chunk (part of the format), paid with the check off too.
 """
 
 import os
+import statistics
 import tempfile
 import time
 from functools import partial
@@ -67,6 +73,41 @@ def build(folder: Path, compressor: str) -> tuple[Path, float]:
     for memmap in memmaps.values():
         memmap.flush()
     return url, seconds
+
+
+def cpu_rates_in_turns(run_checked, run_unchecked, turns: int = 5) -> tuple[float, float]:
+    """Median examples per process-CPU-second of two callables returning an example count, run in turns."""
+    rates: dict[str, list[float]] = {"checked": [], "unchecked": []}
+    for _ in range(turns):
+        for name, run in (("checked", run_checked), ("unchecked", run_unchecked)):
+            started = time.process_time()
+            examples = run()
+            rates[name].append(examples / (time.process_time() - started))
+    return statistics.median(rates["checked"]), statistics.median(rates["unchecked"])
+
+
+def verification_cost(url: Path, rng: np.random.Generator) -> dict:
+    """Examples per CPU-second with the row checksum check on and off, for both training read paths."""
+    checked, unchecked = StoreReader(url), StoreReader(url, verify=False)
+
+    def batches(reader, count: int = 4):
+        run_batch = per_batch_reads(reader, rng)
+
+        def run() -> int:
+            for _ in range(count):
+                run_batch()
+            return count * BATCH
+
+        return run
+
+    per_batch = cpu_rates_in_turns(batches(checked), batches(unchecked))
+    epochs = cpu_rates_in_turns(
+        lambda: shuffled_block_epoch(checked)[0], lambda: shuffled_block_epoch(unchecked)[0], turns=3
+    )
+    return {
+        "per_batch": {"checked": per_batch[0], "unchecked": per_batch[1]},
+        "shuffled_blocks": {"checked": epochs[0], "unchecked": epochs[1]},
+    }
 
 
 def best_rate(run_once, repeats: int = 3) -> float:
@@ -152,6 +193,8 @@ def main() -> dict:
                 "per_batch": best_rate(timed_batches(per_batch_reads(reader, rng))),
                 "shuffled_blocks": best_rate(partial(shuffled_block_epoch, reader)),
             }
+            if compressor == "zstd":
+                figures["verification"] = verification_cost(url, rng)
         figures["memmap"] = best_rate(timed_batches(memmap_batches(folder, rng)))
     figures["load_average"] = os.getloadavg()[0]
     print_table(figures)
@@ -176,6 +219,14 @@ def print_table(figures: dict) -> None:
             ("shuffled_blocks", "example_batches (64 rows whole, pairs shuffled)"),
         ):
             print(f"{f'zarr {label}: {name}':<62}{result[key]:>12,.0f}{result[key] / memmap:>10.3f}")
+    print(
+        f"\n{'zstd store, examples per CPU-second (median of turns)':<62}{'checked':>12}{'unchecked':>12}{'ratio':>8}"
+    )
+    for key, name in (("per_batch", "one batched read per batch"), ("shuffled_blocks", "example_batches")):
+        checked = figures["verification"][key]["checked"]
+        unchecked = figures["verification"][key]["unchecked"]
+        label = f"row CRC-32C check on every read: {name}"
+        print(f"{label:<62}{checked:>12,.0f}{unchecked:>12,.0f}{checked / unchecked:>8.3f}")
     for compressor in ("zstd", "none"):
         result = figures[compressor]
         print(

@@ -23,9 +23,12 @@ valued flag ends with its default, "(default: 16)", or `default_text` where the 
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
+
+from shared.errors import DistillCacheError
 
 
 def option(
@@ -141,3 +144,14 @@ def config_from_args(config_class: type, args: argparse.Namespace):
         value = getattr(args, spec.name)
         values[spec.name] = spec.metadata["parse"](value) if "parse" in spec.metadata else value
     return config_class(**values)
+
+
+def check_finite_numbers(config) -> None:
+    """Refuse NaN and infinity in every float setting of a settings dataclass (`--lr nan` would train
+    on NaN; `--guidance inf` fails deep inside a pipeline): one line naming the flag."""
+    annotations = typing.get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if value_type(annotations[spec.name]) is float and value is not None and not math.isfinite(value):
+            flag = spec.metadata.get("flag", "--" + spec.name.replace("_", "-"))
+            raise DistillCacheError(f"{flag} must be a finite number, not {value}")

@@ -3,6 +3,10 @@
 teacher-cache run --teacher PATH_OR_ID --prompts FILE --out STORE ...
 teacher-cache info STORE [--json]
 teacher-cache verify STORE
+teacher-cache gc STORE [--apply]
+teacher-cache compact STORE
+teacher-cache copy SRC DST
+teacher-cache merge A B ... --out C
 """
 
 import sys
@@ -13,6 +17,10 @@ COMMANDS = {
     "run": "teacher_cache.run_command",
     "info": "teacher_cache.info_command",
     "verify": "teacher_cache.verify_command",
+    "gc": "teacher_cache.gc_command",
+    "compact": "teacher_cache.compact_command",
+    "copy": "teacher_cache.copy_command",
+    "merge": "teacher_cache.merge_command",
 }
 
 

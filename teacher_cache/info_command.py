@@ -1,4 +1,7 @@
-"""`teacher-cache info STORE [--json]`: what a store holds — samples, fields, teacher, settings, bytes.
+"""`teacher-cache info STORE [--json]`: what a store holds — samples, duplicates, fields, teacher, settings, bytes.
+
+Exit status 0, or 2 with one line when the store cannot be read: store.json, every manifest file and
+every array's metadata are checked (the rows themselves: `teacher-cache verify`).
 
 teacher-cache info runs/cache
 teacher-cache info s3://bucket/cache --json      # one JSON object, for scripts
@@ -17,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
+def duplicate_summary(reader: StoreReader) -> dict:
+    """Rows of samples committed more than once (writers racing): skipped by readers, bytes wasted."""
+    row_bytes = sum(spec.sample_nbytes for spec in reader.fields.values())
+    return {"rows": reader.duplicates.num_rows, "bytes": reader.duplicates.num_rows * row_bytes}
+
+
 def store_summary(reader: StoreReader) -> dict:
     """format_version, samples, splits, writers, fields {name: {dtype, shape, bytes_per_sample}},
     fingerprint (teacher identity), teacher (source, revision), settings, bytes."""
@@ -26,6 +35,7 @@ def store_summary(reader: StoreReader) -> dict:
         "samples": len(reader),
         "splits": {split: len(reader.indices(split)) for split in ("train", "val")},
         "writers": len(reader.writers),
+        "duplicates": duplicate_summary(reader),
         "fields": {
             name: {"dtype": spec.dtype, "shape": list(spec.shape), "bytes_per_sample": spec.sample_nbytes}
             for name, spec in reader.fields.items()
@@ -42,6 +52,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"store      {summary['store']} (format {summary['format_version']})",
         f"samples    {summary['samples']} ({splits}) from {summary['writers']} writer(s)",
+        f"duplicates {summary['duplicates']['rows']} rows committed twice, "
+        f"{human_bytes(summary['duplicates']['bytes'])} uncompressed (skipped by readers)",
         f"bytes      {human_bytes(summary['bytes'])} on disk",
         "teacher",
         *(
@@ -78,6 +90,8 @@ def human_bytes(count: int) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = store_summary(StoreReader(args.store))
+    reader = StoreReader(args.store)  # store.json and every manifest checked against their digests
+    reader.check_arrays()
+    summary = store_summary(reader)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -34,6 +34,7 @@ class CaptureJob:
     negative_prompt: str
     seed: int
     guidance_scale: float
+    image: str = ""  # --images folder: the file_name this row's clean latents come from (its source key)
 
 
 def derived_seed(prompt: str, k: int) -> int:
@@ -107,6 +108,8 @@ def _row_jobs(row: dict, line: int, seeds_per_prompt: int, guidance: float, nega
             f"prompt file row {line}: seed {row.get('seed')!r} / guidance_scale {row.get('guidance_scale')!r} "
             f"are not numbers"
         ) from None
+    if not math.isfinite(scale):
+        raise DistillCacheError(f"prompt file row {line}: guidance_scale {scale} is not a finite number")
     if any(not 0 <= s <= MAX_SEED for s in seeds):
         raise DistillCacheError(f"prompt file row {line}: seed {seeds[0]} is outside [0, {MAX_SEED}]")
     negative = str(negative) if negative is not None else negative_prompt

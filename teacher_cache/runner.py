@@ -4,12 +4,15 @@
     accelerate launch --num_processes 2 -m teacher_cache run ...      # each rank its slice and writer
     (CPU only: accelerate launch --multi_gpu --num_processes 2 ..., which starts them via torchrun)
 
-Read top to bottom: validate everything (settings, prompt file, teacher, feature globs) before
-anything is written; capture the first batch, which fixes the field shapes and the timesteps; open
-this process's writer (the store refuses other settings); skip committed rows (resume); capture
-the rest in batches, committing each batch's finite rows; print a summary.
+Read top to bottom: validate everything (settings, prompt file or --images dataset, teacher, feature
+globs) before anything is written; skip committed rows (resume); capture the first batch, which fixes the field
+shapes and the timesteps; open this process's writer (the store refuses other settings); capture
+the rest in batches in this process's own order (teacher_cache/job_queue.py), skipping before each
+batch the jobs other writers of the store committed meanwhile, and committing each batch's new,
+finite rows; print a summary.
 """
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -20,13 +23,19 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
-from shared.store import StoreReader, StoreWriter, sample_id_for
+from shared.processes import process_state
+from shared.store import StoreReader, StoreWriter, committed_sample_ids, sample_id_for
+from shared.store.claims import WriterClaims
+from shared.store.paths import StoreLocation
+from shared.store.writer import new_writer_id
 from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
 from teacher_cache.capture import CaptureHooks, check_first_order
 from teacher_cache.commit_queue import CommitQueue
-from teacher_cache.config import FALLBACK_GUIDANCE, CaptureConfig, check_config
+from teacher_cache.config import BUILTIN_DIGITS, FALLBACK_GUIDANCE, CaptureConfig, check_config
 from teacher_cache.feature_modules import match_feature_modules
+from teacher_cache.image_source import check_digit_jobs, folder_jobs
+from teacher_cache.job_queue import JobQueue, without_committed
 from teacher_cache.prompts import CaptureJob, read_jobs
 from teacher_cache.store_layout import dtype_name, field_specs, store_settings
 
@@ -36,20 +45,30 @@ class CaptureSummary:
     written: int  # rows this process committed
     skipped: int  # rows of its slice already in the store
     rejected: int  # rows with NaN / Inf in the teacher's output, not committed
+    dropped: int  # rows computed here but committed meanwhile by another writer of the store
     bytes_written: int  # uncompressed bytes of the committed arrays
     seconds: float
 
 
 @dataclass(frozen=True)
 class Sample:
-    sample_id: str  # sample_id_for(fingerprint, prompt, negative prompt, seed, guidance): the dedupe key
+    sample_id: str  # job_sample_id(fingerprint, job): the dedupe key
     job: CaptureJob
+
+
+def job_sample_id(fingerprint: dict, job: CaptureJob) -> str:
+    """The row's id: teacher, prompt, negative prompt, seed, guidance and, for a row made from an
+    --images file, that file (job.image, the source key: two images with one caption are two samples)."""
+    return sample_id_for(
+        fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale, source_key=job.image
+    )
 
 
 @dataclass
 class Tally:
     written: int = 0
     rejected: int = 0
+    dropped: int = 0
     bytes_written: int = 0
 
     def add(self, other: "Tally") -> None:
@@ -61,16 +80,6 @@ class Tally:
 def slice_for_rank(samples: list[Sample], rank: int, world: int) -> list[Sample]:
     """This rank's share of the full job list (stable across runs, whatever is already committed)."""
     return samples[rank::world]
-
-
-def guidance_batches(samples: list[Sample], batch_size: int):
-    """Batches of at most `batch_size` samples sharing one guidance scale, in job order."""
-    by_guidance: dict[float, list[Sample]] = {}
-    for sample in samples:
-        by_guidance.setdefault(sample.job.guidance_scale, []).append(sample)
-    for group in by_guidance.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size]
 
 
 def commit_finite(
@@ -100,6 +109,7 @@ def commit_finite(
             "seed": samples[index].job.seed,
             "guidance_scale": samples[index].job.guidance_scale,
             "num_inference_steps": steps,
+            **({"image": samples[index].job.image} if samples[index].job.image else {}),
         }
         for index in keep
     ]
@@ -108,11 +118,13 @@ def commit_finite(
     return Tally(len(keep), considered - len(keep), sum(array.nbytes for array in arrays.values()))
 
 
-def process_state(device: str) -> PartialState:
-    """This process's rank and world size from accelerate; runs without an accelerator join over gloo
-    (on a CPU machine, launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun`)."""
-    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
-    return PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
+@contextmanager
+def claims_released(claims: WriterClaims):
+    """Remove this writer's claim when the block ends, however it ends."""
+    try:
+        yield claims
+    finally:
+        claims.release()
 
 
 @contextmanager
@@ -138,8 +150,10 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     # 1. Validate: settings, prompt file, teacher, feature globs. Nothing is written before this passes.
     config = with_resolved_guidance(config)
     check_config(config)
-    jobs = read_jobs(config.prompts, config.seeds_per_prompt, config.guidance, config.negative_prompt)
-    jobs = jobs[: config.limit] if config.limit else jobs
+    StoreLocation.open(config.out).check_writable()  # a file, a read-only folder, a missing bucket
+    from_folder = bool(config.images) and config.images != BUILTIN_DIGITS
+    if not from_folder:
+        jobs = read_jobs(config.prompts, config.seeds_per_prompt, config.guidance, config.negative_prompt)
     state = process_state(config.device)
     device = state.device if config.device == "auto" else torch.device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -148,11 +162,13 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     wants_features = "features" in config.fields
     feature_modules = match_feature_modules(teacher.denoiser, config.features) if wants_features else {}
     geometry = latent_geometry(teacher, config.height, config.width)
+    if from_folder:  # every image opened and checked: a bad one is one line, before anything is written
+        jobs = folder_jobs(config.images, geometry.image_size, config.guidance, config.negative_prompt)
+    elif config.images == BUILTIN_DIGITS:
+        check_digit_jobs(jobs, geometry.image_size)
+    jobs = jobs[: config.limit] if config.limit else jobs
     fingerprint = teacher.fingerprint
-    samples = [
-        Sample(sample_id_for(fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale), job)
-        for job in jobs
-    ]
+    samples = [Sample(job_sample_id(fingerprint, job), job) for job in jobs]
     mine = slice_for_rank(samples, state.process_index, state.num_processes)
     if state.is_main_process:
         print(
@@ -161,14 +177,33 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
             f"fields {','.join(config.fields)} -> {config.out}",
             flush=True,
         )
-    capture = dict(steps=config.steps, groups=config.fields, preview_size=config.preview_size)
+    already_committed = committed_sample_ids(config.out)
+    pending = [sample for sample in mine if sample.sample_id not in already_committed]
+    # this process's own order (other writers of the store start elsewhere), re-checked before each
+    # batch against what is committed and what other writers claim to be computing
+    queue = JobQueue(pending, config.batch_size, seed=int.from_bytes(os.urandom(8), "big"))
+    claims = WriterClaims(config.out, new_writer_id())  # released (removed) however the run ends
+    capture = dict(
+        steps=config.steps,
+        groups=config.fields,
+        preview_size=config.preview_size,
+        points_per_sample=config.noised_points_per_sample,
+        images=config.images,
+    )
     feature_steps, feature_dtype = config.resolved_feature_steps, getattr(torch, config.feature_dtype)
-
-    with CaptureHooks(teacher.denoiser, feature_modules, feature_steps, feature_dtype) as hooks:
+    with (
+        claims_released(claims),
+        CaptureHooks(teacher.denoiser, feature_modules, feature_steps, feature_dtype) as hooks,
+    ):
         # 2. The first batch doubles as the probe that fixes field shapes and timesteps (the store
-        #    needs them before its first commit); on a resume whose first batch is done, it is dropped.
-        first = next(guidance_batches(mine or samples[:1], config.batch_size))
-        first_batch = capture_batch(teacher, hooks, [sample.job for sample in first], geometry, **capture)
+        #    needs them before its first commit); when every job is done, one job is probed and dropped.
+        first = queue.next_batch(set(), claims.others())
+        if first:
+            claims.claim([sample.sample_id for sample in first])
+        first = first or samples[:1]
+        first_batch = capture_batch(
+            teacher, hooks, [s.job for s in first], [s.sample_id for s in first], geometry, **capture
+        )
         settings = store_settings(
             config,
             pipe=teacher.pipe,
@@ -183,14 +218,12 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
         #    store made with another teacher, other settings or other fields).
         writer = StoreWriter(
             config.out,
-            fingerprint=fingerprint,
+            writer_id=claims.writer_id,
+            fingerprint=teacher.fingerprint,
             teacher=teacher.origin,
             settings=settings,
             fields=field_specs(first_batch.arrays),
         )
-        already_committed = writer.committed_ids
-        pending = [sample for sample in mine if sample.sample_id not in already_committed]
-        wanted = {sample.sample_id for sample in pending}
         tally = Tally()
         bar = tqdm(
             total=len(pending),
@@ -205,19 +238,43 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
             tally.add(result)
             bar.update(result.written + result.rejected)
 
-        # 4. Capture in batches; each batch's wanted, finite rows become visible in one commit, made
-        #    in the background while the next batch runs.
+        def submit(commits: CommitQueue, batch_samples: list[Sample], batch: CapturedBatch) -> None:
+            """Commit the batch's rows that no writer committed while it was computed (the probe of a
+            store that holds every job already commits nothing)."""
+            fresh = without_committed(batch_samples, writer.committed_ids) if pending else []
+            dropped = len(batch_samples) - len(fresh) if pending else 0
+            tally.dropped += dropped
+            bar.update(dropped)
+            wanted = {sample.sample_id for sample in fresh}
+            commits.submit(commit_finite, writer, batch_samples, batch, config.steps, wanted)
+
+        # 4. Capture in batches; each batch's new, finite rows become visible in one commit, made in
+        #    the background while the next batch runs. Before each batch, jobs that any writer of the
+        #    store committed meanwhile are skipped.
         with bar, CommitQueue(on_done=on_committed) as commits:
-            commits.submit(commit_finite, writer, first, first_batch, config.steps, wanted)
-            rest = [sample for sample in pending if sample not in first]
-            for batch_samples in guidance_batches(rest, config.batch_size):
+            submit(commits, first, first_batch)
+            committing = first
+            while batch_samples := queue.next_batch(writer.committed_ids, claims.others()):
+                # claimed: the batch computed now and the one still committing
+                claims.claim([sample.sample_id for sample in (*batch_samples, *committing)])
                 batch = capture_batch(
-                    teacher, hooks, [sample.job for sample in batch_samples], geometry, **capture
+                    teacher,
+                    hooks,
+                    [s.job for s in batch_samples],
+                    [s.sample_id for s in batch_samples],
+                    geometry,
+                    **capture,
                 )
-                commits.submit(commit_finite, writer, batch_samples, batch, config.steps, wanted)
+                submit(commits, batch_samples, batch)
+                committing = batch_samples
     skipped = len(mine) - len(pending)
     return CaptureSummary(
-        tally.written, skipped, tally.rejected, tally.bytes_written, time.perf_counter() - started
+        tally.written,
+        skipped,
+        tally.rejected,
+        tally.dropped,
+        tally.bytes_written,
+        time.perf_counter() - started,
     )
 
 
@@ -235,7 +292,8 @@ def print_summary(config: CaptureConfig, summary: CaptureSummary) -> None:
     rate = summary.written / summary.seconds if summary.seconds else 0.0
     print(
         f"teacher-cache: {rank}{summary.written} samples written, {summary.skipped} already in the store, "
-        f"{summary.rejected} rejected (NaN/Inf); {summary.bytes_written / 1e6:.1f} MB of arrays in "
+        f"{summary.rejected} rejected (NaN/Inf), {summary.dropped} dropped (committed meanwhile by another "
+        f"writer); {summary.bytes_written / 1e6:.1f} MB of arrays in "
         f"{summary.seconds:.1f} s ({rate:.2f} samples/s)"
     )
     state.wait_for_everyone()

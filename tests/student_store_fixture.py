@@ -7,7 +7,9 @@ with exactly the fields and settings of docs/contracts.md ("What phase one store
     capture = shared_capture(features=True)     # also features.<block> of FEATURE_MODULES at FEATURE_STEPS
 
 The teacher runs here as the DDIM + CFG loop of StableDiffusionPipeline (uncond half first),
-with noise made from each row's seed, so no part of phase one is needed.
+with noise made from each row's seed, so no part of phase one is needed. The noised points
+(`noised.*`, NOISED_POINTS per row) are made here by hand from the final latents: timesteps of LCM's
+solver grid of `steps` points, x_t = alpha x0 + sigma eps, the UNet's cond / uncond outputs there.
 """
 
 import functools
@@ -22,6 +24,8 @@ from diffusers import StableDiffusionPipeline
 from shared.store import state_dict_digest
 from shared.teacher import load_denoiser
 from tests.tiny_models import LATENT_SHAPE, save_tiny_sd_pipeline
+
+NOISED_POINTS = 2
 
 FEATURE_MODULES = ("down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
 PROMPTS = [
@@ -44,6 +48,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate fixes its setup (mixed precision, the processes) once per process: after each test,
+    let the next training run set it up anew (import it into a test module to apply it there)."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @dataclass
@@ -118,6 +132,7 @@ def capture_tiny_teacher(
         "out_uncond": torch.stack(out_uncond, dim=1),
         "cond.encoder_hidden_states": cond,  # (N, 16, 32)
         "uncond.encoder_hidden_states": uncond,
+        **noised_points(pipe, latents, cond, uncond, steps),
         **{f"features.{name}": torch.stack(outputs, dim=1) for name, outputs in block_outputs.items()},
     }
     rows = [
@@ -144,6 +159,9 @@ def capture_tiny_teacher(
         "conditioning": ["encoder_hidden_states"],
         "denoiser": "unet",
         "val_fraction": 0.0,
+        "noised_points_per_sample": NOISED_POINTS,
+        "noised_x0": "teacher",
+        "noised_grid": [(index + 1) * (1000 // steps) - 1 for index in range(steps)],
         "feature_steps": feature_steps,
         "feature_modules": list(block_outputs),
     }
@@ -154,6 +172,31 @@ def capture_tiny_teacher(
     }
     teacher = {"source": str(teacher_dir), "revision": None}
     return TeacherCapture(teacher_dir, rows, arrays, settings, fingerprint, teacher)
+
+
+def noised_points(pipe, x0, cond, uncond, steps: int) -> dict[str, torch.Tensor]:
+    """NOISED_POINTS points per row from x0 (N, C, H, W): t = (i + 1) k - 1 of the solver grid (k =
+    1000 // steps), s = max(t - k, 0), x_t = alpha_t x0 + sigma_t eps, the UNet's outputs at (x_t, t)."""
+    skip = 1000 // steps
+    generator = torch.Generator().manual_seed(1234)
+    index = torch.randint(0, steps, (x0.shape[0], NOISED_POINTS), generator=generator)
+    t = (index + 1) * skip - 1  # (N, M)
+    eps = torch.randn((x0.shape[0], NOISED_POINTS, *x0.shape[1:]), generator=generator)
+    alpha = pipe.scheduler.alphas_cumprod[t].sqrt()[..., None, None, None]  # (N, M, 1, 1, 1)
+    x_t = alpha * x0[:, None] + (1 - alpha**2).sqrt() * eps
+    outputs = [
+        pipe.unet(
+            torch.cat([x_t[:, m], x_t[:, m]]), torch.cat([t[:, m], t[:, m]]), torch.cat([uncond, cond])
+        ).sample.chunk(2)
+        for m in range(NOISED_POINTS)
+    ]
+    return {
+        "noised.x_t": x_t,  # (N, M, C, H, W)
+        "noised.timestep": t.float(),  # (N, M)
+        "noised.next_timestep": (t - skip).clamp(min=0).float(),
+        "noised.out_cond": torch.stack([cond_out for _, cond_out in outputs], dim=1),
+        "noised.out_uncond": torch.stack([uncond_out for uncond_out, _ in outputs], dim=1),
+    }
 
 
 @functools.lru_cache(maxsize=4)

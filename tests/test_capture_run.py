@@ -47,6 +47,10 @@ def test_rows_with_nan_outputs_are_reported_and_not_committed(tmp_path, teacher,
 
     runner_load_teacher = runner.load_teacher
     monkeypatch.setattr(runner, "load_teacher", load_poisoned_teacher)
+    in_file_order = runner.JobQueue  # batches in prompt-file order, so that we know which rows are 2nd
+    monkeypatch.setattr(
+        runner, "JobQueue", lambda samples, batch_size, seed: in_file_order(samples, batch_size, None)
+    )
     config = tiny_capture_config(tmp_path / "store", teacher, write_prompts(tmp_path, PROMPTS), batch_size=2)
     summary = run(config)
     assert (summary.written, summary.rejected) == (2, 2)

@@ -7,6 +7,7 @@ grid (progressive at K = S) is a perfect pair: PSNR is infinite up to float nois
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,9 @@ from student_train.eval.run import EvalConfig, run
 from student_train.export import export_student
 from student_train.students import build_student
 from student_train.students.denoiser import load_denoiser
-from tests.student_store_fixture import capture_tiny_teacher, write_capture_store
+from tests.student_store_fixture import TeacherCapture, capture_tiny_teacher, write_capture_store
+
+ROW_KEYS = ("sample_id", "prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps")
 
 STEPS = 4
 
@@ -105,6 +108,35 @@ def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
         assert student_train_main(["eval", *args, "--out", str(out)]) == 2, args
         assert "student-train: error:" in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_a_noised_points_store_is_evaluated_on_its_unseen_store_alone(stores, capsys):
+    """A training store without noise / final_latents (`--fields noised,cond`) has no val set to
+    sample from: eval says so and scores the unseen-prompt store."""
+    root, cache, reader = stores
+    rows = list(range(reader.manifest.num_rows))
+    kept = [name for name in reader.fields if name.startswith(("noised.", "cond.", "uncond."))]
+    noised_only = TeacherCapture(
+        teacher_dir=Path(reader.teacher["source"]),
+        rows=[{k: row[k] for k in ROW_KEYS} for row in reader.manifest.to_pylist()],
+        arrays={name: reader.read(name, rows) for name in kept},
+        settings=reader.settings,
+        fingerprint=reader.fingerprint,
+        teacher=reader.teacher,
+    )
+    noised_cache = write_capture_store(noised_only, root / "noised")
+    metrics = run(
+        EvalConfig(
+            cache=noised_cache,
+            student=str(root / "student"),
+            out=str(root / "noised_out"),
+            unseen_cache=str(root / "cache_unseen"),
+            steps=(1,),
+            judge=False,
+        )
+    )
+    assert [s["name"] for s in metrics["sets"]] == ["unseen"]
+    assert "holds no noise, final_latents: val split skipped" in capsys.readouterr().out
 
 
 def test_a_pruned_blockkd_student_is_sampled_as_the_teacher_and_its_cost_reported(stores):

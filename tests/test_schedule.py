@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
 from shared.schedule import NoiseSchedule
 from tests.student_store_fixture import one_torch_thread  # noqa: F401 (autouse)
@@ -57,3 +57,29 @@ def test_flow_step_matches_flow_match_euler():
         x0, eps = schedule.to_x0_eps(velocity, x_t, torch.tensor([float(t)]), "flow_prediction")
         ours = schedule.ddim_step(x0, eps, torch.tensor([float(t_next)]))
         torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_family_and_length_come_from_any_scheduler_config():
+    """A 500-step DDPM schedule clamps at its own last timestep; a DPM-Solver with flow sigmas and a
+    FlowMatch scheduler are flow schedules whose sigma is t / num_train_timesteps."""
+    ddim = DDIMScheduler(num_train_timesteps=500, beta_schedule="scaled_linear")
+    ddpm = NoiseSchedule.from_scheduler_config(dict(ddim.config), "DDIMScheduler")
+    alpha, sigma = ddpm.alpha_sigma(torch.tensor([499.0, 900.0]))
+    expected = ddim.alphas_cumprod[499].sqrt().item()
+    assert ddpm.family == "ddpm" and alpha.tolist() == pytest.approx([expected, expected], rel=1e-6)
+
+    flow_sigmas = DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")
+    flow = NoiseSchedule.from_scheduler_config(dict(flow_sigmas.config), "DPMSolverMultistepScheduler")
+    assert flow.family == "flow"
+    assert [v.item() for v in flow.alpha_sigma(torch.tensor(250.0))] == pytest.approx([0.75, 0.25])
+
+    short_flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=500)
+    flow = NoiseSchedule.from_scheduler_config(dict(short_flow.config), "FlowMatchEulerDiscreteScheduler")
+    assert [v.item() for v in flow.alpha_sigma(torch.tensor(250.0))] == pytest.approx([0.5, 0.5])
+
+
+def test_an_unknown_prediction_type_is_named():
+    schedule = NoiseSchedule.from_scheduler_config(dict(tiny_ddim_scheduler().config))
+    x = torch.zeros(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="'v_pred'"):
+        schedule.to_x0_eps(x, x, torch.tensor([10.0]), "v_pred")

@@ -4,6 +4,7 @@
 """
 
 import json
+import shutil
 
 from teacher_cache.cli import main
 from tests.store_fixtures import FIELDS, FINGERPRINT, SETTINGS, TEACHER, write_samples
@@ -61,15 +62,37 @@ def test_not_a_store_is_one_line_and_exit_2(tmp_path, capsys):
 
 def test_info_on_a_store_with_no_rows_yet(tmp_path, capsys):
     from shared.store import StoreWriter
-    from shared.store.format import StoreMetadata, write_metadata
-    from shared.store.paths import StoreLocation
 
-    StoreWriter(
+    writer = StoreWriter(
         tmp_path / "store", fingerprint=FINGERPRINT, teacher=TEACHER, settings=SETTINGS, fields=FIELDS
     )
-    write_metadata(
-        StoreLocation.open(tmp_path / "store"), StoreMetadata.create(FINGERPRINT, TEACHER, SETTINGS, FIELDS)
-    )
+    writer._ensure_store_json()  # what a first commit killed before its manifest leaves behind
     assert main(["info", str(tmp_path / "store"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["samples"] == 0
     assert main(["verify", str(tmp_path / "store")]) == 0
+
+
+def test_a_store_whose_manifest_folder_is_gone_is_an_error_not_an_empty_store(tmp_path, capsys):
+    write_samples(tmp_path / "store", range(3))
+    shutil.rmtree(tmp_path / "store" / "manifest")
+    for command in ("info", "verify"):
+        assert main([command, str(tmp_path / "store")]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "manifest/ is missing" in error
+
+
+def test_info_and_verify_report_rows_committed_twice(tmp_path, capsys):
+    from shared.store import StoreWriter
+    from tests.store_fixtures import batch_for
+
+    write_samples(tmp_path / "store", range(4))
+    racer = StoreWriter(
+        tmp_path / "store", fingerprint=FINGERPRINT, teacher=TEACHER, settings=SETTINGS, fields=FIELDS
+    )
+    racer.commit(*batch_for([0, 1]))  # as a writer that had not seen the first commit yet
+    assert main(["info", str(tmp_path / "store"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    row_bytes = 6 * 4 * 8 * 8 * 2 + 5 * 4 * 8 * 8 * 4 + 7 * 32 * 2 + 16 * 16 * 3 + 6 * 4 + 8  # by hand
+    assert summary["samples"] == 4 and summary["duplicates"] == {"rows": 2, "bytes": 2 * row_bytes}
+    assert main(["verify", str(tmp_path / "store")]) == 0
+    assert "2 rows of samples committed twice are skipped" in capsys.readouterr().out

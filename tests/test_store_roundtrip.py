@@ -61,7 +61,7 @@ def test_rows_are_invisible_until_their_manifest_is_published(tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(StoreWriter, "_publish_manifest", fail_before_publishing)
-    with pytest.raises(OSError):
+    with pytest.raises(DistillCacheError, match=r"disk full.*nothing of this batch was committed"):
         writer.commit(*batch_for(range(4, 8)))
     assert len(StoreReader(tmp_path / "store")) == 4
     assert verify_store(tmp_path / "store") == []

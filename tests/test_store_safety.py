@@ -14,6 +14,9 @@ import pytest
 
 from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, verify_store
+from shared.store.manifest import ARRAYS_KEY, publish
+from shared.store.paths import StoreLocation
+from shared.store.reader import DamagedRowsError
 from tests.store_fixtures import (
     FIELDS,
     FINGERPRINT,
@@ -116,6 +119,14 @@ def test_a_store_json_naming_a_path_outside_the_store_is_refused(tmp_path):
         StoreReader(tmp_path / "store")
 
 
+def republish(manifest, table) -> None:
+    """Replace a manifest file by `table`, as a hostile store would: with a name whose checksum matches."""
+    digests = json.loads(pq.read_schema(manifest).metadata[ARRAYS_KEY])
+    store = manifest.parent.parent
+    manifest.unlink()
+    publish(StoreLocation.open(store), table, f"manifest/{manifest.name.rsplit('-', 1)[0]}", digests)
+
+
 def test_a_manifest_naming_a_writer_outside_the_store_is_refused(tmp_path):
     write_samples(tmp_path / "store", range(2))
     manifest = next((tmp_path / "store" / "manifest").glob("*.parquet"))
@@ -123,7 +134,7 @@ def test_a_manifest_naming_a_writer_outside_the_store_is_refused(tmp_path):
     escaped = table.set_column(
         table.column_names.index("writer"), "writer", [["../../elsewhere"] * table.num_rows]
     )
-    pq.write_table(escaped, manifest)
+    republish(manifest, escaped)
     with pytest.raises(DistillCacheError, match="not allowed"):
         StoreReader(tmp_path / "store")
 
@@ -133,7 +144,7 @@ def test_a_group_linked_to_a_folder_outside_the_store_is_refused(tmp_path):
     (group,) = writer_groups(tmp_path / "store")
     shutil.move(group, tmp_path / "outside")
     group.symlink_to(tmp_path / "outside", target_is_directory=True)
-    with pytest.raises(DistillCacheError, match="outside the store"):
+    with pytest.raises(DistillCacheError, match="symbolic link"):
         StoreReader(tmp_path / "store").read("preview", [0])
 
 
@@ -176,12 +187,15 @@ def test_one_flipped_byte_is_found_and_named(tmp_path, compressor, where):
     bad = verify_store(tmp_path / "store")
     reader = StoreReader(tmp_path / "store")
     row = reader.manifest.column("row").to_pylist().index(3)
-    assert bad == [
-        {
-            "sample_id": reader.manifest.column("sample_id")[row].as_py(),
-            "writer": group.name,
-            "row": 3,
-            "field": "out_cond",
-        }
+    sample_id = reader.manifest.column("sample_id")[row].as_py()
+    assert [{key: value for key, value in entry.items() if key != "reason"} for entry in bad] == [
+        {"sample_id": sample_id, "writer": group.name, "row": 3, "field": "out_cond"}
     ]
+    assert bad[0]["reason"] == "checksum mismatch" or bad[0]["reason"].startswith("cannot be decoded")
     assert sorted(index_by_sample_id(range(5))) == sorted(reader.manifest.column("sample_id").to_pylist())
+    # every read checks: the damaged row is one line naming it, on whole-row and step reads alike
+    for steps in (None, [2]):
+        with pytest.raises(DamagedRowsError, match=f"field 'out_cond' of row {sample_id}"):
+            reader.read("out_cond", [row], steps=steps)
+    others = [index for index in range(5) if index != row]
+    assert reader.read("out_cond", others).shape == (4, 5, 4, 8, 8)  # the rest reads fine

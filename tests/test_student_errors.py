@@ -27,11 +27,13 @@ def run(capsys, *argv) -> tuple[int, str]:
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--method", "lcm"], "cache them with `teacher-cache run --fields trajectory,out,cond`"),
+        (["--method", "lcm"], "cache them with `teacher-cache run --fields noised,cond`"),
+        (["--method", "lcm", "--points", "trajectory"], "`teacher-cache run --fields trajectory,out,cond`"),
+        (["--method", "lcm", "--points", "mix"], "`teacher-cache run --fields trajectory,out,noised,cond`"),
         (["--method", "progressive"], "`teacher-cache run --fields trajectory,cond`"),
         (
             ["--method", "consistency"],
-            "unknown --method 'consistency'; valid: direct, lcm, progressive, blockkd",
+            "unknown --method 'consistency'; valid: direct, lcm, progressive, guidance, tcd, reflow, blockkd",
         ),
         (["--method", "direct", "--student", "half"], "unknown --student 'half'; valid: full, lora, pruned"),
         (

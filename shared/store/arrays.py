@@ -16,6 +16,7 @@ known codecs only), so a store cannot make the reader run a codec such as numcod
 """
 
 import asyncio
+import hashlib
 import json
 import math
 from collections.abc import Awaitable, Sequence
@@ -24,11 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 from zarr.api import asynchronous as zarr_async
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
 from shared.errors import DistillCacheError
 from shared.store.dtypes import storage_dtype
+from shared.store.fingerprint import canonical_json
 from shared.store.paths import StoreLocation
 from shared.store.schema import FieldSpec
 
@@ -55,10 +57,15 @@ class Compression:
         if not isinstance(self.level, int) or not 0 <= self.level <= 9:
             raise DistillCacheError(f"compression level {self.level!r} must be an integer from 0 to 9")
 
-    def codecs(self, itemsize: int) -> list[BloscCodec]:
+    def codecs(self, itemsize: int) -> list:
+        """Blosc (unless "none"), then a CRC-32C of the encoded chunk: a flipped byte anywhere in a chunk,
+        even one the decompressor would ignore, fails the read (as the shard index's own CRC-32C does)."""
         if self.name == "none":
-            return []
-        return [BloscCodec(cname=self.name, clevel=self.level, shuffle="shuffle", typesize=itemsize)]
+            return [Crc32cCodec()]
+        return [
+            BloscCodec(cname=self.name, clevel=self.level, shuffle="shuffle", typesize=itemsize),
+            Crc32cCodec(),
+        ]
 
 
 def array_path(writer: str, field: str) -> str:
@@ -101,20 +108,53 @@ def create_array(store, writer: str, field: str, spec: FieldSpec, shard_rows: in
     )
 
 
-def open_array(location: StoreLocation, store, writer: str, field: str, spec: FieldSpec):
-    """The field's array in `writer`'s group, after vetting its metadata; None if it does not exist."""
+def metadata_digest(metadata: dict) -> str:
+    """sha256 of an array's zarr.json content without its row count (the one value commits change)."""
+    content = json.loads(json.dumps(metadata))
+    if isinstance(content.get("shape"), list) and content["shape"]:
+        content["shape"][0] = None
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def read_metadata_digest(location: StoreLocation, writer: str, field: str) -> str:
+    """metadata_digest of the field's zarr.json in `writer`'s group, as it is on disk now."""
+    return metadata_digest(json.loads(location.read_bytes(f"{array_path(writer, field)}/zarr.json")))
+
+
+def open_array(
+    location: StoreLocation,
+    store,
+    writer: str,
+    field: str,
+    spec: FieldSpec,
+    expected_digest: str | None = None,
+):
+    """The field's array in `writer`'s group, after vetting its metadata (and, with `expected_digest`,
+    checking it is the description the writer's manifests record); None if it does not exist."""
     path = array_path(writer, field)
+    location.check_path(f"{path}/zarr.json")
     if not location.exists(f"{path}/zarr.json"):
         return None
-    location.check_inside(path)
     try:
         metadata = json.loads(location.read_bytes(f"{path}/zarr.json"))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise DistillCacheError(
             f"{location.url}/{path}/zarr.json is not valid JSON; the store is damaged"
         ) from None
     vet_metadata(metadata, spec, f"{location.url}/{path}")
-    return sync(zarr_async.open_array(store=store, path=path, zarr_format=3))
+    if expected_digest is not None and metadata_digest(metadata) != expected_digest:
+        raise DistillCacheError(
+            f"{location.url}/{path}/zarr.json does not match the description its manifests record; "
+            "the store is damaged: restore it from a good copy of the store"
+        )
+    try:
+        return sync(zarr_async.open_array(store=store, path=path, zarr_format=3))
+    except DistillCacheError:
+        raise
+    except Exception as error:  # metadata that passed vetting but that Zarr cannot use
+        raise DistillCacheError(
+            f"{location.url}/{path}/zarr.json cannot be opened ({error}); the store is damaged"
+        ) from None
 
 
 def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
@@ -132,6 +172,10 @@ def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
         problem = f"its shape {metadata.get('shape')!r} does not end in {list(spec.shape)} as store.json says"
     elif metadata.get("storage_transformers"):
         problem = "it uses storage transformers"
+    elif not _regular_grid(metadata.get("chunk_grid"), len(spec.shape) + 1):
+        problem = f"its chunk grid {metadata.get('chunk_grid')!r} is not a regular grid of positive sizes"
+    elif metadata.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "/"}}:
+        problem = f"its chunk key encoding {metadata.get('chunk_key_encoding')!r} is not the default one"
     else:
         unknown = sorted(codec_names(metadata.get("codecs")) - SAFE_CODECS)
         if unknown:
@@ -140,6 +184,18 @@ def vet_metadata(metadata: object, spec: FieldSpec, where: str) -> None:
         raise DistillCacheError(
             f"{where} is refused: {problem}; the store is damaged or was not written by distillcache"
         )
+
+
+def _regular_grid(grid: object, rank: int) -> bool:
+    """A regular chunk grid with `rank` positive integer sizes (what every array of a store has)."""
+    if not isinstance(grid, dict) or grid.get("name") != "regular":
+        return False
+    shape = (grid.get("configuration") or {}).get("chunk_shape")
+    return (
+        isinstance(shape, list)
+        and len(shape) == rank
+        and all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape)
+    )
 
 
 def codec_names(codecs: object) -> set[str]:

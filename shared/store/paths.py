@@ -2,12 +2,15 @@
 
     location = StoreLocation.open("s3://bucket/cache")
     location.read_bytes("store.json"); location.write_atomic("manifest/x.parquet", data)
-    location.zarr_store(read_only=True)      # the same place, as a Zarr store
+    location.zarr_store(read_only=True)      # the same place, as a Zarr store (shared.store.confined)
+    location.check_writable()                # before a writer writes anything: a folder we may write
 
 Small files are published atomically: on a local disk they are written under a hidden temporary name
-and renamed; on object stores one PUT is already all-or-nothing. Relative paths given here are built
-from checked names only (shared.store.schema.check_name); on a local disk `check_inside` also refuses
-a symlink that leads out of the store.
+(`.<name>.<random>.tmp`) and renamed; on object stores one PUT is already all-or-nothing. Every file
+read is checked first (`check_path`): a plain relative path, and on a disk one reached without any
+symlink. Nothing here creates a bucket: writing to a missing one is an error. Errors of the
+filesystem or the network (unreachable endpoint, missing credentials, no permission) become one
+line naming the store and what to check.
 """
 
 import os
@@ -15,10 +18,24 @@ import uuid
 from dataclasses import dataclass
 
 import fsspec
-import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from shared.errors import DistillCacheError
+from shared.errors import DistillCacheError, first_line
+from shared.output_folder import check_output_folder
+from shared.store.confined import ConfinedFsspecStore, ConfinedLocalStore, check_key, check_no_link
+
+REMOTE_HINT = (
+    "check the URL, that the endpoint is reachable and your credentials (for s3://: AWS_* variables)"
+)
+
+
+ACCESS_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google", "adlfs", "azure")
+
+
+def is_access_error(error: BaseException) -> bool:
+    """An error of reaching the data (filesystem, network, credentials), not of the data itself."""
+    module = type(error).__module__.split(".")[0]
+    return isinstance(error, (OSError, TimeoutError)) or module in ACCESS_ERROR_MODULES
 
 
 @dataclass(frozen=True)
@@ -34,7 +51,8 @@ class StoreLocation:
             fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as error:
             raise DistillCacheError(
-                f"cannot open store {url!r}: {error}; give a folder or an fsspec URL"
+                f"cannot open store {url!r}: {first_line(error)}; give a folder or an fsspec URL "
+                "(s3:// needs `pip install distillcache[s3]`)"
             ) from None
         return cls(url, fs, root.rstrip("/") or "/")
 
@@ -45,52 +63,126 @@ class StoreLocation:
     def path(self, relative: str) -> str:
         return f"{self.root}/{relative}" if relative else self.root
 
+    def call(self, what: str, call, *args):
+        """`call(*args)` with filesystem and network errors as one line."""
+        try:
+            return call(*args)
+        except DistillCacheError:
+            raise
+        except Exception as error:
+            hint = "check the path and its permissions" if self.is_local else REMOTE_HINT
+            raise DistillCacheError(
+                f"cannot {what} of store {self.url} ({first_line(error)}); {hint}"
+            ) from None
+
     def exists(self, relative: str = "") -> bool:
-        return self.fs.exists(self.path(relative))
+        return bool(self.call(f"look for {relative or 'the folder'}", self.fs.exists, self.path(relative)))
 
     def read_bytes(self, relative: str) -> bytes:
-        self.check_inside(relative)
-        return self.fs.cat_file(self.path(relative))
+        self.check_path(relative)
+        return self.call(f"read {relative}", self.fs.cat_file, self.path(relative))
+
+    def read_bytes_if_exists(self, relative: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist (any other failure is one line)."""
+        self.check_path(relative)
+
+        def read() -> bytes | None:
+            try:
+                return self.fs.cat_file(self.path(relative))
+            except FileNotFoundError:
+                return None
+
+        return self.call(f"read {relative}", read)
+
+    def remove(self, relative: str) -> None:
+        """Remove one file (not a folder); a file already gone is not an error."""
+        self.check_path(relative)
+
+        def remove() -> None:
+            try:
+                self.fs.rm_file(self.path(relative))
+            except FileNotFoundError:
+                pass
+
+        self.call(f"remove {relative}", remove)
 
     def write_atomic(self, relative: str, data: bytes) -> None:
         """Publish a whole file at once: readers see the old state or the new file, never a part."""
+        self.check_path(relative)
         target = self.path(relative)
-        folder = target.rsplit("/", 1)[0]
-        self.fs.makedirs(folder, exist_ok=True)
-        if not self.is_local:
-            self.fs.pipe_file(target, data)
+        if not self.is_local:  # no makedirs: on an object store it would create a missing bucket
+            self.call(f"write {relative}", self.fs.pipe_file, target, data)
             return
-        temporary = f"{folder}/.{target.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        folder, name = target.rsplit("/", 1)
+        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
 
-    def list_names(self, relative: str, suffix: str) -> list[str]:
-        """Names of the visible files `relative/*suffix` (hidden temporary files excluded), sorted."""
+        def write() -> None:
+            os.makedirs(folder, exist_ok=True)
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+
+        self.call(f"write {relative}", write)
+
+    def list_names(self, relative: str, suffix: str, fresh: bool = False) -> list[str]:
+        """Names of the visible files `relative/*suffix` (hidden temporary files excluded), sorted.
+        `fresh`: bypass the filesystem's listing cache (s3fs keeps listings, and would not show files
+        that other processes published since)."""
         folder = self.path(relative)
-        if not self.fs.exists(folder):
+        if fresh:
+            self.fs.invalidate_cache(folder)
+        if not self.exists(relative):
             return []
-        names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(folder, detail=False))
+        self.check_path(relative)
+        entries = self.call(f"list {relative}", self.fs.ls, folder, False)
+        names = (entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
         return sorted(name for name in names if name.endswith(suffix) and not name.startswith("."))
 
-    def check_inside(self, relative: str) -> None:
-        """On a local disk, refuse a path that resolves (through symlinks) outside the store."""
-        if not self.is_local:
+    def check_path(self, relative: str) -> None:
+        """Refuse a path that is not plain (`..`, absolute) or, on a disk, that passes through a symlink."""
+        check_key(relative, self.url)
+        if self.is_local:
+            check_no_link(os.path.realpath(self.root), relative, self.url)
+
+    def check_writable(self) -> None:
+        """Before a writer writes anything: the store is (or can become) a folder this process may write;
+        on an object store, its bucket exists (it is never created)."""
+        if self.is_local:
+            check_output_folder(self.root, "store")
             return
-        root = os.path.realpath(self.root)
-        resolved = os.path.realpath(self.path(relative))
-        if resolved != root and not resolved.startswith(root + os.sep):
-            raise DistillCacheError(
-                f"store {self.url}: {relative!r} leads outside the store (to {resolved}); "
-                "a store must hold its own files: copy the data in instead of linking it"
-            )
+        bucket = self.root.split("/", 1)[0]
+        if "://" in self.url and self.url.split("://", 1)[0] in ("s3", "s3a", "gs", "gcs", "az", "abfs"):
+            if not self.exists_absolute(bucket):
+                raise DistillCacheError(
+                    f"the bucket of {self.url} does not exist (or these credentials cannot see it); "
+                    "create it first: distillcache never creates buckets"
+                )
+
+    def exists_absolute(self, path: str) -> bool:
+        return bool(self.call(f"look for {path}", self.fs.exists, path))
 
     def total_bytes(self, relative: str = "") -> int:
-        return int(self.fs.du(self.path(relative))) if self.exists(relative) else 0
+        """Bytes under `relative`. Other writers may remove their claims and temporary files while the
+        walk runs, so a file that vanishes between listing and measuring counts as gone."""
+        if not self.exists(relative):
+            return 0
 
-    def zarr_store(self, read_only: bool) -> zarr.abc.store.Store:
+        def measure() -> int:
+            listed = self.fs.find(self.path(relative), detail=False)
+            total = 0
+            for path in listed:
+                try:
+                    total += int(self.fs.size(path))
+                except FileNotFoundError:
+                    continue
+            return total
+
+        return self.call("measure the size", measure)
+
+    def zarr_store(self, read_only: bool):
+        """The store folder as a Zarr store whose every key is checked (shared.store.confined)."""
         if self.is_local:
-            return zarr.storage.LocalStore(self.root, read_only=read_only)
-        return zarr.storage.FsspecStore.from_url(self.url, read_only=read_only)
+            return ConfinedLocalStore(self.root, read_only=read_only)
+        return self.call("open", ConfinedFsspecStore.from_url, self.url, None, read_only)

@@ -14,22 +14,35 @@ with another teacher fingerprint, other settings or other fields (the `teacher` 
 teacher is loaded from, is kept as the first writer wrote it).
 """
 
+from __future__ import annotations
+
 import math
 import os
+import threading
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from shared.errors import DistillCacheError
+from shared.errors import DistillCacheError, first_line
 from shared.store import arrays as zarr_arrays
 from shared.store.checksum import row_checksums
 from shared.store.dtypes import to_storage
 from shared.store.format import StoreMetadata, read_metadata, refuse_mismatch, write_metadata
-from shared.store.manifest import check_rows, commit_table, manifest_file, publish, read_manifest
-from shared.store.paths import StoreLocation
+from shared.store.manifest import (
+    ManifestFiles,
+    check_rows,
+    commit_table,
+    manifest_stem,
+    mark_manifest_folder,
+    publish,
+)
+from shared.store.paths import StoreLocation, is_access_error
 from shared.store.schema import FieldSpec, check_name
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_VAL_FRACTION = 0.1
 
@@ -37,6 +50,17 @@ DEFAULT_VAL_FRACTION = 0.1
 def new_writer_id() -> str:
     """A group name no other writer will pick: pid for the reader of a listing, random for uniqueness."""
     return f"w{os.getpid()}-{uuid.uuid4().hex[:10]}"
+
+
+def committed_sample_ids(url: str | os.PathLike) -> set[str]:
+    """sample_ids already committed to the store at `url` (empty when there is no store yet): what a
+    writer checks before its first capture, when it does not know its fields yet."""
+    location = StoreLocation.open(url)
+    if read_metadata(location) is None:
+        return set()
+    files = ManifestFiles(location, [], all_columns=False)
+    files.refresh()
+    return files.sample_ids()
 
 
 class StoreWriter:
@@ -53,6 +77,7 @@ class StoreWriter:
         clevel: int = 3,
     ):
         self.location = StoreLocation.open(url)
+        self.location.check_writable()
         self.metadata = StoreMetadata.create(fingerprint, teacher, settings, fields)
         self.fields = self.metadata.fields
         self.writer_id = check_name(writer_id or new_writer_id(), "writer id")
@@ -65,14 +90,20 @@ class StoreWriter:
         self._arrays: dict = {}
         self._next_row = 0
         self._committed_here: set[str] = set()
+        self._committed_here_lock = threading.Lock()  # commits may run on another thread than committed_ids
+        self._manifest_files = ManifestFiles(self.location, list(self.fields), all_columns=False)
+        self._array_digests: dict[str, str] = {}
 
     @property
     def committed_ids(self) -> set[str]:
-        """sample_ids committed by any writer of this store (read fresh from the manifest)."""
-        if not self.location.exists("store.json"):
-            return set(self._committed_here)
-        table = read_manifest(self.location, list(self.fields))
-        return set(table.column("sample_id").to_pylist()) | self._committed_here
+        """sample_ids committed by any writer of this store; each call reads only the manifest files
+        published since the last one, so a writer can ask before every batch."""
+        with self._committed_here_lock:
+            committed_here = set(self._committed_here)
+        if not self._store_json_written and read_metadata(self.location) is None:
+            return committed_here
+        self._manifest_files.refresh()
+        return self._manifest_files.sample_ids() | committed_here
 
     def commit(self, rows: list[dict], arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
         """Make `rows` visible together with their arrays, or (on any failure) not at all."""
@@ -83,22 +114,41 @@ class StoreWriter:
         checksums = {name: row_checksums(values) for name, values in stored.items()}
         table = commit_table(rows, self.writer_id, first_row, checksums, self.val_fraction)
         # inputs are valid: from here on the store is written
+        try:
+            self._write(rows, stored, table, first_row, stop)
+        except Exception as error:
+            if isinstance(error, DistillCacheError) or not is_access_error(error):
+                raise
+            raise DistillCacheError(
+                f"cannot write to store {self.location.url} ({first_line(error)}); check that it is reachable "
+                "and writable with these credentials (nothing of this batch was committed)"
+            ) from None
+
+    def _write(self, rows: list[dict], stored: dict, table, first_row: int, stop: int) -> None:
+        """Steps (2)-(4) of a commit: store.json if new, the arrays on fresh shards, then the manifest."""
         self._ensure_store_json()
         self._ensure_arrays(shard_rows_hint=len(rows), create=True)
         assert self._next_row == first_row, "another process is using this writer id"
         handles = [self._arrays[name] for name in self.fields]
         zarr_arrays.gather([handle.resize((stop, *handle.shape[1:])) for handle in handles])
+        # the next commit starts on a fresh shard even if this one fails from here on
+        shard_rows = zarr_arrays.shard_rows_of(handles[0])
+        self._next_row = math.ceil(stop / shard_rows) * shard_rows
         zarr_arrays.gather(
             [self._arrays[name].setitem(slice(first_row, stop), stored[name]) for name in self.fields]
         )
-        self._publish_manifest(table, manifest_file(self.writer_id, first_row))
-        shard_rows = zarr_arrays.shard_rows_of(handles[0])
-        self._next_row = math.ceil(stop / shard_rows) * shard_rows
-        self._committed_here.update(row["sample_id"] for row in rows)
+        if len(self._array_digests) != len(self.fields):  # what readers check each array against
+            self._array_digests = {
+                name: zarr_arrays.read_metadata_digest(self.location, self.writer_id, name)
+                for name in self.fields
+            }
+        self._publish_manifest(table, manifest_stem(self.writer_id, first_row))
+        with self._committed_here_lock:
+            self._committed_here.update(row["sample_id"] for row in rows)
 
-    def _publish_manifest(self, table, relative: str) -> None:
+    def _publish_manifest(self, table, stem: str) -> None:
         """The commit point (a method of its own so that crash tests can stop a writer right before it)."""
-        publish(self.location, table, relative)
+        publish(self.location, table, stem, self._array_digests)
 
     def _stored_arrays(self, arrays: Mapping, num_rows: int) -> dict[str, np.ndarray]:
         missing, extra = sorted(set(self.fields) - set(arrays)), sorted(set(arrays) - set(self.fields))
@@ -121,6 +171,7 @@ class StoreWriter:
         if self._store_json_written:
             return
         if read_metadata(self.location) is None:
+            mark_manifest_folder(self.location)  # first: a store.json without it means a lost manifest/
             write_metadata(self.location, self.metadata)
         refuse_mismatch(read_metadata(self.location), self.metadata, self.location.url)
         self._store_json_written = True

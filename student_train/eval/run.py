@@ -28,6 +28,7 @@ from pathlib import Path
 
 from shared.config_flags import option
 from shared.errors import DistillCacheError
+from shared.output_folder import check_output_folder
 from student_train.eval.generation import generate
 from student_train.eval.models import load_models
 from student_train.eval.report import check_targets, format_table, grid_rows, score
@@ -108,8 +109,7 @@ def check_config(config: EvalConfig) -> None:
         raise DistillCacheError(
             f"--teacher-spacing {config.teacher_spacing!r} is not one of {', '.join(SPACINGS)}"
         )
-    if Path(config.out).exists() and not Path(config.out).is_dir():
-        raise DistillCacheError(f"--out {config.out} exists and is not a folder; give a folder path")
+    check_output_folder(config.out, "--out")
 
 
 def measure_cost(models, eval_set, config: EvalConfig) -> dict:
@@ -149,9 +149,9 @@ def run(config: EvalConfig) -> dict:
         import torch
 
         torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
-    eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
+    training, eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
     distill = read_distill(config.student)
-    check_same_teacher(distill, eval_sets[0].reader, config.cache)
+    check_same_teacher(distill, training, config.cache)
     prompts = [str(s.reader.manifest.column("prompt")[r]) for s in eval_sets for r in s.rows]
     models = load_models(
         config.student,
@@ -159,7 +159,7 @@ def run(config: EvalConfig) -> dict:
         config.device,
         config.dtype,
         distill,
-        eval_sets[0].reader,
+        training,
         prompts if config.judge else [],
     )
 
@@ -170,7 +170,7 @@ def run(config: EvalConfig) -> dict:
         columns = generate(
             eval_set,
             models,
-            eval_sets[0].reader.settings,
+            training.settings,
             config.steps,
             config.batch_size,
             config.teacher_spacing,
@@ -187,7 +187,7 @@ def run(config: EvalConfig) -> dict:
 
     metrics = {
         "config": asdict(config),
-        "teacher": config.teacher or eval_sets[0].reader.teacher["source"],
+        "teacher": config.teacher or training.teacher["source"],
         "student": {key: distill.get(key) for key in ("method", "student", "recommended", "sampling")},
         "sets": [{"name": s.name, "store": s.url, "rows": len(s.rows)} for s in eval_sets],
         "denoiser": cost,

@@ -39,9 +39,10 @@ from shared.module_outputs import FEATURE_PREFIX
 from shared.schedule import NoiseSchedule
 from student_train.data.points import pick_steps
 from student_train.losses.distance import Distance
+from student_train.losses.guided import guided_output
 from student_train.losses.progressive import x_target
 from student_train.students.block_outputs import BlockOutputs, aligned_blocks
-from student_train.students.denoiser import concat_halves, guided_output, nest_conditioning
+from student_train.students.denoiser import concat_halves, nest_conditioning
 
 POINT_FIELDS = ("trajectory", "out_cond", "out_uncond", "uncond.*")
 

@@ -11,6 +11,7 @@ from student_train.students.student import (
     build_lora,
     build_student,
     check_student_settings,
+    lora_target_modules,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "build_lora",
     "build_student",
     "check_student_settings",
+    "lora_target_modules",
 ]

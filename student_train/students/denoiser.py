@@ -19,7 +19,6 @@ __all__ = [
     "call_denoiser",
     "concat_halves",
     "guidance_scale_embedding",
-    "guided_output",
     "load_denoiser",
     "nest_conditioning",
     "unwrap",
@@ -61,13 +60,6 @@ def concat_halves(first: dict, second: dict) -> dict:
         key: concat_halves(value, second[key]) if isinstance(value, dict) else torch.cat([value, second[key]])
         for key, value in first.items()
     }
-
-
-def guided_output(out_uncond: torch.Tensor, out_cond: torch.Tensor, guidance_scale) -> torch.Tensor:
-    """Classifier-free guidance, diffusers' convention: u + w (c - u); w a float or [N]."""
-    w = torch.as_tensor(guidance_scale, dtype=out_cond.dtype, device=out_cond.device)
-    w = w.reshape(-1, *[1] * (out_cond.dim() - 1)) if w.dim() else w  # [N, 1, 1, 1]
-    return out_uncond + w * (out_cond - out_uncond)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
