@@ -323,7 +323,7 @@ def test_every_family_method_and_student(tmp_path, monkeypatch, family, method, 
     lr = 3e-3 if student == "lora" else 3e-4
     settings = dict(
         method=method, student=student, loss="l2", lr=lr, batch_size=6, train_steps=16, checkpoint_every=4
-    )
+    ) | method_flags(family, method, student)
     config = tiny_train_config(family_capture(family).store, whole, **settings)
     teacher = load_denoiser(
         str(family_capture(family).teacher_dir), "transformer" if family == "sd3" else "unet"
