@@ -63,7 +63,9 @@ if TYPE_CHECKING:
 
 
 class StoreReader:
-    def __init__(self, url: str | os.PathLike, verify: bool = True, cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self, url: str | os.PathLike, verify: bool = True, cache_dir: str | os.PathLike | None = None
+    ):
         self.location = StoreLocation.open(url)
         self.verify = verify
         metadata = read_metadata(self.location)
