@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.store import FieldSpec, StoreReader, StoreWriter
+from bench.bench_store import bench_writer
+from shared.store import FieldSpec, StoreReader
 
 SAMPLES = int(os.environ.get("BENCH_REMOTE_SAMPLES", "512"))
 BATCH = 32
@@ -46,13 +47,7 @@ LCM_FIELDS = ("trajectory", "out_cond", "out_uncond")  # get_method("lcm").field
 
 
 def build(url: str) -> None:
-    writer = StoreWriter(
-        url,
-        fingerprint={"pipeline_class": "BenchPipeline", "weights_hash": "bench", "denoiser_hash": "bench"},
-        teacher={"source": "bench", "revision": None},
-        settings={"val_fraction": 0.0},
-        fields=FIELDS,
-    )
+    writer = bench_writer(url, FIELDS)
     rng = np.random.default_rng(0)
     for start in range(0, SAMPLES, COMMIT_ROWS):
         rows = [

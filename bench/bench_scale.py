@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from shared.store import FieldSpec, StoreReader, StoreWriter
+from bench.bench_store import bench_writer
+from shared.store import FieldSpec, StoreReader
 from shared.store.compaction import compact_store
 from shared.store.manifest import COMPACTED, MANIFEST, ManifestFiles, manifest_stem, publish
 from shared.store.paths import StoreLocation
@@ -51,13 +52,7 @@ FOLDER = Path("runs/bench/scale")
 
 def build(url: str, rows: int) -> None:
     """A store of `rows` rows whose manifest is one file per COMMIT_ROWS rows."""
-    writer = StoreWriter(
-        url,
-        fingerprint={"pipeline_class": "BenchPipeline", "weights_hash": "bench", "denoiser_hash": "bench"},
-        teacher={"source": "bench", "revision": None},
-        settings={"val_fraction": 0.05},
-        fields=FIELDS,
-    )
+    writer = bench_writer(url, FIELDS, val_fraction=0.05)
     rng = np.random.default_rng(0)
     for start in range(0, rows, WRITE_ROWS):
         count = min(WRITE_ROWS, rows - start)

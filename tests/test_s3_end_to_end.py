@@ -54,6 +54,14 @@ def flip_a_byte(url: str, field: str) -> None:
     fs.pipe_file(shard, bytes(data))
 
 
+def train_streamed(url: str, out, cache_dir) -> int:
+    """student-train run with the stream loader and a local read-through cache of the remote store."""
+    return student_main(
+        ["run", "--cache", url, "--out", str(out), "--loader", "stream"]
+        + ["--cache-dir", str(cache_dir), *TRAIN]
+    )
+
+
 def student_weights(folder) -> dict:
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
@@ -74,23 +82,7 @@ def test_capture_info_verify_train_eval_and_sample_on_s3(s3, tmp_path, capsys):
 
     memory, stream = tmp_path / "memory", tmp_path / "stream"
     assert student_main(["run", "--cache", url, "--out", str(memory), "--loader", "memory", *TRAIN]) == 0
-    assert (
-        student_main(
-            [
-                "run",
-                "--cache",
-                url,
-                "--out",
-                str(stream),
-                "--loader",
-                "stream",
-                "--cache-dir",
-                str(tmp_path / "local"),
-                *TRAIN,
-            ]
-        )
-        == 0
-    )
+    assert train_streamed(url, stream, tmp_path / "local") == 0
     weights = student_weights(memory), student_weights(stream)
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])  # the same batches
     assert (
@@ -191,23 +183,7 @@ def test_a_read_only_consumer_trains_and_evaluates_but_cannot_write(s3, tmp_path
             monkeypatch.setenv(name, value)
         s3fs.S3FileSystem.clear_instance_cache()
         out = tmp_path / "student"
-        assert (
-            student_main(
-                [
-                    "run",
-                    "--cache",
-                    url,
-                    "--out",
-                    str(out),
-                    "--loader",
-                    "stream",
-                    "--cache-dir",
-                    str(tmp_path / "local"),
-                    *TRAIN,
-                ]
-            )
-            == 0
-        )
+        assert train_streamed(url, out, tmp_path / "local") == 0
         assert (
             student_main(
                 ["eval", "--cache", url, "--student", str(out), "--out", str(tmp_path / "eval"), *EVAL]
