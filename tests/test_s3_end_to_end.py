@@ -3,8 +3,11 @@ flipped byte, training with both loaders (and the local read-through cache), eva
 writer processes at once; SIGKILL then resume; and a read-only consumer whose credentials cannot
 write, which still trains and evaluates.
 
-    .venv/bin/python -m pytest tests/test_s3_end_to_end.py -q            # the fast cases
-    .venv/bin/python -m pytest tests/test_s3_end_to_end.py -q -m slow    # capture -> train -> eval -> sample
+    .venv/bin/python -m pytest tests/test_s3_end_to_end.py -q -m slow    # all of them (make test-slow, CI)
+
+All are marked slow (tens of seconds each: every request costs moto's server CPU); `make test` keeps
+the fast S3 cases of tests/test_store_s3.py, test_store_compaction.py, test_store_copy.py and
+test_store_read_cache.py, and the disk versions of the process tests (tests/test_store_processes.py).
 """
 
 import json
@@ -118,6 +121,7 @@ def test_capture_info_verify_train_eval_and_sample_on_s3(s3, tmp_path, capsys):
     assert damaged and all("checksum mismatch" in line or "cannot be decoded" in line for line in damaged)
 
 
+@pytest.mark.slow  # ~30 s on the loaded 2-core machine (moto's server costs CPU per request)
 def test_two_writer_processes_on_one_s3_store_write_every_row_once(s3):
     url = s3.new_bucket() + "/store"
     writers = [
@@ -132,6 +136,7 @@ def test_two_writer_processes_on_one_s3_store_write_every_row_once(s3):
     assert verify_store(url) == []
 
 
+@pytest.mark.slow  # ~30 s on the loaded 2-core machine (moto's server costs CPU per request)
 def test_a_writer_killed_mid_batch_on_s3_resumes_and_commits_every_row_once(s3):
     url = s3.new_bucket() + "/store"
     victim = start_writer(url, 0, 12, "--batch-size", "4", "--hang-at-commit", "2", "--small")
@@ -172,6 +177,7 @@ def read_only_user(endpoint: str) -> dict:
     return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
 
+@pytest.mark.slow  # ~30 s on the loaded 2-core machine (moto's server costs CPU per request)
 def test_a_read_only_consumer_trains_and_evaluates_but_cannot_write(s3, tmp_path, monkeypatch, capsys):
     url = s3.new_bucket() + "/cache"
     capture = shared_capture()
