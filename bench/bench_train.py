@@ -8,13 +8,14 @@ cached ones (student_train.losses): only where the teacher tensors come from dif
 
   cache           `teacher-cache run` of the bench store: cost per cached row (the price of the cache,
                   start-up included, so over-stated for a bench store much smaller than a real cache)
-  lcm-cached      the lcm loss on batches of the store (trajectory, out_cond, out_uncond, cond.*),
+  lcm-cached      the lcm loss on batches of the store (noised.*, cond.*; --points as given),
                   streamed as `student-train run --loader stream` reads them (one batch ahead in a
                   reader thread; what --loader auto does for a split over 2 GiB, any real SD cache)
   lcm-preloaded   the same with the split in memory (`--loader memory`; auto's choice for small stores)
-  lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py: text-encode the prompts,
-                  VAE-encode real images (shared.digits), noise them to t_n, teacher cond + uncond
-                  passes at x_t; the loss then takes its DDIM solver step from those outputs
+  lcm-online      per step, as diffusers' train_lcm_distill_sd_wds.py (bench/online_lcm.py): text-encode
+                  the prompts, VAE-encode fresh real images (shared.digits), noise them to a timestep
+                  of LCM's solver grid, teacher cond + uncond passes at x_t, laid out as the store's
+                  noised fields; the loss (--points noised) then takes its DDIM solver step from them
   direct-cached   the direct loss on (noise, final_latents, cond.*) from the store (and direct-preloaded)
   direct-online   the teacher's S-step CFG sampling of each batch inside the loop, then the same loss
 
@@ -63,11 +64,42 @@ class BenchSettings:
     cache_size: int = 0  # cache variant: image side in pixels; 0 = the pipeline's default
     cache_fields: str = ""  # cache variant: comma-separated field groups; "" = all
     gradient_checkpointing: bool = False  # as student-train run --gradient-checkpointing
+    points: str = "noised"  # lcm: as student-train run --points (online variants always make noised points)
+    base_dtype: str = (
+        "fp32"  # as --base-dtype: the LoRA base; online also keeps its teacher in it (weight_dtype)
+    )
+    mixed_precision: str = "no"  # no | bf16: autocast of the forward passes, as --mixed-precision
+    optimizer: str = "adamw"  # as --optimizer (adamw | adamw8bit)
+    image_size: int = 0  # online: the images' side in pixels; 0 = the store's (latent side x VAE factor)
 
 
 def peak_rss_mib() -> float:
     """This process's peak resident set so far (Linux: ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def proc_status_mib(key: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak since the last reset_peak_rss) from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def reset_peak_rss() -> None:
+    """Linux >= 4.0: VmHWM := VmRSS, the CPU counterpart of torch.cuda.reset_peak_memory_stats."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def tensor_mib(tensors) -> float:
+    """MiB of distinct tensor storages."""
+    import torch
+
+    seen = {}
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor):
+            seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(seen.values()) / 2**20
 
 
 def held_mib(*holders) -> float:
@@ -110,6 +142,10 @@ def train_config(settings: BenchSettings, method: str):
         student=settings.student,
         batch_size=settings.batch_size,
         gradient_checkpointing=settings.gradient_checkpointing,
+        points=settings.points if method == "lcm" and "online" not in settings.variant else "noised",
+        base_dtype=settings.base_dtype,
+        mixed_precision=settings.mixed_precision,
+        optimizer=settings.optimizer,
     )
 
 
@@ -140,60 +176,6 @@ def empty_prompt_embeds(pipe, batch_size: int, device):
 
     with torch.no_grad():
         return pipe.encode_prompt([""] * batch_size, device, 1, False)[0]
-
-
-def online_lcm_batches(settings: BenchSettings, reader, pipe, schedule, device):
-    """Per step, what the diffusers LCM script computes with the teacher in memory, laid out as the
-    cached fields the lcm loss reads (trajectory / out_cond / out_uncond at the point n it draws)."""
-    import torch
-
-    from shared.digits import make_images
-    from student_train.data.batches import Batch
-    from student_train.data.randomness import SampleRandom
-    from student_train.sampling import cached_grid
-
-    grid = torch.tensor(cached_grid(reader.settings, schedule), device=device)  # (S + 1,)
-    num_steps = len(grid) - 1
-    scaling = pipe.vae.config.scaling_factor
-    image_size = tuple(side * pipe.vae_scale_factor for side in reader.settings["latent_shape"][1:])
-    uncond = empty_prompt_embeds(pipe, settings.batch_size, device)  # once, as the script does
-
-    @torch.no_grad()
-    def batch_at(step: int):
-        prompts = online_prompts(step, settings.batch_size, settings.seed)
-        images, _ = make_images(
-            settings.batch_size, seed=step, split="train", prompts=prompts
-        )  # uint8 [B, 32, 32, 3]
-        sample_ids = [f"online-{step}-{j}" for j in range(settings.batch_size)]
-        # The loss draws n first from this same per-sample generator: the twin gives the same n.
-        n = SampleRandom(settings.seed, step, sample_ids, device).randint(0, num_steps)  # (B,)
-        cond = pipe.encode_prompt(prompts, device, 1, False)[0]  # [B, L, D]
-        pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1  # [B, 3, 32, 32]
-        pixels = torch.nn.functional.interpolate(
-            pixels, size=image_size, mode="bilinear"
-        )  # the teacher's size
-        latents = pipe.vae.encode(pixels).latent_dist.sample() * scaling  # [B, C, h, w]
-        t = grid[n]
-        alpha, sigma = (v.view(-1, 1, 1, 1) for v in schedule.alpha_sigma(t))
-        x_t = alpha * latents + sigma * torch.randn_like(latents)  # noised real images at t_n
-        both = pipe.unet(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])
-        )
-        out_uncond, out_cond = both.sample.chunk(2)
-        rows = torch.arange(settings.batch_size, device=device)
-        fields = {
-            "trajectory": x_t.new_zeros(settings.batch_size, num_steps + 1, *x_t.shape[1:]),
-            "out_cond": x_t.new_zeros(settings.batch_size, num_steps, *x_t.shape[1:]),
-            "out_uncond": x_t.new_zeros(settings.batch_size, num_steps, *x_t.shape[1:]),
-        }
-        fields["trajectory"][rows, n], fields["out_cond"][rows, n], fields["out_uncond"][rows, n] = (
-            x_t,
-            out_cond,
-            out_uncond,
-        )
-        return Batch(fields, {"encoder_hidden_states": cond}, sample_ids)
-
-    return batch_at
 
 
 def online_direct_batches(settings: BenchSettings, reader, pipe, device):
@@ -238,10 +220,12 @@ def measure(settings: BenchSettings) -> dict:
     from shared.schedule import NoiseSchedule
     from shared.store import StoreReader
     from shared.teacher import resolve_teacher_source
+    from student_train.config import WEIGHT_DTYPES
     from student_train.data.randomness import SampleRandom
     from student_train.losses import get_method
     from student_train.students import build_student
     from student_train.students.denoiser import load_denoiser
+    from student_train.training.optimizer import build_optimizer
 
     torch.set_num_threads(settings.threads)
     rss_after_imports = peak_rss_mib()
@@ -263,30 +247,49 @@ def measure(settings: BenchSettings) -> dict:
         batches, resident = store_batches(
             settings, config, reader, device, loader="memory" if source == "preloaded" else "stream"
         )
-    else:  # the whole teacher pipeline in memory, run in the loop
-        pipe = DiffusionPipeline.from_pretrained(teacher_source).to(device)
+    else:  # the whole teacher pipeline in memory, run in the loop, in the base dtype (the script's weight_dtype)
+        pipe = DiffusionPipeline.from_pretrained(
+            teacher_source, torch_dtype=WEIGHT_DTYPES[settings.base_dtype]
+        ).to(device)
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.requires_grad_(False).eval()
         # The student's UNet is loaded beside the teacher's, as in diffusers' LCM and LCM-LoRA scripts.
         student = build_student(config.student, copy.deepcopy(pipe.unet), config, spec.w_conditioned)
         resident = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
         if method == "lcm":
-            batch_at = online_lcm_batches(settings, reader, pipe, schedule, device)
+            from bench.online_lcm import OnlineNoisedPoints
+            from student_train.data.batches import rows_for_micro_step
+
+            online = OnlineNoisedPoints(pipe, reader.settings, settings.seed)
+            positions = (
+                rows_for_micro_step(len(online), settings.batch_size, settings.seed, s) for s in steps
+            )
+            batches = online.batches(positions, device)
         else:
             batch_at = online_direct_batches(settings, reader, pipe, device)
-        batches = (batch_at(step) for step in steps)
+            batches = (batch_at(step) for step in steps)
     student.model.to(device)
     if student.ema is not None:
         student.ema.to(device)
-    optimizer = torch.optim.AdamW(student.trainable_parameters(), lr=config.lr)
+    optimizer = build_optimizer(config, student.trainable_parameters())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.mixed_precision == "bf16")
 
-    seconds, cpu_seconds = [], []
+    # The training phase's own peak, as torch.cuda.reset_peak_memory_stats would give it: loading
+    # (e.g. float32 weights cast to bf16 one tensor at a time) happens before, on the host.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    reset_peak_rss()
+    rss_before_training = proc_status_mib("VmRSS")
+    seconds, cpu_seconds, step_transient, training_peak = [], [], [], 0.0
     for step in steps:
+        rss_before_step = proc_status_mib("VmRSS")
         started, cpu_started = time.perf_counter(), time.process_time()
-        batch = next(batches)
-        random = SampleRandom(settings.seed, step, batch.sample_ids, device)
-        loss = loss_fn(student, batch, random, step).mean()
+        with autocast:
+            batch = next(batches)
+            random = SampleRandom(settings.seed, step, batch.sample_ids, device)
+            loss = loss_fn(student, batch, random, step).mean()
         loss.backward()
+        gradients_mib = tensor_mib(p.grad for p in student.trainable_parameters())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         student.update_ema()
@@ -295,7 +298,15 @@ def measure(settings: BenchSettings) -> dict:
         if step >= settings.warmup_steps:
             seconds.append(time.perf_counter() - started)
             cpu_seconds.append(time.process_time() - cpu_started)
+            # what the step held above what stays resident between steps (RSS peak since the last
+            # reset), minus its gradients: activations, teacher passes (online), temporaries
+            step_transient.append(proc_status_mib("VmHWM") - rss_before_step - gradients_mib)
+        training_peak = max(training_peak, proc_status_mib("VmHWM"))
+        reset_peak_rss()
     batches.close()
+    trainable = student.trainable_parameters()
+    frozen = [p for p in student.model.parameters() if not p.requires_grad]
+    optimizer_state = [t for state in optimizer.state.values() for t in state.values()]
     figures = {
         "variant": settings.variant,
         "student": settings.student,
@@ -309,6 +320,17 @@ def measure(settings: BenchSettings) -> dict:
         "source_mib": held_mib(*resident),
         "peak_rss_mib": peak_rss_mib(),
         "rss_after_imports_mib": rss_after_imports,
+        "rss_before_training_mib": rss_before_training,
+        "training_peak_rss_mib": training_peak,  # whole process, over the training steps only
+        # the student's own parts: frozen base, adapter (or full) state, what a step adds on top
+        "student_weights_mib": tensor_mib([*frozen, *student.model.buffers()]),
+        "adapter_state_mib": tensor_mib(trainable) + gradients_mib + tensor_mib(optimizer_state),
+        "adapter_params_mib": tensor_mib(trainable),
+        "gradients_mib": gradients_mib,
+        "optimizer_state_mib": tensor_mib(optimizer_state),
+        "ema_mib": held_mib(student.ema) if student.ema is not None else 0.0,
+        "step_transient_mib_median": statistics.median(step_transient),
+        "settings": asdict(settings),
         "loss": loss.item(),
     }
     if device.type == "cuda":
@@ -387,7 +409,7 @@ SD15_STORE = Path("runs/bench/sd15_cache")
 # of the trajectory, so the grid length barely matters), LoRA students at batch 2: each step is
 # tens of CPU-seconds and online LoRA peaks at ~10.5 GB on this 24 GB machine. Full SD1.5 students
 # (weights, EMA, gradients, Adam: ~17 GB before the teacher) do not fit here.
-SD15_CACHE = dict(cache_rows=4, cache_steps=8, cache_size=256, cache_fields="trajectory,out,cond")
+SD15_CACHE = dict(cache_rows=4, cache_steps=8, cache_size=256, cache_fields="noised,cond")
 SD15_TRAIN = dict(student="lora", batch_size=2, warmup_steps=1, timed_steps=3)
 SD15_REPEATS = {False: 1, True: 3}  # gradient checkpointing -> cached/online pairs run (medians reported)
 

@@ -95,3 +95,13 @@ class NoiseSchedule:
         """Signal-to-noise ratio alpha_t^2 / sigma_t^2, (B,)."""
         alpha, sigma = self.alpha_sigma(timesteps)
         return alpha**2 / sigma**2
+
+
+def solver_grid(num_train_timesteps: int, num_steps: int) -> tuple[list[int], list[int]]:
+    """LCM's DDIM solver grid (diffusers' `DDIMSolver` in train_lcm_distill_sd_wds.py, the grid
+    `LCMScheduler(original_inference_steps=num_steps)` samples on): the timesteps k - 1, 2k - 1, ...,
+    num_steps * k - 1 with skip k = num_train_timesteps // num_steps, and each one's solver end point
+    max(t - k, 0), as the script clamps it. 50 of 1000: (19, 39, ..., 999), ends (0, 19, ..., 979)."""
+    skip = num_train_timesteps // num_steps
+    timesteps = [(index + 1) * skip - 1 for index in range(num_steps)]
+    return timesteps, [max(t - skip, 0) for t in timesteps]

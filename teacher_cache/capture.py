@@ -5,11 +5,19 @@
         pipe(..., latents=noise, callback_on_step_end=hooks.on_step_end)
         record = hooks.finish(initial_latents)        # a StepRecord of stacked tensors
 
+        hooks.start(batch_size, cfg, first_call_only=True)     # conditioning only: the pipeline is
+        record = hooks.run_to_first_call(lambda: pipe(...), pipe.scheduler)   # stopped before the denoiser
+
 Nothing here knows a model family. The pipeline is observed, never forked:
 - a forward hook with kwargs on `pipe.unet` / `pipe.transformer` sees the exact arguments of every
   denoiser call and its output; under CFG its batch is [uncond; cond] (diffusers' `chunk(2)` order);
 - forward hooks on the chosen submodules keep their output (cond half) at the feature steps;
-- `callback_on_step_end` keeps the latents after every step and advances the step counter.
+- `callback_on_step_end` keeps the latents after every step and advances the step counter;
+- the step-0 call's arguments are kept whole (`StepRecord.first_call`), so the denoiser can be called
+  again on other latents and timesteps with exactly the conditioning the pipeline passed (noised points);
+- with `first_call_only`, a forward pre-hook records that call and stops the pipeline before the
+  denoiser runs: the conditioning of a batch for the price of its text encoding.
+Outside start() ... finish() the hooks do nothing, so the denoiser can be called directly.
 Tensors stay on the teacher's device until the batch ends (no per-step host sync).
 """
 
@@ -20,8 +28,13 @@ import torch
 from torch import nn
 
 from shared.errors import DistillCacheError
+from shared.module_outputs import first_tensor
 
 TIMESTEP_ARGUMENT = "timestep"
+
+
+class FirstCallSeen(Exception):
+    """Raised by the pre-hook to stop a first_call_only pipeline call before its denoiser runs."""
 
 
 @dataclass
@@ -29,23 +42,14 @@ class StepRecord:
     """What one pipeline call computed, for a batch of B samples; S steps, latents (C, H, W)."""
 
     timesteps: list[float]  # S values passed to the denoiser
-    trajectory: torch.Tensor  # (B, S + 1, C, H, W); [:, 0] = latents entering step 0
-    out_cond: torch.Tensor  # (B, S, C, H, W) raw denoiser output, cond half
+    trajectory: torch.Tensor | None  # (B, S + 1, C, H, W); [:, 0] = latents entering step 0
+    out_cond: torch.Tensor | None  # (B, S, C, H, W) raw denoiser output, cond half
     out_uncond: torch.Tensor | None  # (B, S, C, H, W) uncond half; None without CFG
     cond: dict[str, torch.Tensor]  # kwarg name -> (B, ...) at step 0, cond half
     uncond: dict[str, torch.Tensor]  # same names, uncond half; empty without CFG
+    first_call: dict  # every argument of the step-0 denoiser call, by parameter name (batch 2B under CFG)
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> (B, F, ...)
-
-
-def first_tensor(output) -> torch.Tensor:
-    """The main tensor of a module's output: itself, element 0 of a tuple, or `.sample`."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return first_tensor(output[0])
-    if hasattr(output, "sample"):
-        return output.sample
-    raise DistillCacheError(f"cannot find a tensor in a module output of type {type(output).__name__}")
+    # trajectory / out_cond are None for a first_call_only record (the pipeline was stopped)
 
 
 def flat_tensor_kwargs(arguments: dict, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -95,8 +99,11 @@ class CaptureHooks:
         self.feature_dtype = feature_dtype
         self._handles: list = []
         self.batch_size = 0
+        self.active = False  # between start() and finish(): record what the pipeline does
+        self.first_call_only = False
 
     def __enter__(self) -> "CaptureHooks":
+        self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
         self._handles.append(self.denoiser.register_forward_hook(self._on_denoiser, with_kwargs=True))
         for name, module in self.feature_modules.items():
             self._handles.append(module.register_forward_hook(self._feature_hook(name)))
@@ -107,9 +114,12 @@ class CaptureHooks:
             handle.remove()
         self._handles.clear()
 
-    def start(self, batch_size: int, cfg: bool) -> None:
-        """Get ready for one pipeline call on `batch_size` prompts (the denoiser sees 2x under CFG)."""
+    def start(self, batch_size: int, cfg: bool, first_call_only: bool = False) -> None:
+        """Get ready for one pipeline call on `batch_size` prompts (the denoiser sees 2x under CFG);
+        `first_call_only`: stop it at its first denoiser call (then use run_to_first_call)."""
         self.batch_size, self.cfg = batch_size, cfg
+        self.active, self.first_call_only = True, first_call_only
+        self.first_call: dict = {}
         self.step, self.calls_this_step = 0, 0
         self.timesteps: list[torch.Tensor] = []
         self.latents_after_step: list[torch.Tensor] = []  # S x (B, C, H, W)
@@ -127,7 +137,36 @@ class CaptureHooks:
     def _denoiser_batch(self) -> int:
         return 2 * self.batch_size if self.cfg else self.batch_size
 
+    def _before_denoiser(self, module, args, kwargs) -> None:
+        """first_call_only: keep the call's arguments and conditioning, then stop the pipeline."""
+        if self.active and self.first_call_only:
+            self.first_call = dict(zip(self.parameter_names, args)) | kwargs
+            self._record_conditioning(self.first_call)
+            raise FirstCallSeen
+
+    def run_to_first_call(self, call_pipeline, scheduler) -> StepRecord:
+        """Run `call_pipeline()` up to its first denoiser call (started with first_call_only) and return
+        that call's conditioning; timesteps: those the pipeline set on its `scheduler` before the call."""
+        try:
+            call_pipeline()
+        except FirstCallSeen:
+            pass
+        self.active = False
+        if not self.first_call:
+            raise DistillCacheError("the pipeline never called its denoiser; check --steps")
+        return StepRecord(
+            timesteps=[float(t) for t in torch.as_tensor(scheduler.timesteps).float().cpu()],
+            trajectory=None,
+            out_cond=None,
+            out_uncond=None,
+            cond=self.cond,
+            uncond=self.uncond,
+            first_call=self.first_call,
+        )
+
     def _on_denoiser(self, module, args, kwargs, output) -> None:
+        if not self.active:
+            return
         self.calls_this_step += 1
         if self.calls_this_step > 1:
             raise DistillCacheError(
@@ -146,6 +185,7 @@ class CaptureHooks:
         cond_out, uncond_out = self._halves(out.detach())
         self.outputs.append((cond_out.clone(), None if uncond_out is None else uncond_out.clone()))
         if self.step == 0:
+            self.first_call = arguments
             self._record_conditioning(arguments)
 
     def _record_conditioning(self, arguments: dict) -> None:
@@ -162,7 +202,7 @@ class CaptureHooks:
 
     def _feature_hook(self, name: str):
         def on_feature(module, args, output) -> None:
-            if self.step in self.feature_steps and self.calls_this_step == 0:
+            if self.active and self.step in self.feature_steps and self.calls_this_step == 0:
                 cond, _ = self._halves(first_tensor(output).detach())
                 self.feature_outputs[name].append(cond.to(self.feature_dtype, copy=True))
 
@@ -178,6 +218,7 @@ class CaptureHooks:
 
     def finish(self, initial_latents: torch.Tensor) -> StepRecord:
         """Stack what was recorded; `initial_latents` (B, C, H, W) are the latents entering step 0."""
+        self.active = False
         if not self.latents_after_step:
             raise DistillCacheError("the pipeline ran no denoising step; check --steps")
         trajectory = torch.stack([initial_latents, *self.latents_after_step], dim=1)  # (B, S+1, C, H, W)
@@ -197,5 +238,6 @@ class CaptureHooks:
             out_uncond=out_uncond,
             cond=self.cond,
             uncond=self.uncond,
+            first_call=self.first_call,
             features=features,
         )

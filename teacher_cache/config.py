@@ -28,7 +28,13 @@ FIELD_GROUPS: dict[str, str] = {
     "cond": "denoiser conditioning at step 0: cond.* (and uncond.* under CFG)",
     "features": "outputs of the --features modules (cond half) at the --feature-steps",
     "preview": "small decoded image, uint8",
+    "noised": "clean latents (--images, or the teacher's final latents) noised to --noised-points-per-sample "
+    "timesteps of the LCM solver grid, with the teacher's outputs there: noised.x_t, noised.timestep, "
+    "noised.next_timestep, noised.out_cond (and noised.out_uncond under CFG)",
 }
+# The groups only a full pipeline call produces (noised and cond do not need one when x0 comes from images).
+PIPELINE_FIELD_GROUPS = ("noise", "trajectory", "final_latents", "out", "features", "preview")
+BUILTIN_DIGITS = "digits"  # --images digits: the embedded teacher's coloured digits (shared/digits.py)
 ALL_FIELD_GROUPS: tuple[str, ...] = tuple(FIELD_GROUPS)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 FEATURE_DTYPES = ("float16", "bfloat16", "float32")
@@ -79,6 +85,19 @@ class CaptureConfig:
     )
     feature_dtype: str = option("float16", "dtype the features are stored in", choices=FEATURE_DTYPES)
     preview_size: int = option(32, "longest side of the stored previews in pixels (never upscaled)")
+    noised_points_per_sample: int = option(
+        4,
+        "noised group: points per sample, each at its own timestep of the LCM solver grid of --steps "
+        "points (2 teacher passes per point under CFG)",
+    )
+    images: str = option(
+        "",
+        "noised group: where the clean latents x0 come from: a folder of images with metadata.jsonl or "
+        "metadata.csv (file_name, text; one row per image, its caption the prompt; --prompts is not read), "
+        f"or '{BUILTIN_DIGITS}' (the embedded teacher's coloured digits, one per prompt and seed of "
+        "--prompts); images are VAE-encoded by the teacher",
+        default_text="the teacher's own final latents (no dataset; adds the full --steps CFG run per sample)",
+    )
     batch_size: int = option(8, "prompts per pipeline call (the denoiser sees twice as many under CFG)")
     device: str = option("auto", "auto (this rank's accelerator, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = option(
@@ -150,6 +169,15 @@ def check_config(config: CaptureConfig) -> None:
     if config.feature_dtype not in FEATURE_DTYPES:
         raise DistillCacheError(
             f"--feature-dtype {config.feature_dtype!r} is not one of {', '.join(FEATURE_DTYPES)}"
+        )
+    if config.noised_points_per_sample <= 0:
+        raise DistillCacheError(
+            f"--noised-points-per-sample must be at least 1, not {config.noised_points_per_sample}"
+        )
+    if config.images and "noised" not in config.fields:
+        raise DistillCacheError(
+            f"--images {config.images} gives the noised points' clean latents; add noised to --fields "
+            f"(e.g. --fields noised,cond) or drop --images"
         )
     bad_steps = [step for step in config.resolved_feature_steps if not 0 <= step < config.steps]
     if bad_steps:

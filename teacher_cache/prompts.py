@@ -34,6 +34,7 @@ class CaptureJob:
     negative_prompt: str
     seed: int
     guidance_scale: float
+    image: str = ""  # --images folder: the file_name this row's clean latents come from (its source key)
 
 
 def derived_seed(prompt: str, k: int) -> int:

@@ -4,8 +4,8 @@
     accelerate launch --num_processes 2 -m teacher_cache run ...      # each rank its slice and writer
     (CPU only: accelerate launch --multi_gpu --num_processes 2 ..., which starts them via torchrun)
 
-Read top to bottom: validate everything (settings, prompt file, teacher, feature globs) before
-anything is written; skip committed rows (resume); capture the first batch, which fixes the field
+Read top to bottom: validate everything (settings, prompt file or --images dataset, teacher, feature
+globs) before anything is written; skip committed rows (resume); capture the first batch, which fixes the field
 shapes and the timesteps; open this process's writer (the store refuses other settings); capture
 the rest in batches in this process's own order (teacher_cache/job_queue.py), skipping before each
 batch the jobs other writers of the store committed meanwhile, and committing each batch's new,
@@ -23,6 +23,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
+from shared.processes import process_state
 from shared.store import StoreReader, StoreWriter, committed_sample_ids, sample_id_for
 from shared.store.claims import WriterClaims
 from shared.store.compaction import compact_store
@@ -32,8 +33,9 @@ from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
 from teacher_cache.batch_capture import CapturedBatch, capture_batch, latent_geometry
 from teacher_cache.capture import CaptureHooks, check_first_order
 from teacher_cache.commit_queue import CommitQueue
-from teacher_cache.config import FALLBACK_GUIDANCE, CaptureConfig, check_config
+from teacher_cache.config import BUILTIN_DIGITS, FALLBACK_GUIDANCE, CaptureConfig, check_config
 from teacher_cache.feature_modules import match_feature_modules
+from teacher_cache.image_source import check_digit_jobs, folder_jobs
 from teacher_cache.job_queue import JobQueue, without_committed
 from teacher_cache.prompts import CaptureJob, read_jobs
 from teacher_cache.store_layout import dtype_name, field_specs, store_settings
@@ -51,8 +53,16 @@ class CaptureSummary:
 
 @dataclass(frozen=True)
 class Sample:
-    sample_id: str  # sample_id_for(fingerprint, prompt, negative prompt, seed, guidance): the dedupe key
+    sample_id: str  # job_sample_id(fingerprint, job): the dedupe key
     job: CaptureJob
+
+
+def job_sample_id(fingerprint: dict, job: CaptureJob) -> str:
+    """The row's id: teacher, prompt, negative prompt, seed, guidance and, for a row made from an
+    --images file, that file (job.image, the source key: two images with one caption are two samples)."""
+    return sample_id_for(
+        fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale, source_key=job.image
+    )
 
 
 @dataclass
@@ -100,19 +110,13 @@ def commit_finite(
             "seed": samples[index].job.seed,
             "guidance_scale": samples[index].job.guidance_scale,
             "num_inference_steps": steps,
+            **({"image": samples[index].job.image} if samples[index].job.image else {}),
         }
         for index in keep
     ]
     arrays = {name: array[keep] for name, array in batch.arrays.items()}
     writer.commit(rows, arrays)
     return Tally(len(keep), considered - len(keep), sum(array.nbytes for array in arrays.values()))
-
-
-def process_state(device: str) -> PartialState:
-    """This process's rank and world size from accelerate; runs without an accelerator join over gloo
-    (on a CPU machine, launch with `accelerate launch --multi_gpu --num_processes N` or `torchrun`)."""
-    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
-    return PartialState(cpu=device == "cpu" or (device == "auto" and not accelerator))
 
 
 @contextmanager
@@ -148,8 +152,9 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     config = with_resolved_guidance(config)
     check_config(config)
     StoreLocation.open(config.out).check_writable()  # a file, a read-only folder, a missing bucket
-    jobs = read_jobs(config.prompts, config.seeds_per_prompt, config.guidance, config.negative_prompt)
-    jobs = jobs[: config.limit] if config.limit else jobs
+    from_folder = bool(config.images) and config.images != BUILTIN_DIGITS
+    if not from_folder:
+        jobs = read_jobs(config.prompts, config.seeds_per_prompt, config.guidance, config.negative_prompt)
     state = process_state(config.device)
     device = state.device if config.device == "auto" else torch.device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -158,11 +163,13 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     wants_features = "features" in config.fields
     feature_modules = match_feature_modules(teacher.denoiser, config.features) if wants_features else {}
     geometry = latent_geometry(teacher, config.height, config.width)
+    if from_folder:  # every image opened and checked: a bad one is one line, before anything is written
+        jobs = folder_jobs(config.images, geometry.image_size, config.guidance, config.negative_prompt)
+    elif config.images == BUILTIN_DIGITS:
+        check_digit_jobs(jobs, geometry.image_size)
+    jobs = jobs[: config.limit] if config.limit else jobs
     fingerprint = teacher.fingerprint
-    samples = [
-        Sample(sample_id_for(fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale), job)
-        for job in jobs
-    ]
+    samples = [Sample(job_sample_id(fingerprint, job), job) for job in jobs]
     mine = slice_for_rank(samples, state.process_index, state.num_processes)
     if state.is_main_process:
         print(
@@ -177,7 +184,13 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
     # batch against what is committed and what other writers claim to be computing
     queue = JobQueue(pending, config.batch_size, seed=int.from_bytes(os.urandom(8), "big"))
     claims = WriterClaims(config.out, new_writer_id())  # released (removed) however the run ends
-    capture = dict(steps=config.steps, groups=config.fields, preview_size=config.preview_size)
+    capture = dict(
+        steps=config.steps,
+        groups=config.fields,
+        preview_size=config.preview_size,
+        points_per_sample=config.noised_points_per_sample,
+        images=config.images,
+    )
     feature_steps, feature_dtype = config.resolved_feature_steps, getattr(torch, config.feature_dtype)
     with (
         claims_released(claims),
@@ -189,7 +202,9 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
         if first:
             claims.claim([sample.sample_id for sample in first])
         first = first or samples[:1]
-        first_batch = capture_batch(teacher, hooks, [sample.job for sample in first], geometry, **capture)
+        first_batch = capture_batch(
+            teacher, hooks, [s.job for s in first], [s.sample_id for s in first], geometry, **capture
+        )
         settings = store_settings(
             config,
             pipe=teacher.pipe,
@@ -244,7 +259,12 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
                 # claimed: the batch computed now and the one still committing
                 claims.claim([sample.sample_id for sample in (*batch_samples, *committing)])
                 batch = capture_batch(
-                    teacher, hooks, [sample.job for sample in batch_samples], geometry, **capture
+                    teacher,
+                    hooks,
+                    [s.job for s in batch_samples],
+                    [s.sample_id for s in batch_samples],
+                    geometry,
+                    **capture,
                 )
                 submit(commits, batch_samples, batch)
                 committing = batch_samples

@@ -5,10 +5,12 @@ Field names and meanings are fixed in docs/contracts.md ("What phase one stores"
 
 import torch
 
+from shared.module_outputs import FEATURE_PREFIX
 from shared.noise import init_noise_sigma
+from shared.schedule import solver_grid
 from shared.store import FieldSpec
 from teacher_cache.capture import StepRecord
-from teacher_cache.config import CaptureConfig
+from teacher_cache.config import BUILTIN_DIGITS, CaptureConfig
 
 SCHEDULER_CONFIG_VERSION_KEYS = ("_class_name", "_diffusers_version")
 
@@ -32,7 +34,9 @@ def batch_arrays(
         arrays.update({f"cond.{name}": tensor for name, tensor in record.cond.items()})
         arrays.update({f"uncond.{name}": tensor for name, tensor in record.uncond.items()})
     if "features" in groups:
-        arrays.update({f"features.{name}": tensor for name, tensor in record.features.items()})  # (B, F, ...)
+        arrays.update(
+            {FEATURE_PREFIX + name: tensor for name, tensor in record.features.items()}
+        )  # (B, F, ...)
     if "preview" in groups and previews is not None:
         arrays["preview"] = previews  # (B, h, w, 3) uint8
     return {name: tensor.detach().cpu().contiguous() for name, tensor in arrays.items()}
@@ -74,6 +78,30 @@ def prediction_type(scheduler) -> str:
     return scheduler.config.get("prediction_type", "epsilon")
 
 
+def noised_settings(config: CaptureConfig, num_train_timesteps: int) -> dict:
+    """What defines a store's noised points (absent without the noised group)."""
+    if "noised" not in config.fields:
+        return {}
+    x0 = "teacher" if not config.images else "digits" if config.images == BUILTIN_DIGITS else "images"
+    return {
+        "noised_points_per_sample": config.noised_points_per_sample,
+        "noised_x0": x0,  # teacher (final latents) | images (--images folder) | digits (built-in)
+        "noised_grid": solver_grid(num_train_timesteps, config.steps)[
+            0
+        ],  # the timesteps points are drawn from
+    }
+
+
+def module_nbytes(module: torch.nn.Module) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in module.state_dict().values())
+
+
+def teacher_nbytes(pipe) -> int:
+    """Bytes of the weights of every torch component (denoiser, text encoders, VAE): what a training
+    run with the teacher in its loop holds besides its student (phase two's --loader auto budget)."""
+    return sum(module_nbytes(c) for c in pipe.components.values() if isinstance(c, torch.nn.Module))
+
+
 def store_settings(
     config: CaptureConfig,
     *,
@@ -86,6 +114,7 @@ def store_settings(
     compute_dtype: torch.dtype,
 ) -> dict:
     """The capture settings written in store.json (validated equal when a store is appended to)."""
+    num_train_timesteps = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
     return {
         "num_inference_steps": config.steps,
         "guidance_scale": config.guidance,
@@ -105,4 +134,6 @@ def store_settings(
         "field_groups": list(config.fields),
         "preview_size": config.preview_size if "preview" in config.fields else 0,
         "val_fraction": config.val_fraction,
+        "teacher_nbytes": teacher_nbytes(pipe),
+        **noised_settings(config, num_train_timesteps),
     }

@@ -4,9 +4,12 @@ with exactly the fields and settings of docs/contracts.md ("What phase one store
     capture = capture_tiny_teacher(tmp_path, num_prompts=6, steps=10)
     url = write_capture_store(capture, tmp_path / "store")             # a real store (shared.store)
     url = write_capture_store(capture, tmp_path / "s2", fields=("noise", "final_latents"))
+    capture = shared_capture(features=True)     # also features.<block> of FEATURE_MODULES at FEATURE_STEPS
 
 The teacher runs here as the DDIM + CFG loop of StableDiffusionPipeline (uncond half first),
-with noise made from each row's seed, so no part of phase one is needed.
+with noise made from each row's seed, so no part of phase one is needed. The noised points
+(`noised.*`, NOISED_POINTS per row) are made here by hand from the final latents: timesteps of LCM's
+solver grid of `steps` points, x_t = alpha x0 + sigma eps, the UNet's cond / uncond outputs there.
 """
 
 import functools
@@ -22,6 +25,9 @@ from shared.store import state_dict_digest
 from shared.teacher import load_denoiser
 from tests.tiny_models import LATENT_SHAPE, save_tiny_sd_pipeline
 
+NOISED_POINTS = 2
+
+FEATURE_MODULES = ("down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
 PROMPTS = [
     "a red seven on blue",
     "a green two on white",
@@ -42,6 +48,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate fixes its setup (mixed precision, the processes) once per process: after each test,
+    let the next training run set it up anew (import it into a test module to apply it there)."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @dataclass
@@ -67,10 +83,26 @@ def capture_tiny_teacher(
     steps: int = 10,
     guidance: float = 2.0,
     prediction_type: str = "epsilon",
+    features: bool = False,
 ) -> TeacherCapture:
+    """`features`: also the output (element 0, cond half) of every FEATURE_MODULES block at the
+    steps 0, S // 2 and S - 1, recorded by forward hooks of this fixture (not phase one's)."""
     teacher_dir = save_tiny_sd_pipeline(Path(tmp_path) / "teacher", prediction_type)
     pipe = StableDiffusionPipeline.from_pretrained(teacher_dir)
     pipe.scheduler.set_timesteps(steps)
+    feature_steps = [0, steps // 2, steps - 1] if features else []
+    block_outputs: dict[str, list[torch.Tensor]] = {name: [] for name in FEATURE_MODULES if features}
+    step = {"index": 0}
+
+    def keep_output(name):
+        def hook(module, args, output):
+            if step["index"] in feature_steps:  # [uncond; cond]: keep the cond half
+                block_outputs[name].append((output[0] if isinstance(output, tuple) else output).chunk(2)[1])
+
+        return hook
+
+    for name in block_outputs:
+        pipe.unet.get_submodule(name).register_forward_hook(keep_output(name))
     prompts = PROMPTS[:num_prompts]
     cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=[""] * len(prompts))
     noise = torch.stack(
@@ -81,7 +113,8 @@ def capture_tiny_teacher(
     )
     latents = noise * pipe.scheduler.init_noise_sigma
     trajectory, out_cond, out_uncond = [latents], [], []
-    for t in pipe.scheduler.timesteps:
+    for index, t in enumerate(pipe.scheduler.timesteps):
+        step["index"] = index
         both = pipe.unet(
             torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])
         ).sample
@@ -99,6 +132,8 @@ def capture_tiny_teacher(
         "out_uncond": torch.stack(out_uncond, dim=1),
         "cond.encoder_hidden_states": cond,  # (N, 16, 32)
         "uncond.encoder_hidden_states": uncond,
+        **noised_points(pipe, latents, cond, uncond, steps),
+        **{f"features.{name}": torch.stack(outputs, dim=1) for name, outputs in block_outputs.items()},
     }
     rows = [
         {
@@ -124,6 +159,11 @@ def capture_tiny_teacher(
         "conditioning": ["encoder_hidden_states"],
         "denoiser": "unet",
         "val_fraction": 0.0,
+        "noised_points_per_sample": NOISED_POINTS,
+        "noised_x0": "teacher",
+        "noised_grid": [(index + 1) * (1000 // steps) - 1 for index in range(steps)],
+        "feature_steps": feature_steps,
+        "feature_modules": list(block_outputs),
     }
     fingerprint = {
         "pipeline_class": "StableDiffusionPipeline",
@@ -134,11 +174,38 @@ def capture_tiny_teacher(
     return TeacherCapture(teacher_dir, rows, arrays, settings, fingerprint, teacher)
 
 
+def noised_points(pipe, x0, cond, uncond, steps: int) -> dict[str, torch.Tensor]:
+    """NOISED_POINTS points per row from x0 (N, C, H, W): t = (i + 1) k - 1 of the solver grid (k =
+    1000 // steps), s = max(t - k, 0), x_t = alpha_t x0 + sigma_t eps, the UNet's outputs at (x_t, t)."""
+    skip = 1000 // steps
+    generator = torch.Generator().manual_seed(1234)
+    index = torch.randint(0, steps, (x0.shape[0], NOISED_POINTS), generator=generator)
+    t = (index + 1) * skip - 1  # (N, M)
+    eps = torch.randn((x0.shape[0], NOISED_POINTS, *x0.shape[1:]), generator=generator)
+    alpha = pipe.scheduler.alphas_cumprod[t].sqrt()[..., None, None, None]  # (N, M, 1, 1, 1)
+    x_t = alpha * x0[:, None] + (1 - alpha**2).sqrt() * eps
+    outputs = [
+        pipe.unet(
+            torch.cat([x_t[:, m], x_t[:, m]]), torch.cat([t[:, m], t[:, m]]), torch.cat([uncond, cond])
+        ).sample.chunk(2)
+        for m in range(NOISED_POINTS)
+    ]
+    return {
+        "noised.x_t": x_t,  # (N, M, C, H, W)
+        "noised.timestep": t.float(),  # (N, M)
+        "noised.next_timestep": (t - skip).clamp(min=0).float(),
+        "noised.out_cond": torch.stack([cond_out for _, cond_out in outputs], dim=1),
+        "noised.out_uncond": torch.stack([uncond_out for uncond_out, _ in outputs], dim=1),
+    }
+
+
 @functools.lru_cache(maxsize=4)
-def shared_capture(num_prompts: int = 6, steps: int = 10, prediction_type: str = "epsilon") -> TeacherCapture:
+def shared_capture(
+    num_prompts: int = 6, steps: int = 10, prediction_type: str = "epsilon", features: bool = False
+) -> TeacherCapture:
     """One capture per test session (the tiny teacher run costs seconds): treat it as read-only."""
     return capture_tiny_teacher(
-        Path(tempfile.mkdtemp(prefix="tiny_capture_")), num_prompts, steps, 2.0, prediction_type
+        Path(tempfile.mkdtemp(prefix="tiny_capture_")), num_prompts, steps, 2.0, prediction_type, features
     )
 
 
@@ -148,11 +215,12 @@ def capture_batch(capture: TeacherCapture, rows: list[int] | None = None):
     from student_train.students.denoiser import nest_conditioning
 
     rows = list(range(len(capture.rows))) if rows is None else rows
-    fields = {name: value[rows] for name, value in capture.arrays.items() if "." not in name}
+    fields = {name: value[rows] for name, value in capture.arrays.items() if not name.startswith("cond.")}
     cond = nest_conditioning(
         {name[5:]: value[rows] for name, value in capture.arrays.items() if name.startswith("cond.")}
     )
-    return Batch(fields, cond, [capture.rows[i]["sample_id"] for i in rows])
+    guidance = torch.tensor([float(capture.rows[i]["guidance_scale"]) for i in rows])
+    return Batch(fields, cond, [capture.rows[i]["sample_id"] for i in rows], guidance)
 
 
 def write_capture_store(

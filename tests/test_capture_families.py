@@ -1,6 +1,7 @@
 """Capture on every family, through the store: the cached conditioning replayed into the denoiser gives
-the cached outputs back, and stepping the scheduler from the cached noise with the cached outputs
-gives the cached trajectory back (SD epsilon, SD v_prediction, SDXL, SD3 flow matching)."""
+the cached outputs back (at every trajectory step and at every noised point), and stepping the
+scheduler from the cached noise with the cached outputs gives the cached trajectory back (SD epsilon,
+SD v_prediction, SDXL, SD3 flow matching)."""
 
 import diffusers
 import pytest
@@ -75,6 +76,13 @@ def test_cached_conditioning_replays_and_scheduler_retraces_trajectory(tmp_path,
         guided = out_uncond[:, step] + GUIDANCE * (out_cond[:, step] - out_uncond[:, step])
         latents = scheduler.step(guided, t, latents).prev_sample
         torch.testing.assert_close(latents, trajectory[:, step + 1], rtol=1e-4, atol=1e-4)
+    # noised points (default fields): each stored x_t at its own timestep replays to the stored outputs
+    noised_x_t, noised_t = reader.read("noised.x_t", rows), reader.read("noised.timestep", rows)
+    for m in range(noised_x_t.shape[1]):
+        for half in ("cond", "uncond"):
+            replayed = call_denoiser(denoiser, noised_x_t[:, m], noised_t[:, m], halves[half])
+            expected = reader.read(f"noised.out_{half}", rows)[:, m]
+            torch.testing.assert_close(replayed, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_without_cfg_only_the_cond_half_is_stored(tmp_path):

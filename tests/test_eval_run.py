@@ -7,9 +7,11 @@ grid (progressive at K = S) is a perfect pair: PSNR is infinite up to float nois
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from shared.store import StoreReader
@@ -19,7 +21,9 @@ from student_train.eval.run import EvalConfig, run
 from student_train.export import export_student
 from student_train.students import build_student
 from student_train.students.denoiser import load_denoiser
-from tests.student_store_fixture import capture_tiny_teacher, write_capture_store
+from tests.student_store_fixture import TeacherCapture, capture_tiny_teacher, write_capture_store
+
+ROW_KEYS = ("sample_id", "prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps")
 
 STEPS = 4
 
@@ -104,3 +108,109 @@ def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
         assert student_train_main(["eval", *args, "--out", str(out)]) == 2, args
         assert "student-train: error:" in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_a_noised_points_store_is_evaluated_on_its_unseen_store_alone(stores, capsys):
+    """A training store without noise / final_latents (`--fields noised,cond`) has no val set to
+    sample from: eval says so and scores the unseen-prompt store."""
+    root, cache, reader = stores
+    rows = list(range(reader.manifest.num_rows))
+    kept = [name for name in reader.fields if name.startswith(("noised.", "cond.", "uncond."))]
+    noised_only = TeacherCapture(
+        teacher_dir=Path(reader.teacher["source"]),
+        rows=[{k: row[k] for k in ROW_KEYS} for row in reader.manifest.to_pylist()],
+        arrays={name: reader.read(name, rows) for name in kept},
+        settings=reader.settings,
+        fingerprint=reader.fingerprint,
+        teacher=reader.teacher,
+    )
+    noised_cache = write_capture_store(noised_only, root / "noised")
+    metrics = run(
+        EvalConfig(
+            cache=noised_cache,
+            student=str(root / "student"),
+            out=str(root / "noised_out"),
+            unseen_cache=str(root / "cache_unseen"),
+            steps=(1,),
+            judge=False,
+        )
+    )
+    assert [s["name"] for s in metrics["sets"]] == ["unseen"]
+    assert "holds no noise, final_latents: val split skipped" in capsys.readouterr().out
+
+
+def test_a_pruned_blockkd_student_is_sampled_as_the_teacher_and_its_cost_reported(stores):
+    """A blockkd student samples with the teacher's sampler and CFG; an untrained teacher copy is then
+    teacher@K exactly. A pruned one reports its parameters, 2K evaluations per image and their cost."""
+    root, cache, reader = stores
+    teacher = load_denoiser(str(root / "teacher"))
+    teacher_parameters = sum(p.numel() for p in teacher.parameters())
+    for kind in ("full", "pruned"):
+        config = TrainConfig(cache=cache, out=str(root / kind), method="blockkd", student=kind, prune="small")
+        student = build_student(kind, load_denoiser(str(root / "teacher")), config)
+        export_student(student, config, reader, root / kind, {"train_steps": 0})
+    copy = run(
+        EvalConfig(
+            cache=cache, student=str(root / "full"), out=str(root / "copy"), steps=(2,), timing_calls=0
+        )
+    )
+    by_column = {(r["set"], r["column"]): r for r in copy["records"]}
+    for set_name in ("val", "unseen"):
+        assert by_column[(set_name, "student@2")]["sampler"] == "cfg"
+        assert by_column[(set_name, "student@2")]["psnr_db"] == by_column[(set_name, "teacher@2")]["psnr_db"]
+    assert copy["denoiser"]["parameter_ratio"] == 1.0 and "time_ratio" not in copy["denoiser"]
+
+    pruned = run(
+        EvalConfig(cache=cache, student=str(root / "pruned"), out=str(root / "pruned_eval"), steps=(1,))
+    )
+    student_parameters = sum(
+        p.numel()
+        for p in UNet2DConditionModel.from_pretrained(root / "pruned", subfolder="unet").parameters()
+    )
+    cost = pruned["denoiser"]
+    assert (
+        cost["teacher"]["parameters"] == teacher_parameters
+        and cost["student"]["parameters"] == student_parameters
+    )
+    assert (
+        cost["parameter_ratio"] == pytest.approx(student_parameters / teacher_parameters)
+        and cost["parameter_ratio"] < 1
+    )
+    assert cost["time_ratio"] > 0 and cost["timing"]["calls"] == 20
+    by_column = {(r["set"], r["column"]): r for r in pruned["records"]}
+    reference, student_1 = by_column[("val", f"teacher@{STEPS}")], by_column[("val", "student@1")]
+    assert (reference["evaluations"], student_1["evaluations"]) == (2 * STEPS, 2)  # CFG: two calls per step
+    assert student_1["cost_ratio"] == pytest.approx(2 * student_parameters / (2 * STEPS * teacher_parameters))
+    assert student_1["time_ratio"] == cost["time_ratio"] and reference["time_ratio"] == 1.0
+
+
+def test_time_per_call_alternates_and_takes_medians(monkeypatch):
+    import student_train.eval.cost as cost
+
+    clock, order = [0.0], []
+
+    def run_for(name, seconds):
+        def call():
+            order.append(name)
+            clock[0] += seconds.pop(0) if isinstance(seconds, list) else seconds
+
+        return call
+
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: clock[0])
+    student_times = [9.0, 9.0, 3.0, 100.0, 3.0, 3.0, 3.0]  # 2 warm-up calls, then 5 timed: median 3
+    medians = cost.seconds_per_call(
+        {"teacher": run_for("teacher", 2.0), "student": run_for("student", student_times)}, 5
+    )
+    assert medians == {"teacher": 2.0, "student": 3.0}
+    assert order[4:] == [
+        "teacher",
+        "student",
+        "student",
+        "teacher",
+        "teacher",
+        "student",
+        "student",
+        "teacher",
+        "teacher",
+        "student",
+    ]

@@ -115,3 +115,22 @@ def test_three_capture_processes_on_one_store(tmp_path):
     reader = StoreReader(config.out)
     assert len(reader) == 24 and verify_store(config.out) == []
     assert len(all_manifest_rows(tmp_path / "store")) == 24 + reader.duplicates.num_rows
+
+
+def test_store_size_counts_a_file_another_writer_removes_mid_walk_as_gone(tmp_path, monkeypatch):
+    """The CI failure this pins: a writer measuring the store while another deletes its claim file."""
+    from shared.store.paths import StoreLocation
+
+    (tmp_path / "claims").mkdir()
+    (tmp_path / "kept.bin").write_bytes(b"x" * 10)
+    (tmp_path / "claims" / "w1.json").write_bytes(b"y" * 7)
+    location = StoreLocation.open(tmp_path)
+    real_size = location.fs.size
+
+    def size_after_the_claim_is_released(path):
+        if path.endswith("w1.json"):
+            (tmp_path / "claims" / "w1.json").unlink()
+        return real_size(path)
+
+    monkeypatch.setattr(location.fs, "size", size_after_the_claim_is_released)
+    assert location.total_bytes() == 10

@@ -1,6 +1,7 @@
 """The training batches of phase two: streamed from the store one batch ahead (memory of a few
 batches, whatever the cache's size) or held in memory, with the same values in the same order."""
 
+import dataclasses
 import threading
 import time
 
@@ -82,3 +83,18 @@ def test_auto_loader_keeps_small_splits_in_memory_and_streams_big_ones(store, mo
     assert TrainingData(reader, FIELDS, split="all", loader="memory").in_memory
     with pytest.raises(DistillCacheError, match="unknown --loader 'ram'; valid: auto, memory, stream"):
         TrainingData(reader, FIELDS, split="all", loader="ram")
+
+
+def test_auto_loader_keeps_a_split_in_memory_only_up_to_the_teachers_weights(tmp_path):
+    """auto: in memory while the split is no bigger than the teacher's weights (settings teacher_nbytes,
+    what a run with the teacher in its loop holds), streamed above."""
+    capture = shared_capture()
+    split_bytes = TrainingData(StoreReader(store_with(capture, tmp_path / "probe", 0)), FIELDS, "all").nbytes
+    for budget, in_memory in ((split_bytes, True), (split_bytes - 1, False)):
+        reader = StoreReader(store_with(capture, tmp_path / f"budget{budget}", budget))
+        assert TrainingData(reader, FIELDS, split="all", loader="auto").in_memory is in_memory
+
+
+def store_with(capture, url, teacher_nbytes: int) -> str:
+    settings = {**capture.settings, "teacher_nbytes": teacher_nbytes}
+    return write_capture_store(dataclasses.replace(capture, settings=settings), url)

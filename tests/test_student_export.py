@@ -92,7 +92,6 @@ def test_stock_pipeline_matches_our_sampler(store, tmp_path, method, student, nu
     latents = pipe(
         prompt_embeds=capture.arrays["cond.encoder_hidden_states"][rows],
         latents=capture.arrays["noise"][rows],
-        timesteps=distill["sampling"]["timesteps"][str(num_steps)] if method == "lcm" else None,
         num_inference_steps=num_steps,
         guidance_scale=distill["recommended"]["guidance_scale"],
         output_type="latent",

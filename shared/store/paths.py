@@ -187,9 +187,22 @@ class StoreLocation:
         return bool(self.call(f"look for {path}", self.fs.exists, path))
 
     def total_bytes(self, relative: str = "") -> int:
+        """Bytes under `relative`. Other writers may remove their claims and temporary files while the
+        walk runs, so a file that vanishes between listing and measuring counts as gone."""
         if not self.exists(relative):
             return 0
-        return int(self.call("measure the size", self.fs.du, self.path(relative)))
+
+        def measure() -> int:
+            listed = self.fs.find(self.path(relative), detail=False)
+            total = 0
+            for path in listed:
+                try:
+                    total += int(self.fs.size(path))
+                except FileNotFoundError:
+                    continue
+            return total
+
+        return self.call("measure the size", measure)
 
     def zarr_store(self, read_only: bool):
         """The store folder as a Zarr store whose every key is checked (shared.store.confined)."""

@@ -76,6 +76,10 @@ class EvalConfig:
     judge: bool = option(
         True, "adherence and FD with the digit judge (skipped anyway for prompts outside the digit grammar)"
     )
+    timing_calls: int = option(
+        20,
+        "denoiser calls timed per model for the student / teacher time per call (alternating, median); 0: skip",
+    )
     device: str = option("auto", "auto = cuda if available, else cpu")
     dtype: str = option("auto", "auto = float16 on cuda, float32 on cpu")
 
@@ -88,6 +92,8 @@ def check_config(config: EvalConfig) -> None:
         raise DistillCacheError(f"--limit must be 0 (all rows) or a positive count, not {config.limit}")
     if config.batch_size <= 0:
         raise DistillCacheError(f"--batch-size must be at least 1, not {config.batch_size}")
+    if config.timing_calls < 0:
+        raise DistillCacheError(f"--timing-calls must be >= 0, not {config.timing_calls}")
     if config.grid_prompts < 0:
         raise DistillCacheError(f"--grid-prompts must be >= 0, not {config.grid_prompts}")
     if config.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -101,15 +107,42 @@ def check_config(config: EvalConfig) -> None:
     check_output_folder(config.out, "--out")
 
 
+def measure_cost(models, eval_set, config: EvalConfig) -> dict:
+    """Parameters and time per call of both denoisers on the first `batch_size` rows of `eval_set`."""
+    from student_train.eval.cost import denoiser_cost
+    from student_train.eval.teacher_baseline import map_tensors, read_conditioning
+
+    rows = eval_set.rows[: config.batch_size]
+    parameter = next(models.teacher.parameters())
+    noise = eval_set.reader.read("noise", rows).to(parameter.device, parameter.dtype)  # [B, C, h, w]
+    cond = map_tensors(read_conditioning(eval_set.reader, rows, "cond"), lambda x: x.to(parameter.device))
+    return denoiser_cost(models, noise, cond, config.timing_calls)
+
+
+def describe_cost(cost: dict) -> str:
+    teacher, student = cost["teacher"], cost["student"]
+    line = (
+        f"denoiser: student {student['parameters'] / 1e6:.3f} M parameters = {cost['parameter_ratio']:.3f} x "
+        f"the teacher's {teacher['parameters'] / 1e6:.3f} M"
+    )
+    if "time_ratio" in cost:
+        line += (
+            f"; {student['seconds_per_call'] * 1e3:.2f} vs {teacher['seconds_per_call'] * 1e3:.2f} ms per call "
+            f"(batch {cost['timing']['batch']}, median of {cost['timing']['calls']} alternating): "
+            f"{1 / cost['time_ratio']:.2f}x faster"
+        )
+    return line
+
+
 def run(config: EvalConfig) -> dict:
     """Evaluate, write OUT/metrics.json and OUT/grid.png, print the table; returns the metrics."""
     from student_train.eval.grid import write_grid
 
     # Validate every input before loading a model or writing anything.
     check_config(config)
-    eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
+    training, eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
     distill = read_distill(config.student)
-    check_same_teacher(distill, eval_sets[0].reader, config.cache)
+    check_same_teacher(distill, training, config.cache)
     prompts = [str(s.reader.manifest.column("prompt")[r]) for s in eval_sets for r in s.rows]
     models = load_models(
         config.student,
@@ -117,22 +150,23 @@ def run(config: EvalConfig) -> dict:
         config.device,
         config.dtype,
         distill,
-        eval_sets[0].reader,
+        training,
         prompts if config.judge else [],
     )
 
+    cost = measure_cost(models, eval_sets[0], config)
     records, targets, rows, row_titles = [], [], [], []
     for eval_set in eval_sets:
         print(f"eval: {eval_set.name}: {len(eval_set.rows)} rows of {eval_set.url}", flush=True)
         columns = generate(
             eval_set,
             models,
-            eval_sets[0].reader.settings,
+            training.settings,
             config.steps,
             config.batch_size,
             config.teacher_spacing,
         )
-        set_records = score(eval_set.name, columns, models.judge)
+        set_records = score(eval_set.name, columns, models.judge, cost)
         records += set_records
         targets += check_targets(
             set_records, eval_set.name, int(eval_set.reader.settings["num_inference_steps"])
@@ -144,9 +178,10 @@ def run(config: EvalConfig) -> dict:
 
     metrics = {
         "config": asdict(config),
-        "teacher": config.teacher or eval_sets[0].reader.teacher["source"],
+        "teacher": config.teacher or training.teacher["source"],
         "student": {key: distill.get(key) for key in ("method", "student", "recommended", "sampling")},
         "sets": [{"name": s.name, "store": s.url, "rows": len(s.rows)} for s in eval_sets],
+        "denoiser": cost,
         "judge": "digit judge"
         if models.judge is not None
         else "none (--no-judge, or prompts outside the digit grammar)",
@@ -159,6 +194,7 @@ def run(config: EvalConfig) -> dict:
     if rows:
         write_grid(out / "grid.png", rows, column_titles, row_titles)
     print(format_table(records))
+    print(describe_cost(cost))
     for target in targets:
         print(
             f"{'met' if target['met'] else 'MISSED'}: {target['set']}: {target['target']} "

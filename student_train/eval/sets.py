@@ -5,9 +5,9 @@ Both stores must hold what eval reads (the cached noise, the teacher's many-step
 conditioning of both CFG halves) and come from the teacher the student was distilled from (the
 store fingerprint); anything else is a DistillCacheError naming the flag to fix.
 
-    eval_sets = open_eval_sets("runs/cache", unseen_cache="auto", limit=0)   # val, then unseen
+    training, eval_sets = open_eval_sets("runs/cache", unseen_cache="auto", limit=0)   # val, then unseen
     distill = read_distill("runs/student")
-    check_same_teacher(distill, eval_sets[0].reader, "runs/cache")
+    check_same_teacher(distill, training, "runs/cache")
 """
 
 import json
@@ -55,26 +55,42 @@ def open_store(url: str, flag: str):
         raise DistillCacheError(
             f"{flag} {url} is not a distillcache store ({error}); run teacher-cache run"
         ) from None
+    return reader
+
+
+def missing_eval_fields(reader) -> list[str]:
     missing = [name for name in REQUIRED_FIELDS if name not in reader.fields]
     for half in ("cond", "uncond"):
         if not any(name.startswith(f"{half}.") for name in reader.fields):
             missing.append(f"{half}.*")
+    return missing
+
+
+def check_eval_fields(reader, url: str, flag: str) -> None:
+    missing = missing_eval_fields(reader)
     if missing:
         raise DistillCacheError(
             f"{flag} {url} has no {', '.join(missing)}, which eval reads; cache them with "
             "`teacher-cache run --fields noise,final_latents,cond` and --guidance > 1"
         )
-    return reader
 
 
-def open_eval_sets(cache: str, unseen_cache: str, limit: int) -> list[EvalSet]:
-    """The val split of --cache and every row of the unseen store, at most `limit` rows each (0 = all);
+def open_eval_sets(cache: str, unseen_cache: str, limit: int) -> tuple[object, list[EvalSet]]:
+    """The training store's reader (its settings are the student's), and the eval sets: the val split
+    of --cache and every row of the unseen store, at most `limit` rows each (0 = all). A training store
+    without what eval reads (e.g. noised points only) gives no val set when an unseen store exists;
     raises if there is nothing to eval."""
     reader = open_store(cache, "--cache")
-    sets = [EvalSet("val", cache, reader, [int(r) for r in reader.indices("val")])]
     unseen_url = resolve_unseen_cache(cache, unseen_cache)
+    sets = []
+    if unseen_url is None or not missing_eval_fields(reader):
+        check_eval_fields(reader, cache, "--cache")
+        sets.append(EvalSet("val", cache, reader, [int(r) for r in reader.indices("val")]))
+    else:
+        print(f"eval: --cache {cache} holds no {', '.join(missing_eval_fields(reader))}: val split skipped")
     if unseen_url is not None:
         unseen = open_store(unseen_url, "--unseen-cache")
+        check_eval_fields(unseen, unseen_url, "--unseen-cache")
         if unseen.fingerprint != reader.fingerprint:
             raise DistillCacheError(
                 f"--unseen-cache {unseen_url} was made by another teacher than --cache {cache}; "
@@ -89,7 +105,7 @@ def open_eval_sets(cache: str, unseen_cache: str, limit: int) -> list[EvalSet]:
             f"--cache {cache} has no val rows and there is no unseen-prompt store; re-cache with "
             "--val-fraction > 0 or pass --unseen-cache STORE"
         )
-    return sets
+    return reader, sets
 
 
 def read_distill(student_dir: str) -> dict:

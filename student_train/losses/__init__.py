@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
-from student_train.losses import direct, lcm, progressive
+from student_train.losses import blockkd, direct, guidance, lcm, progressive, reflow, tcd
 from student_train.losses.distance import Distance
-from student_train.sampling import cached_grid, student_timesteps
+from student_train.sampling import cached_grid, student_scheduler, student_timesteps
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,20 @@ class Method:
 
     def fields(self, config) -> tuple[str, ...]:
         return tuple(self.reads(config))
+
+
+# w ~ U[w_min, w_max] (Imagen convention) of the w-conditioned methods when --w-min / --w-max are not
+# given: the SD LCM script's 5..15 (Luo et al.), Meng et al.'s 0..4 for guidance distillation.
+DEFAULT_W_RANGE = {"lcm": (5.0, 15.0), "tcd": (5.0, 15.0), "guidance": (0.0, 4.0)}
+
+
+def w_range(config) -> tuple[float, float]:
+    """(w_min, w_max) of this run: the flags, else the method's default range."""
+    default_min, default_max = DEFAULT_W_RANGE.get(config.method, DEFAULT_W_RANGE["lcm"])
+    return (
+        default_min if config.w_min is None else config.w_min,
+        default_max if config.w_max is None else config.w_max,
+    )
 
 
 def build_direct(config, settings: dict, schedule: NoiseSchedule):
@@ -45,9 +59,49 @@ def build_lcm(config, settings: dict, schedule: NoiseSchedule):
         cached_grid(settings, schedule),
         settings["prediction_type"],
         Distance(config.loss, config.huber_c),
-        w_min=config.w_min,
-        w_max=config.w_max,
+        *w_range(config),
         timestep_scaling=config.timestep_scaling,
+        points=config.points,
+    )
+
+
+def build_tcd(config, settings: dict, schedule: NoiseSchedule):
+    return tcd.TcdLoss(
+        schedule,
+        cached_grid(settings, schedule),
+        settings["prediction_type"],
+        Distance(config.loss, config.huber_c),
+        *w_range(config),
+    )
+
+
+def build_guidance(config, settings: dict, schedule: NoiseSchedule):
+    w_min, w_max = w_range(config)
+    if config.student == "lora" and w_min != w_max:
+        raise DistillCacheError(
+            f"a LoRA student has no w input, so it learns one w: give --w-min = --w-max (e.g. "
+            f"{float(settings['guidance_scale']) - 1:g}, the store's guidance - 1), or use --student full"
+        )
+    return guidance.GuidanceLoss(
+        schedule,
+        cached_grid(settings, schedule),
+        settings["prediction_type"],
+        Distance(config.loss, config.huber_c),
+        w_min,
+        w_max,
+    )
+
+
+def build_reflow(config, settings: dict, schedule: NoiseSchedule):
+    """The student is a flow model on the teacher's train-time count, whatever the teacher's family."""
+    flow = schedule if schedule.family == "flow" else NoiseSchedule("flow", schedule.num_train_timesteps)
+    steps = config.num_student_steps if config.reflow_t_schedule == "steps" else 1
+    exported = student_scheduler("reflow", settings["scheduler"], len(settings["timesteps"]))
+    return reflow.ReflowLoss(
+        flow,
+        Distance(config.loss, config.huber_c),
+        config.reflow_t_schedule,
+        reflow.sampler_times(exported, steps, flow.num_train_timesteps),
     )
 
 
@@ -63,6 +117,20 @@ def build_progressive(config, settings: dict, schedule: NoiseSchedule):
     )
 
 
+def build_blockkd(config, settings: dict, schedule: NoiseSchedule):
+    return blockkd.BlockKdLoss(
+        schedule,
+        cached_grid(settings, schedule),
+        [int(step) for step in settings.get("feature_steps") or []],
+        list(settings.get("feature_modules") or []),
+        settings["prediction_type"],
+        Distance(config.loss, config.huber_c),
+        lambda_task=config.lambda_task,
+        lambda_out=config.lambda_out,
+        lambda_feat=config.lambda_feat,
+    )
+
+
 def always(fields: tuple[str, ...]) -> Callable:
     """`reads` of a method whose fields do not depend on the settings."""
     return lambda config: fields
@@ -70,8 +138,17 @@ def always(fields: tuple[str, ...]) -> Callable:
 
 METHODS = {
     "direct": Method("direct", always(direct.FIELDS), False, build_direct),
-    "lcm": Method("lcm", always(lcm.FIELDS), True, build_lcm),
+    "lcm": Method("lcm", lcm.fields, True, build_lcm),
     "progressive": Method("progressive", always(progressive.FIELDS), False, build_progressive),
+    "guidance": Method("guidance", always(guidance.FIELDS), True, build_guidance),
+    "tcd": Method("tcd", always(tcd.FIELDS), True, build_tcd),
+    "reflow": Method("reflow", always(reflow.FIELDS), False, build_reflow),
+    "blockkd": Method(
+        "blockkd",
+        lambda config: blockkd.fields_read(config.lambda_feat),
+        False,
+        build_blockkd,
+    ),
 }
 
 

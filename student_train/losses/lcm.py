@@ -1,25 +1,32 @@
 """lcm: latent consistency distillation (Luo et al. 2023), as diffusers'
 examples/consistency_distillation/train_lcm_distill_sd_wds.py, with the teacher replaced by the cache.
 
-For each sample: a cached trajectory point n (t = grid[n]) is x_t; w ~ U[w_min, w_max] (Imagen
-convention: guided = cond + w (cond - uncond), i.e. pipeline scale w + 1); the cached cond / uncond
-outputs at that point, guided with w, give one DDIM solver step to s = grid[n + 1] (skip k = one
-step of the cached grid: 20 train steps for 50 of 1000, the script's default); the loss is
+For each sample: a cached point (x_t, t) with its solver end point s (`--points`, data/points.py:
+a noised point — clean latents noised to the script's DDIM solver grid, as the script makes them —
+or a cached trajectory point, s = the next cached step; skip k = 20 train steps for 50 of 1000, the
+script's default); w ~ U[w_min, w_max] (Imagen convention: guided = cond + w (cond - uncond), i.e.
+pipeline scale w + 1); the cached cond / uncond outputs at that point, guided with w, give one DDIM
+solver step to s; the loss is
 
     d( f_student(x_t, t, w),  f_target(x_s, s, w) )     f = c_skip x + c_out x0_hat (consistency.py)
 
-with f_target the EMA copy (full students) or the student itself under no_grad (LoRA). NB the
-starting points lie on trajectories the teacher made at the store's guidance, not on noised data.
+with f_target the EMA copy (full students) or the student itself under no_grad (LoRA). NB trajectory
+points lie on paths the teacher made at the store's guidance, not on noised data: for w far from it
+they are off the w-guided ODE; noised points hold for any w.
 """
 
 import torch
 
 from shared.schedule import NoiseSchedule
-from student_train.data.points import TRAJECTORY_FIELDS, trajectory_points
+from student_train.data.points import POINT_FIELDS, teacher_points
 from student_train.losses.distance import Distance
+from student_train.losses.guided import guided_solver_step
 from student_train.sampling.consistency import consistency_output
 
-FIELDS = TRAJECTORY_FIELDS
+
+def fields(config) -> tuple[str, ...]:
+    """The store fields lcm reads with these settings (besides cond.*)."""
+    return POINT_FIELDS[config.points]
 
 
 class LcmLoss:
@@ -32,28 +39,23 @@ class LcmLoss:
         w_min: float = 5.0,
         w_max: float = 15.0,
         timestep_scaling: float = 10.0,
+        points: str = "trajectory",
     ):
         self.schedule = schedule
-        self.grid = torch.tensor(grid)  # (S + 1,): the time of each trajectory point, then the end
+        self.grid = torch.tensor(grid)  # (S + 1,): the time of each cached trajectory point, then the end
         self.prediction_type = prediction_type
         self.distance = distance
         self.w_min, self.w_max = w_min, w_max
         self.timestep_scaling = timestep_scaling
-
-    def guided_solver_step(self, x_t, t, s, out_cond, out_uncond, w) -> torch.Tensor:
-        """One DDIM step t -> s of the teacher guided with w, from its cached outputs. (B, C, H, W)."""
-        x0_cond, eps_cond = self.schedule.to_x0_eps(out_cond, x_t, t, self.prediction_type)
-        x0_uncond, eps_uncond = self.schedule.to_x0_eps(out_uncond, x_t, t, self.prediction_type)
-        w = w.view(-1, 1, 1, 1)
-        guided_x0 = x0_cond + w * (x0_cond - x0_uncond)
-        guided_eps = eps_cond + w * (eps_cond - eps_uncond)
-        return self.schedule.ddim_step(guided_x0, guided_eps, s)
+        self.points = points
 
     def __call__(self, student, batch, random, step: int) -> torch.Tensor:
-        points = trajectory_points(batch, random, self.grid)
+        points = teacher_points(self.points, batch, random, self.grid)
         x_t, t, s = points.x_t, points.t, points.s
         w = random.uniform(self.w_min, self.w_max)  # (B,)
-        x_s = self.guided_solver_step(x_t, t, s, points.out_cond, points.out_uncond, w)
+        x_s = guided_solver_step(
+            self.schedule, self.prediction_type, x_t, t, s, points.out_cond, points.out_uncond, w
+        )
         student_w = w if student.w_conditioned else None
         online = consistency_output(
             self.schedule,
