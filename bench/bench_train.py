@@ -65,11 +65,41 @@ class BenchSettings:
     cache_fields: str = ""  # cache variant: comma-separated field groups; "" = all
     gradient_checkpointing: bool = False  # as student-train run --gradient-checkpointing
     points: str = "noised"  # lcm: as student-train run --points (online variants always make noised points)
+    base_dtype: str = (
+        "fp32"  # as --base-dtype: the LoRA base; online also keeps its teacher in it (weight_dtype)
+    )
+    mixed_precision: str = "no"  # no | bf16: autocast of the forward passes, as --mixed-precision
+    optimizer: str = "adamw"  # as --optimizer (adamw | adamw8bit)
+    image_size: int = 0  # online: the images' side in pixels; 0 = the store's (latent side x VAE factor)
 
 
 def peak_rss_mib() -> float:
     """This process's peak resident set so far (Linux: ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def proc_status_mib(key: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak since the last reset_peak_rss) from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def reset_peak_rss() -> None:
+    """Linux >= 4.0: VmHWM := VmRSS, the CPU counterpart of torch.cuda.reset_peak_memory_stats."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def tensor_mib(tensors) -> float:
+    """MiB of distinct tensor storages."""
+    import torch
+
+    seen = {}
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor):
+            seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(seen.values()) / 2**20
 
 
 def held_mib(*holders) -> float:
@@ -113,6 +143,9 @@ def train_config(settings: BenchSettings, method: str):
         batch_size=settings.batch_size,
         gradient_checkpointing=settings.gradient_checkpointing,
         points=settings.points if method == "lcm" and "online" not in settings.variant else "noised",
+        base_dtype=settings.base_dtype,
+        mixed_precision=settings.mixed_precision,
+        optimizer=settings.optimizer,
     )
 
 
@@ -187,10 +220,12 @@ def measure(settings: BenchSettings) -> dict:
     from shared.schedule import NoiseSchedule
     from shared.store import StoreReader
     from shared.teacher import resolve_teacher_source
+    from student_train.config import WEIGHT_DTYPES
     from student_train.data.randomness import SampleRandom
     from student_train.losses import get_method
     from student_train.students import build_student
     from student_train.students.denoiser import load_denoiser
+    from student_train.training.optimizer import build_optimizer
 
     torch.set_num_threads(settings.threads)
     rss_after_imports = peak_rss_mib()
@@ -212,8 +247,10 @@ def measure(settings: BenchSettings) -> dict:
         batches, resident = store_batches(
             settings, config, reader, device, loader="memory" if source == "preloaded" else "stream"
         )
-    else:  # the whole teacher pipeline in memory, run in the loop
-        pipe = DiffusionPipeline.from_pretrained(teacher_source).to(device)
+    else:  # the whole teacher pipeline in memory, run in the loop, in the base dtype (the script's weight_dtype)
+        pipe = DiffusionPipeline.from_pretrained(
+            teacher_source, torch_dtype=WEIGHT_DTYPES[settings.base_dtype]
+        ).to(device)
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.requires_grad_(False).eval()
         # The student's UNet is loaded beside the teacher's, as in diffusers' LCM and LCM-LoRA scripts.
@@ -234,15 +271,25 @@ def measure(settings: BenchSettings) -> dict:
     student.model.to(device)
     if student.ema is not None:
         student.ema.to(device)
-    optimizer = torch.optim.AdamW(student.trainable_parameters(), lr=config.lr)
+    optimizer = build_optimizer(config, student.trainable_parameters())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.mixed_precision == "bf16")
 
-    seconds, cpu_seconds = [], []
+    # The training phase's own peak, as torch.cuda.reset_peak_memory_stats would give it: loading
+    # (e.g. float32 weights cast to bf16 one tensor at a time) happens before, on the host.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    reset_peak_rss()
+    rss_before_training = proc_status_mib("VmRSS")
+    seconds, cpu_seconds, step_transient, training_peak = [], [], [], 0.0
     for step in steps:
+        rss_before_step = proc_status_mib("VmRSS")
         started, cpu_started = time.perf_counter(), time.process_time()
-        batch = next(batches)
-        random = SampleRandom(settings.seed, step, batch.sample_ids, device)
-        loss = loss_fn(student, batch, random, step).mean()
+        with autocast:
+            batch = next(batches)
+            random = SampleRandom(settings.seed, step, batch.sample_ids, device)
+            loss = loss_fn(student, batch, random, step).mean()
         loss.backward()
+        gradients_mib = tensor_mib(p.grad for p in student.trainable_parameters())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         student.update_ema()
@@ -251,7 +298,15 @@ def measure(settings: BenchSettings) -> dict:
         if step >= settings.warmup_steps:
             seconds.append(time.perf_counter() - started)
             cpu_seconds.append(time.process_time() - cpu_started)
+            # what the step held above what stays resident between steps (RSS peak since the last
+            # reset), minus its gradients: activations, teacher passes (online), temporaries
+            step_transient.append(proc_status_mib("VmHWM") - rss_before_step - gradients_mib)
+        training_peak = max(training_peak, proc_status_mib("VmHWM"))
+        reset_peak_rss()
     batches.close()
+    trainable = student.trainable_parameters()
+    frozen = [p for p in student.model.parameters() if not p.requires_grad]
+    optimizer_state = [t for state in optimizer.state.values() for t in state.values()]
     figures = {
         "variant": settings.variant,
         "student": settings.student,
@@ -265,6 +320,17 @@ def measure(settings: BenchSettings) -> dict:
         "source_mib": held_mib(*resident),
         "peak_rss_mib": peak_rss_mib(),
         "rss_after_imports_mib": rss_after_imports,
+        "rss_before_training_mib": rss_before_training,
+        "training_peak_rss_mib": training_peak,  # whole process, over the training steps only
+        # the student's own parts: frozen base, adapter (or full) state, what a step adds on top
+        "student_weights_mib": tensor_mib([*frozen, *student.model.buffers()]),
+        "adapter_state_mib": tensor_mib(trainable) + gradients_mib + tensor_mib(optimizer_state),
+        "adapter_params_mib": tensor_mib(trainable),
+        "gradients_mib": gradients_mib,
+        "optimizer_state_mib": tensor_mib(optimizer_state),
+        "ema_mib": held_mib(student.ema) if student.ema is not None else 0.0,
+        "step_transient_mib_median": statistics.median(step_transient),
+        "settings": asdict(settings),
         "loss": loss.item(),
     }
     if device.type == "cuda":

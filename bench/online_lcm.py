@@ -70,7 +70,8 @@ class OnlineNoisedPoints:
         fields = {name: value.to(device).float() for name, value in fields.items()}
         return Batch(fields, {"encoder_hidden_states": cond.float()}, sample_ids)
 
-    def batches(self, schedule, device):
+    def batches(self, schedule, device, read_ahead: int = 0):
+        """As TrainingData.batches; made on demand (`read_ahead` has nothing to hide here)."""
         for positions in schedule:
             yield self.batch(positions, device)
 

@@ -3,6 +3,7 @@
 student-train run --cache STORE --method M --student full|lora --out DIR ...
 student-train eval --cache STORE --student DIR --out DIR
 student-train sample --student DIR --prompt "..." --steps K --out FILE.png
+student-train compare --cache STORE --out DIR
 """
 
 import sys
@@ -13,6 +14,7 @@ COMMANDS = {
     "run": "student_train.run_command",
     "eval": "student_train.eval_command",
     "sample": "student_train.sample_command",
+    "compare": "student_train.compare_command",
 }
 
 

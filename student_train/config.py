@@ -11,18 +11,38 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import torch
+
 from shared.config_flags import option
 
-LOADERS = ("auto", "memory", "stream")  # --loader (student_train/batches.py)
+LOADERS = ("auto", "memory", "stream")  # --loader (student_train/data/batches.py)
 POINTS = ("noised", "trajectory", "mix")  # --points (student_train/data/points.py)
+REFLOW_T_SCHEDULES = ("uniform", "t0", "steps")  # --reflow-t-schedule (student_train/losses/reflow.py)
+MIXED_PRECISION = ("no", "fp16", "bf16")  # --mixed-precision (accelerate's names)
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --base/save-dtype
+OPTIMIZERS = ("adamw", "adamw8bit")  # --optimizer (training/optimizer.py)
+PRUNE_LEVELS = ("base", "small", "tiny")  # --prune (student_train/students/pruning.py)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     cache: str = option(None, "the store (path or fsspec URL)", required=True)
     out: str = option(None, "output folder: the exported student + logs + checkpoints", required=True)
-    method: str = option("direct", "direct | lcm | progressive")
-    student: str = option("full", "full | lora")
+    method: str = option(
+        "direct", "direct | lcm | progressive | guidance | tcd | reflow | blockkd (docs/methods.md)"
+    )
+    student: str = option("full", "full | lora | pruned (BK-SDM block removal, see --prune)")
+    prune: str = option(
+        "small",
+        "pruned students: base (one resnet+attention pair fewer per stage) | small (also no mid block) | "
+        "tiny (also no innermost stage)",
+        choices=PRUNE_LEVELS,
+    )
+    init: str = option(
+        "",
+        "start from an earlier student folder (student-train run --out): its architecture and weights, a LoRA "
+        "folder fused onto its base; any method and student kind (not pruned); distill.json records the chain",
+    )
     teacher: str = option(
         "",
         "the teacher's folder or Hub id, e.g. your own copy (its denoiser's digest must match the store's)",
@@ -32,7 +52,7 @@ class TrainConfig:
         4, "K: the student's sampling steps (direct trains them; recommended for all)"
     )
     train_steps: int = option(1000, "optimizer updates")
-    batch_size: int = option(16, "samples per micro-batch")
+    batch_size: int = option(16, "samples per micro-batch, in each process")
     grad_accum: int = option(1, "micro-batches per optimizer update")
     lr: float = option(1e-4, "LCM: 1e-6 full / 1e-4 LoRA (SD); Direct Distill: 1e-5 full / 1e-4 LoRA")
     lr_schedule: str = option("cosine", "constant | cosine (decays to 0 at --train-steps)")
@@ -44,9 +64,15 @@ class TrainConfig:
     ema_decay: float = option(0.95, "full students' EMA (the LCM target)")
     lora_rank: int = option(64, "LoRA rank r (LCM-LoRA: 64)")
     lora_alpha: int = option(64, "LoRA alpha (LCM-LoRA: 64)")
-    w_min: float = option(5.0, "lcm: w ~ U[w_min, w_max], Imagen convention (pipeline scale - 1); SD: 5..15")
-    w_max: float = option(15.0, "lcm: upper end of the guidance range")
-    time_cond_proj_dim: int = option(256, "lcm full students' w-embedding; 0: none")
+    w_min: float | None = option(
+        None,
+        "lcm, tcd, guidance: w ~ U[w_min, w_max], Imagen convention (pipeline scale - 1)",
+        default_text="lcm / tcd 5 (the SD LCM script), guidance 0 (Meng et al.)",
+    )
+    w_max: float | None = option(
+        None, "lcm, tcd, guidance: upper end of the w range", default_text="lcm / tcd 15, guidance 4"
+    )
+    time_cond_proj_dim: int = option(256, "lcm / tcd / guidance full students' w-embedding; 0: none")
     timestep_scaling: float = option(10.0, "lcm boundary conditions")
     points: str = option(
         "noised",
@@ -56,12 +82,44 @@ class TrainConfig:
         choices=POINTS,
     )
     weighting: str = option("truncated_snr", "progressive: truncated_snr | snr_plus_one")
+    tcd_gamma: float = option(
+        0.3, "tcd: the gamma (eta of TCDScheduler.step) the exported student samples with (TCD: 0.3)"
+    )
+    reflow_t_schedule: str = option(
+        "uniform",
+        "reflow: where on each noise -> teacher-output line it trains: uniform (reflow), t0 (the noise end "
+        "only: one-step distillation), steps (the K points of the exported sampler at --num-student-steps)",
+        choices=REFLOW_T_SCHEDULES,
+    )
+    lambda_task: float = option(
+        1.0, "blockkd: weight of the task term (guided student eps vs the eps of the teacher's cached step)"
+    )
+    lambda_out: float = option(1.0, "blockkd: weight of output distillation (cached cond / uncond outputs)")
+    lambda_feat: float = option(1.0, "blockkd: weight of feature distillation (cached block outputs)")
     gradient_checkpointing: bool = option(
         False,
         "recompute activations in the backward pass (the denoiser's own gradient checkpointing; "
         "direct also recomputes each of its K steps): less memory, ~1 more forward per step",
     )
-    mixed_precision: str = option("no", "no | fp16 | bf16 (accelerate)")
+    mixed_precision: str = option(
+        "no",
+        "accelerate's autocast of the forward passes (fp16 only where accelerate has it: a GPU); weights, "
+        "optimizer state and the loss arithmetic stay float32",
+        choices=MIXED_PRECISION,
+    )
+    base_dtype: str = option(
+        "fp32",
+        "LoRA students: dtype of the frozen base weights (the reference scripts' weight_dtype); the "
+        "adapters train in float32. Full students train every weight: fp32 only",
+        choices=tuple(WEIGHT_DTYPES),
+    )
+    save_dtype: str = option("fp32", "dtype of the exported weights", choices=tuple(WEIGHT_DTYPES))
+    optimizer: str = option(
+        "adamw",
+        "adamw: torch AdamW; adamw8bit: bitsandbytes' AdamW8bit (8-bit moments, CPU and CUDA; "
+        "pip install 'distillcache[lowmem]')",
+        choices=OPTIMIZERS,
+    )
     cpu: bool = option(False, "force CPU even when a GPU is visible")
     threads: int = option(
         1, "torch CPU threads when training on CPU; 0: torch's default (1 is fastest for small denoisers)"
@@ -76,6 +134,17 @@ class TrainConfig:
         "is no bigger than the teacher's weights (which a run with the teacher in its loop holds and "
         "this one does not), else stream",
         choices=LOADERS,
+    )
+    cache_dir: str = option(
+        "",
+        "a remote --cache (s3://, ...): keep a local copy of each shard read in this folder, so that later "
+        "epochs (and later runs) read local disk (shared/store/read_cache.py)",
+        default_text="none: read the store every time",
+    )
+    read_ahead: int = option(
+        4,
+        "stream loader: micro-batches read ahead, in parallel, while the current one trains (hides an "
+        "object store's latency)",
     )
     verify_reads: bool = option(
         True,
@@ -94,7 +163,21 @@ class TrainConfig:
 
     def run_digest(self) -> str:
         """What makes two runs the same run (a checkpoint may only resume its own): everything but
-        where the output goes, the resume / logging switches and how batches are read (same batches)."""
-        ignored = {"out", "resume", "log_every", "checkpoint_every", "threads", "loader", "verify_reads"}
+        where the output goes, the resume / logging switches, how batches are read (same batches) and
+        how the global batch is split into micro-batches (batch_size x grad_accum x processes: the
+        global batch itself is checked on resume, training/checkpoints.py)."""
+        ignored = {
+            "out",
+            "resume",
+            "log_every",
+            "checkpoint_every",
+            "threads",
+            "loader",
+            "batch_size",
+            "grad_accum",
+            "verify_reads",
+            "cache_dir",
+            "read_ahead",
+        }
         identity = {k: v for k, v in self.to_json().items() if k not in ignored}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

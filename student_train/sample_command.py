@@ -3,8 +3,11 @@
     student-train sample --student runs/student --prompt "a red seven on blue" --steps 4 --out seven.png
 
 The teacher pipeline named in distill.json supplies the text encoder, tokenizer and VAE; the
-student replaces its denoiser (`unet/` of a full student: `from_pretrained(DIR, subfolder="unet")`)
-or adds its adapter (`pipe.load_lora_weights(DIR)`), and `DIR/scheduler` replaces the scheduler.
+student replaces its denoiser (`unet/` or `transformer/` of a full or pruned student:
+`from_pretrained(DIR, subfolder=...)`) or adds its adapter (`pipe.load_lora_weights(DIR)`, onto the
+previous student of its --init chain if it has one), and `DIR/scheduler` replaces the scheduler,
+stepped at the timesteps the student was trained at. Works for every family phase one captures
+(SD, SDXL, SD3).
 The initial noise is made from --seed exactly as phase one makes a row's noise, so `--seed S`
 gives the student's image for the store rows of seed S.
 """
@@ -78,13 +81,13 @@ def check_config(config: SampleConfig) -> None:
         raise DistillCacheError(f"--out {config.out} is a folder; name an image file")
 
 
-def custom_timesteps(pipe, distill: dict, steps: int) -> list[int | float] | None:
-    """The exact timesteps the student was trained at, when its scheduler takes custom timesteps."""
-    import inspect
+def schedule_kwargs(pipe, distill: dict, steps: int) -> dict:
+    """`timesteps=` or `sigmas=` (flow pipelines) that make the pipeline step at exactly the timesteps the
+    student was trained at for `steps`, when its scheduler would not by itself; {} otherwise."""
+    from student_train.sampling import trained_schedule_kwargs
 
     trained = distill.get("sampling", {}).get("timesteps", {}).get(str(steps))
-    accepts = "timesteps" in inspect.signature(pipe.scheduler.set_timesteps).parameters
-    return trained if trained is not None and accepts else None
+    return {} if trained is None else trained_schedule_kwargs(pipe.scheduler, trained)
 
 
 def student_pipeline(config: SampleConfig, distill: dict):
@@ -110,6 +113,12 @@ def student_pipeline(config: SampleConfig, distill: dict):
         student = load_denoiser(config.student, denoiser_name, what="student's denoiser")
         setattr(pipe, denoiser_name, place(student, device, dtype))
     else:
+        lineage = distill.get("lineage") or []
+        if lineage:  # a LoRA trained with --init sits on the previous student of its chain
+            from student_train.export import load_fused_student
+
+            base, _ = load_fused_student(lineage[-1]["dir"], config.teacher or None)
+            setattr(pipe, denoiser_name, place(base, device, dtype))
         try:
             pipe.load_lora_weights(config.student)
         except Exception as error:  # a damaged or foreign adapter: the student is at fault, not the teacher
@@ -137,12 +146,17 @@ def run(config: SampleConfig) -> Path:
     noise = initial_noise(
         [config.seed], (denoiser.config.in_channels, size, size), device, dtype
     )  # [1, C, h, w]
+    eta = {"eta": recommended["eta"]} if "eta" in recommended else {}  # tcd: TCDScheduler's gamma
+    import torch
+
     image = pipe(
         config.prompt,
         num_inference_steps=steps,
-        timesteps=custom_timesteps(pipe, distill, steps),
         guidance_scale=guidance,
         latents=noise,
+        generator=torch.Generator("cpu").manual_seed(config.seed),  # the noise LCM / TCD steps add
+        **eta,
+        **schedule_kwargs(pipe, distill, steps),
     ).images[0]
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from shared.errors import DistillCacheError
+from shared.module_outputs import first_tensor
 
 TIMESTEP_ARGUMENT = "timestep"
 
@@ -49,17 +50,6 @@ class StepRecord:
     first_call: dict  # every argument of the step-0 denoiser call, by parameter name (batch 2B under CFG)
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> (B, F, ...)
     # trajectory / out_cond are None for a first_call_only record (the pipeline was stopped)
-
-
-def first_tensor(output) -> torch.Tensor:
-    """The main tensor of a module's output: itself, element 0 of a tuple, or `.sample`."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return first_tensor(output[0])
-    if hasattr(output, "sample"):
-        return output.sample
-    raise DistillCacheError(f"cannot find a tensor in a module output of type {type(output).__name__}")
 
 
 def flat_tensor_kwargs(arguments: dict, prefix: str = "") -> dict[str, torch.Tensor]:

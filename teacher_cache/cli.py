@@ -4,6 +4,9 @@ teacher-cache run --teacher PATH_OR_ID --prompts FILE --out STORE ...
 teacher-cache info STORE [--json]
 teacher-cache verify STORE
 teacher-cache gc STORE [--apply]
+teacher-cache compact STORE
+teacher-cache copy SRC DST
+teacher-cache merge A B ... --out C
 """
 
 import sys
@@ -15,6 +18,9 @@ COMMANDS = {
     "info": "teacher_cache.info_command",
     "verify": "teacher_cache.verify_command",
     "gc": "teacher_cache.gc_command",
+    "compact": "teacher_cache.compact_command",
+    "copy": "teacher_cache.copy_command",
+    "merge": "teacher_cache.merge_command",
 }
 
 

@@ -5,6 +5,7 @@ Field names and meanings are fixed in docs/contracts.md ("What phase one stores"
 
 import torch
 
+from shared.module_outputs import FEATURE_PREFIX
 from shared.noise import init_noise_sigma
 from shared.schedule import solver_grid
 from shared.store import FieldSpec
@@ -33,7 +34,9 @@ def batch_arrays(
         arrays.update({f"cond.{name}": tensor for name, tensor in record.cond.items()})
         arrays.update({f"uncond.{name}": tensor for name, tensor in record.uncond.items()})
     if "features" in groups:
-        arrays.update({f"features.{name}": tensor for name, tensor in record.features.items()})  # (B, F, ...)
+        arrays.update(
+            {FEATURE_PREFIX + name: tensor for name, tensor in record.features.items()}
+        )  # (B, F, ...)
     if "preview" in groups and previews is not None:
         arrays["preview"] = previews  # (B, h, w, 3) uint8
     return {name: tensor.detach().cpu().contiguous() for name, tensor in arrays.items()}

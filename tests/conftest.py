@@ -13,3 +13,21 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads at import)
 torch.set_num_threads(1)
 
 pytest_plugins = ["tests.s3_server"]  # the local S3 server fixture, for any test that asks for `s3`
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> str:
+    """The shared tiny teacher capture (tests/student_store_fixture.py) as a store, once per module."""
+    from tests.student_store_fixture import shared_capture, write_capture_store
+
+    return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_feature_store(tmp_path_factory) -> str:
+    """The same capture with the block outputs blockkd reads (features.*), as a store, once per module."""
+    from tests.student_store_fixture import shared_capture, write_capture_store
+
+    return write_capture_store(shared_capture(features=True), tmp_path_factory.mktemp("store") / "cache")

@@ -1,11 +1,14 @@
 """A writer in its own process, for the store's crash and concurrency tests.
 
     python -m tests.store_writer_process URL FIRST STOP [--batch-size 4] [--writer-id ID] [--hang-at-commit K]
-        [--go-file PATH]
+        [--go-file PATH] [--log PATH] [--small]
 
 Writes samples FIRST..STOP-1 (skipping those already committed). With --hang-at-commit K, the K-th
 commit writes its arrays, prints ARRAYS_WRITTEN and then sleeps before publishing its manifest, so
 the test can SIGKILL it in the middle of a batch; with --go-file, it publishes once PATH exists.
+With --small, the samples are those of tests/small_store.py (no torch: the process starts faster).
+With --log, the sample indices of each commit are appended to PATH (one line per commit) once the
+commit has returned: every index logged is committed.
 """
 
 import argparse
@@ -14,7 +17,6 @@ import time
 from pathlib import Path
 
 from shared.store.writer import StoreWriter
-from tests.store_fixtures import write_samples
 
 
 def hang_at_commit(commit_number: int, go_file: str | None) -> None:
@@ -33,6 +35,18 @@ def hang_at_commit(commit_number: int, go_file: str | None) -> None:
     StoreWriter._publish_manifest = publish_or_hang
 
 
+def log_commits(path: str) -> None:
+    commit = StoreWriter.commit
+
+    def commit_and_log(self, rows, arrays):
+        commit(self, rows, arrays)
+        indices = [row["seed"] for row in rows]  # in both fixtures the seed is the sample's index
+        with open(path, "a") as log:
+            log.write(" ".join(map(str, indices)) + "\n")
+
+    StoreWriter.commit = commit_and_log
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
@@ -42,7 +56,15 @@ def main() -> int:
     parser.add_argument("--writer-id")
     parser.add_argument("--hang-at-commit", type=int, default=0)
     parser.add_argument("--go-file")
+    parser.add_argument("--log")
+    parser.add_argument("--small", action="store_true")
     args = parser.parse_args()
+    if args.small:
+        from tests.small_store import write_small as write_samples
+    else:
+        from tests.store_fixtures import write_samples
+    if args.log:
+        log_commits(args.log)
     if args.hang_at_commit:
         hang_at_commit(args.hang_at_commit, args.go_file)
     print("STARTED", flush=True)

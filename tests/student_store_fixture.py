@@ -4,6 +4,7 @@ with exactly the fields and settings of docs/contracts.md ("What phase one store
     capture = capture_tiny_teacher(tmp_path, num_prompts=6, steps=10)
     url = write_capture_store(capture, tmp_path / "store")             # a real store (shared.store)
     url = write_capture_store(capture, tmp_path / "s2", fields=("noise", "final_latents"))
+    capture = shared_capture(features=True)     # also features.<block> of FEATURE_MODULES at FEATURE_STEPS
 
 The teacher runs here as the DDIM + CFG loop of StableDiffusionPipeline (uncond half first),
 with noise made from each row's seed, so no part of phase one is needed. The noised points
@@ -26,6 +27,7 @@ from tests.tiny_models import LATENT_SHAPE, save_tiny_sd_pipeline
 
 NOISED_POINTS = 2
 
+FEATURE_MODULES = ("down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
 PROMPTS = [
     "a red seven on blue",
     "a green two on white",
@@ -46,6 +48,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate fixes its setup (mixed precision, the processes) once per process: after each test,
+    let the next training run set it up anew (import it into a test module to apply it there)."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @dataclass
@@ -71,10 +83,26 @@ def capture_tiny_teacher(
     steps: int = 10,
     guidance: float = 2.0,
     prediction_type: str = "epsilon",
+    features: bool = False,
 ) -> TeacherCapture:
+    """`features`: also the output (element 0, cond half) of every FEATURE_MODULES block at the
+    steps 0, S // 2 and S - 1, recorded by forward hooks of this fixture (not phase one's)."""
     teacher_dir = save_tiny_sd_pipeline(Path(tmp_path) / "teacher", prediction_type)
     pipe = StableDiffusionPipeline.from_pretrained(teacher_dir)
     pipe.scheduler.set_timesteps(steps)
+    feature_steps = [0, steps // 2, steps - 1] if features else []
+    block_outputs: dict[str, list[torch.Tensor]] = {name: [] for name in FEATURE_MODULES if features}
+    step = {"index": 0}
+
+    def keep_output(name):
+        def hook(module, args, output):
+            if step["index"] in feature_steps:  # [uncond; cond]: keep the cond half
+                block_outputs[name].append((output[0] if isinstance(output, tuple) else output).chunk(2)[1])
+
+        return hook
+
+    for name in block_outputs:
+        pipe.unet.get_submodule(name).register_forward_hook(keep_output(name))
     prompts = PROMPTS[:num_prompts]
     cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, negative_prompt=[""] * len(prompts))
     noise = torch.stack(
@@ -85,7 +113,8 @@ def capture_tiny_teacher(
     )
     latents = noise * pipe.scheduler.init_noise_sigma
     trajectory, out_cond, out_uncond = [latents], [], []
-    for t in pipe.scheduler.timesteps:
+    for index, t in enumerate(pipe.scheduler.timesteps):
+        step["index"] = index
         both = pipe.unet(
             torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])
         ).sample
@@ -104,6 +133,7 @@ def capture_tiny_teacher(
         "cond.encoder_hidden_states": cond,  # (N, 16, 32)
         "uncond.encoder_hidden_states": uncond,
         **noised_points(pipe, latents, cond, uncond, steps),
+        **{f"features.{name}": torch.stack(outputs, dim=1) for name, outputs in block_outputs.items()},
     }
     rows = [
         {
@@ -132,6 +162,8 @@ def capture_tiny_teacher(
         "noised_points_per_sample": NOISED_POINTS,
         "noised_x0": "teacher",
         "noised_grid": [(index + 1) * (1000 // steps) - 1 for index in range(steps)],
+        "feature_steps": feature_steps,
+        "feature_modules": list(block_outputs),
     }
     fingerprint = {
         "pipeline_class": "StableDiffusionPipeline",
@@ -168,10 +200,12 @@ def noised_points(pipe, x0, cond, uncond, steps: int) -> dict[str, torch.Tensor]
 
 
 @functools.lru_cache(maxsize=4)
-def shared_capture(num_prompts: int = 6, steps: int = 10, prediction_type: str = "epsilon") -> TeacherCapture:
+def shared_capture(
+    num_prompts: int = 6, steps: int = 10, prediction_type: str = "epsilon", features: bool = False
+) -> TeacherCapture:
     """One capture per test session (the tiny teacher run costs seconds): treat it as read-only."""
     return capture_tiny_teacher(
-        Path(tempfile.mkdtemp(prefix="tiny_capture_")), num_prompts, steps, 2.0, prediction_type
+        Path(tempfile.mkdtemp(prefix="tiny_capture_")), num_prompts, steps, 2.0, prediction_type, features
     )
 
 
@@ -181,15 +215,12 @@ def capture_batch(capture: TeacherCapture, rows: list[int] | None = None):
     from student_train.students.denoiser import nest_conditioning
 
     rows = list(range(len(capture.rows))) if rows is None else rows
-    fields = {
-        name: value[rows]
-        for name, value in capture.arrays.items()
-        if not name.startswith(("cond.", "uncond."))
-    }
+    fields = {name: value[rows] for name, value in capture.arrays.items() if not name.startswith("cond.")}
     cond = nest_conditioning(
         {name[5:]: value[rows] for name, value in capture.arrays.items() if name.startswith("cond.")}
     )
-    return Batch(fields, cond, [capture.rows[i]["sample_id"] for i in rows])
+    guidance = torch.tensor([float(capture.rows[i]["guidance_scale"]) for i in rows])
+    return Batch(fields, cond, [capture.rows[i]["sample_id"] for i in rows], guidance)
 
 
 def write_capture_store(
@@ -213,6 +244,12 @@ def write_capture_store(
     )
     writer.commit(capture.rows, keep)
     return str(url)
+
+
+def method_settings(method: str, student: str) -> dict:
+    """What a method needs on top of tiny_train_config to train this student kind: a LoRA student has
+    no w input, so guidance trains one w (w_min = w_max)."""
+    return dict(w_min=1.0, w_max=1.0) if method == "guidance" and student == "lora" else {}
 
 
 def tiny_train_config(store: str, out, **overrides):

@@ -11,16 +11,10 @@ from diffusers import StableDiffusionPipeline
 
 from shared.digits import make_images
 from teacher_cache.embedded import DEFAULT_TEACHER_DIR
-from teacher_cache.embedded.architecture import (
-    TeacherArchitecture,
-    build_scheduler,
-    build_text_encoder,
-    build_unet,
-    build_vae,
-)
+from teacher_cache.embedded.architecture import TeacherArchitecture, build_vae
+from teacher_cache.embedded.sd_recipe import SdRecipe, denoiser_loss
 from teacher_cache.embedded.train_teacher import (
     TeacherSettings,
-    denoiser_loss,
     images_to_tensor,
     run,
     tokenize,
@@ -35,7 +29,7 @@ TINY = TeacherArchitecture(
     unet_channels=(16, 32), unet_heads=2, unet_norm_groups=8,
 )  # fmt: skip
 TINY_SETTINGS = TeacherSettings(
-    pool_size=64, vae_steps=2, vae_batch_size=8, unet_steps=2, unet_batch_size=8, warmup_steps=1,
+    pool_size=64, vae_steps=2, vae_batch_size=8, denoiser_steps=2, denoiser_batch_size=8, warmup_steps=1,
     save_every=0, log_every=1, device="cpu", threads=1, architecture=TINY,
 )  # fmt: skip
 
@@ -84,20 +78,18 @@ def test_denoiser_recipe_lowers_its_loss(tmp_path):
     noise = torch.randn(16, 4, 8, 8, generator=generator)
     timesteps = torch.linspace(50, 950, 16).long()
     torch.manual_seed(0)
-    unet, text_encoder = build_unet(TINY), build_text_encoder(TINY, vocab_size=len(tokenizer))
+    recipe = SdRecipe(TINY, vocab_size=len(tokenizer))
 
     def fixed_batch_loss():
         with torch.no_grad():
-            return denoiser_loss(unet.eval(), text_encoder.eval(), build_scheduler(), latents, input_ids, noise,
-                                 timesteps).mean()  # fmt: skip
+            return denoiser_loss(recipe.unet.eval(), recipe.text_encoder.eval(), recipe.scheduler, latents,
+                                 input_ids, noise, timesteps).mean()  # fmt: skip
 
     before = fixed_batch_loss()
     settings = dataclasses.replace(
-        TINY_SETTINGS, unet_steps=40, unet_batch_size=16, unet_lr=3e-3, warmup_steps=3
+        TINY_SETTINGS, denoiser_steps=40, denoiser_batch_size=16, denoiser_lr=3e-3, warmup_steps=3
     )
-    history = train_denoiser(
-        settings, unet, text_encoder, latents, torch.zeros_like(latents), input_ids, empty_ids
-    )
+    history = train_denoiser(settings, recipe, latents, torch.zeros_like(latents), input_ids, empty_ids)
     assert len(history) == 40
     assert fixed_batch_loss() < 0.8 * before
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from shared.store import StoreReader
@@ -93,6 +94,30 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
     )  # teacher@S | teacher@1 | student@1 | teacher@4 | student@4, 4x enlarged
 
 
+def test_teacher_steps_skip_the_teacher_columns_left_out_and_nothing_else(stores):
+    """--teacher-steps 1 with --steps 1,4: teacher@4 is not sampled; every other column is the same
+    as with teacher@4 (the student samples from the same cached noise either way)."""
+    root, cache, _ = stores
+    common = dict(
+        cache=cache, student=str(root / "student"), steps=(1, STEPS), grid_prompts=0, timing_calls=0
+    )
+    every = run(EvalConfig(out=str(root / "every"), **common))
+    some = run(EvalConfig(out=str(root / "some"), teacher_steps=(1,), **common))
+    columns = {(r["set"], r["column"]): r for r in every["records"]}
+    kept = {(r["set"], r["column"]): r for r in some["records"]}
+    assert set(columns) - set(kept) == {("val", f"teacher@{STEPS}"), ("unseen", f"teacher@{STEPS}")}
+    for key, record in kept.items():
+        assert record.keys() == columns[key].keys(), key
+        for name, value in record.items():
+            assert value == (
+                pytest.approx(columns[key][name], rel=1e-6)
+                if isinstance(value, float)
+                else columns[key][name]
+            )
+    assert any("latent_mse" in record for record in kept.values())
+    assert some["targets"] == []  # the 4-step targets compare with teacher@4, which was not sampled
+
+
 def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
     root, cache, _ = stores
     out = tmp_path / "never"
@@ -101,6 +126,7 @@ def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
         ["--cache", cache, "--student", str(tmp_path)],  # no distill.json
         ["--cache", cache, "--student", str(root / "student"), "--steps", "0,2"],
         ["--cache", cache, "--student", str(root / "student"), "--teacher-spacing", "leading-ish"],
+        ["--cache", cache, "--student", str(root / "student"), "--steps", "1,2", "--teacher-steps", "4"],
         ["--cache", cache, "--student", str(root / "student"), "--unseen-cache", str(tmp_path / "nope")],
     ]
     for args in cases:
@@ -136,3 +162,80 @@ def test_a_noised_points_store_is_evaluated_on_its_unseen_store_alone(stores, ca
     )
     assert [s["name"] for s in metrics["sets"]] == ["unseen"]
     assert "holds no noise, final_latents: val split skipped" in capsys.readouterr().out
+
+
+def test_a_pruned_blockkd_student_is_sampled_as_the_teacher_and_its_cost_reported(stores):
+    """A blockkd student samples with the teacher's sampler and CFG; an untrained teacher copy is then
+    teacher@K exactly. A pruned one reports its parameters, 2K evaluations per image and their cost."""
+    root, cache, reader = stores
+    teacher = load_denoiser(str(root / "teacher"))
+    teacher_parameters = sum(p.numel() for p in teacher.parameters())
+    for kind in ("full", "pruned"):
+        config = TrainConfig(cache=cache, out=str(root / kind), method="blockkd", student=kind, prune="small")
+        student = build_student(kind, load_denoiser(str(root / "teacher")), config)
+        export_student(student, config, reader, root / kind, {"train_steps": 0})
+    copy = run(
+        EvalConfig(
+            cache=cache, student=str(root / "full"), out=str(root / "copy"), steps=(2,), timing_calls=0
+        )
+    )
+    by_column = {(r["set"], r["column"]): r for r in copy["records"]}
+    for set_name in ("val", "unseen"):
+        assert by_column[(set_name, "student@2")]["sampler"] == "cfg"
+        assert by_column[(set_name, "student@2")]["psnr_db"] == by_column[(set_name, "teacher@2")]["psnr_db"]
+    assert copy["denoiser"]["parameter_ratio"] == 1.0 and "time_ratio" not in copy["denoiser"]
+
+    pruned = run(
+        EvalConfig(cache=cache, student=str(root / "pruned"), out=str(root / "pruned_eval"), steps=(1,))
+    )
+    student_parameters = sum(
+        p.numel()
+        for p in UNet2DConditionModel.from_pretrained(root / "pruned", subfolder="unet").parameters()
+    )
+    cost = pruned["denoiser"]
+    assert (
+        cost["teacher"]["parameters"] == teacher_parameters
+        and cost["student"]["parameters"] == student_parameters
+    )
+    assert (
+        cost["parameter_ratio"] == pytest.approx(student_parameters / teacher_parameters)
+        and cost["parameter_ratio"] < 1
+    )
+    assert cost["time_ratio"] > 0 and cost["timing"]["calls"] == 20
+    by_column = {(r["set"], r["column"]): r for r in pruned["records"]}
+    reference, student_1 = by_column[("val", f"teacher@{STEPS}")], by_column[("val", "student@1")]
+    assert (reference["evaluations"], student_1["evaluations"]) == (2 * STEPS, 2)  # CFG: two calls per step
+    assert student_1["cost_ratio"] == pytest.approx(2 * student_parameters / (2 * STEPS * teacher_parameters))
+    assert student_1["time_ratio"] == cost["time_ratio"] and reference["time_ratio"] == 1.0
+
+
+def test_time_per_call_alternates_and_takes_medians(monkeypatch):
+    import student_train.eval.cost as cost
+
+    clock, order = [0.0], []
+
+    def run_for(name, seconds):
+        def call():
+            order.append(name)
+            clock[0] += seconds.pop(0) if isinstance(seconds, list) else seconds
+
+        return call
+
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: clock[0])
+    student_times = [9.0, 9.0, 3.0, 100.0, 3.0, 3.0, 3.0]  # 2 warm-up calls, then 5 timed: median 3
+    medians = cost.seconds_per_call(
+        {"teacher": run_for("teacher", 2.0), "student": run_for("student", student_times)}, 5
+    )
+    assert medians == {"teacher": 2.0, "student": 3.0}
+    assert order[4:] == [
+        "teacher",
+        "student",
+        "student",
+        "teacher",
+        "teacher",
+        "student",
+        "student",
+        "teacher",
+        "teacher",
+        "student",
+    ]

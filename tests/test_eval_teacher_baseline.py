@@ -2,7 +2,9 @@
 
 import torch
 
-from student_train.eval.teacher_baseline import concat_halves, ddim_scheduler, guided_output, sample_with_cfg
+from student_train.eval.teacher_baseline import sample_with_cfg, teacher_scheduler
+from student_train.losses.guided import guided_output
+from student_train.students.denoiser import concat_halves
 from tests.tiny_models import LATENT_SHAPE, tiny_ddim_scheduler, tiny_sd_pipeline
 
 
@@ -20,7 +22,7 @@ def test_matches_stable_diffusion_pipeline_from_the_same_noise_and_embeddings():
         output_type="latent",
     ).images
 
-    scheduler = ddim_scheduler({"scheduler": {"config": dict(pipe.scheduler.config)}})
+    scheduler = teacher_scheduler({"scheduler": {"config": dict(pipe.scheduler.config)}})
     got = sample_with_cfg(
         pipe.unet,
         scheduler,
@@ -49,9 +51,9 @@ def test_trailing_spacing_starts_every_step_count_from_pure_noise():
         "scheduler": {"config": dict(tiny_ddim_scheduler().config)}
     }  # SD's "leading" + steps_offset 1
     for steps, first in [(1, 999), (4, 999)]:
-        trailing = ddim_scheduler(settings, "trailing")
+        trailing = teacher_scheduler(settings, "trailing")
         trailing.set_timesteps(steps)
         assert int(trailing.timesteps[0]) == first and len(trailing.timesteps) == steps
-    own = ddim_scheduler(settings, "store")
+    own = teacher_scheduler(settings, "store")
     own.set_timesteps(1)
     assert own.timesteps.tolist() == [1]  # what "leading" gives at K = 1: the strawman trailing avoids

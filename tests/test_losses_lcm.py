@@ -7,6 +7,7 @@ from shared.schedule import NoiseSchedule
 from student_train.data.points import noised_points, pick_steps, teacher_points
 from student_train.data.randomness import SampleRandom
 from student_train.losses.distance import Distance
+from student_train.losses.guided import guided_solver_step
 from student_train.losses.lcm import LcmLoss
 from student_train.sampling import cached_grid
 from student_train.sampling.consistency import boundary_scalings
@@ -35,7 +36,9 @@ def test_solver_step_at_the_cached_guidance_lands_on_the_next_cached_point():
     w = torch.full((trajectory.shape[0],), capture.settings["guidance_scale"] - 1.0)  # Imagen convention
     for n in range(capture.settings["num_inference_steps"]):  # every step, the last one to the final alpha
         index = torch.full((trajectory.shape[0],), n)
-        x_s = loss.guided_solver_step(
+        x_s = guided_solver_step(
+            loss.schedule,
+            "epsilon",
             pick_steps(trajectory, index),
             loss.grid[index],
             loss.grid[index + 1],

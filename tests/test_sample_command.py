@@ -43,7 +43,7 @@ def students(tmp_path_factory):
     return capture.teacher_dir, folders
 
 
-def expected_image(teacher_dir, student_dir, unet, steps: int, seed: int) -> np.ndarray:
+def expected_image(teacher_dir, student_dir, unet, steps: int, seed: int, **kwargs) -> np.ndarray:
     """The teacher pipeline with `unet` and the student's scheduler, from the store's noise for `seed`."""
     pipe = StableDiffusionPipeline.from_pretrained(teacher_dir)
     pipe.unet, pipe.scheduler = unet.eval(), load_student_scheduler(student_dir)
@@ -51,7 +51,7 @@ def expected_image(teacher_dir, student_dir, unet, steps: int, seed: int) -> np.
     noise = initial_noise([seed], (4, 8, 8), "cpu", torch.float32)
     with torch.no_grad():
         return np.asarray(
-            pipe(PROMPT, num_inference_steps=steps, guidance_scale=1.0, latents=noise).images[0]
+            pipe(PROMPT, num_inference_steps=steps, guidance_scale=1.0, latents=noise, **kwargs).images[0]
         )
 
 
@@ -81,6 +81,32 @@ def test_lora_student_image_is_the_pipeline_with_the_trained_adapter(students, t
     )  # recommended: 4 steps
     teacher_unet = StableDiffusionPipeline.from_pretrained(teacher_dir).unet
     assert not np.array_equal(image, expected_image(teacher_dir, student_dir, teacher_unet, 4, 0))
+
+
+def test_tcd_student_samples_with_its_gamma_and_seeded_noise(tmp_path):
+    """TCD re-noises between steps: the image is the pipeline's with eta = gamma and noise from --seed."""
+    capture = shared_capture(num_prompts=2, steps=4)
+    reader = StoreReader(write_capture_store(capture, tmp_path / "cache"))
+    config = TrainConfig(
+        cache=str(tmp_path / "cache"), out=str(tmp_path / "tcd"), method="tcd", student="lora", tcd_gamma=0.5
+    )
+    student = build_student("lora", load_denoiser(str(capture.teacher_dir)), config)
+    export_student(student, config, reader, tmp_path / "tcd", {"train_steps": 0})
+    out = tmp_path / "tcd.png"
+    args = ["sample", "--student", str(tmp_path / "tcd"), "--prompt", PROMPT, "--steps", "3", "--seed", "5"]
+    assert student_train_main([*args, "--out", str(out)]) == 0
+    image = np.asarray(Image.open(out))
+    teacher_unet = StableDiffusionPipeline.from_pretrained(
+        capture.teacher_dir
+    ).unet  # the adapter starts at 0
+    same = dict(timesteps=None, eta=0.5, generator=torch.Generator().manual_seed(5))
+    assert np.array_equal(
+        image, expected_image(capture.teacher_dir, tmp_path / "tcd", teacher_unet, 3, 5, **same)
+    )
+    deterministic = dict(eta=0.0)
+    assert not np.array_equal(
+        image, expected_image(capture.teacher_dir, tmp_path / "tcd", teacher_unet, 3, 5, **deterministic)
+    )
 
 
 def test_bad_inputs_exit_2_and_write_nothing(students, tmp_path, capsys):

@@ -31,8 +31,22 @@ def run(capsys, *argv) -> tuple[int, str]:
         (["--method", "lcm", "--points", "trajectory"], "`teacher-cache run --fields trajectory,out,cond`"),
         (["--method", "lcm", "--points", "mix"], "`teacher-cache run --fields trajectory,out,noised,cond`"),
         (["--method", "progressive"], "`teacher-cache run --fields trajectory,cond`"),
-        (["--method", "consistency"], "unknown --method 'consistency'; valid: direct, lcm, progressive"),
-        (["--method", "direct", "--student", "pruned"], "unknown --student 'pruned'; valid: full, lora"),
+        (
+            ["--method", "consistency"],
+            "unknown --method 'consistency'; valid: direct, lcm, progressive, guidance, tcd, reflow, blockkd",
+        ),
+        (["--method", "direct", "--student", "half"], "unknown --student 'half'; valid: full, lora, pruned"),
+        (
+            ["--method", "blockkd", "--student", "pruned"],
+            "the store has no trajectory, out_cond, out_uncond, features.*, which --method blockkd reads; cache "
+            "them with `teacher-cache run --fields trajectory,out,cond,features --features "
+            '"down_blocks.*,mid_block,up_blocks.*" [--feature-steps I,J,...]`',
+        ),
+        (
+            ["--method", "direct", "--student", "pruned", "--prune", "tiny"],
+            "--prune tiny cannot be built from this teacher: block_out_channels [16, 32]",
+        ),
+        (["--method", "direct", "--init", "nowhere"], "--init nowhere has no distill.json"),
         (["--method", "direct", "--student", "lora", "--lora-rank", "0"], "--lora-rank must be > 0, got 0"),
     ],
 )

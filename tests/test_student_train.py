@@ -1,5 +1,5 @@
 """`student-train run` end to end on a tiny cached teacher: the loss falls, only the denoiser is loaded,
-and a run killed and resumed ends with the same weights as an uninterrupted one."""
+and a run killed and resumed ends with the same weights as an uninterrupted one (lcm; blockkd pruned)."""
 
 import json
 import math
@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import student_train.training.loop as training_loop
 from student_train.config import TrainConfig
+from student_train.training.optimizer import lr_factor
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
     one_torch_thread,
     shared_capture,
@@ -23,6 +24,11 @@ from tests.student_store_fixture import (  # noqa: F401 (autouse)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
+
+
+@pytest.fixture(scope="module")
+def feature_store(tmp_path_factory) -> str:
+    return write_capture_store(shared_capture(features=True), tmp_path_factory.mktemp("store") / "features")
 
 
 def logged_losses(out) -> list[float]:
@@ -85,16 +91,24 @@ def test_only_the_denoiser_is_loaded_and_the_teacher_never_runs(store, tmp_path,
     assert len(forwards) == 2 * 3 and len(set(forwards)) == 2  # per update: the student and its EMA target
 
 
-def test_killed_and_resumed_run_ends_with_the_same_weights(store, tmp_path, monkeypatch):
-    settings = dict(method="lcm", student="full", train_steps=5, checkpoint_every=2)
+@pytest.mark.parametrize(
+    "method, student",
+    [("lcm", "full"), ("blockkd", "pruned")],  # pruned: a smaller UNet, block hooks
+)
+def test_killed_and_resumed_run_ends_with_the_same_weights(
+    feature_store, tmp_path, monkeypatch, method, student
+):
+    store = feature_store
+    settings = dict(method=method, student=student, train_steps=5, checkpoint_every=2)
     training_loop.train(tiny_train_config(store, tmp_path / "whole", **settings))
 
     write = training_loop.TrainLog.write
 
     def die_after_step_3(self, accelerator, step, *args):
-        write(self, accelerator, step, *args)
+        loss = write(self, accelerator, step, *args)
         if step == 3:
             raise KeyboardInterrupt  # killed between checkpoints (the last one is step 2)
+        return loss
 
     monkeypatch.setattr(training_loop.TrainLog, "write", die_after_step_3)
     with pytest.raises(KeyboardInterrupt):
@@ -112,13 +126,10 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(store, tmp_path, monk
 
 def test_lr_schedule_factors():
     cosine = TrainConfig("c", "o", train_steps=100, lr_schedule="cosine", lr_warmup_steps=10)
-    assert training_loop.lr_factor(cosine, 1, 4) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.04)))
-    assert training_loop.lr_factor(cosine, 1, 50) == pytest.approx(0.5)
-    assert training_loop.lr_factor(cosine, 2, 100) == pytest.approx(
-        0.5
-    )  # two processes step it twice per update
-    assert training_loop.lr_factor(cosine, 1, 100) == pytest.approx(0.0, abs=1e-12)
-    assert training_loop.lr_factor(TrainConfig("c", "o", lr_schedule="constant"), 1, 500) == 1.0
+    assert lr_factor(cosine, 4) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.04)))
+    assert lr_factor(cosine, 50) == pytest.approx(0.5)
+    assert lr_factor(cosine, 100) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(TrainConfig("c", "o", lr_schedule="constant"), 500) == 1.0
 
 
 def test_preloaded_and_streamed_runs_end_with_the_same_weights(store, tmp_path):

@@ -8,10 +8,10 @@
     reader.py       StoreReader                    verify.py     verify_store
     batches.py      random (sample, step) training examples from whole chunks
 
-See DESIGN.md ("The store") for the layout and docs/contracts.md for the API.
+See DESIGN.md ("The store") for the layout and docs/contracts.md for the API. Importing the package
+does not import torch (its tools start in a second); `example_batches` is imported on first use.
 """
 
-from shared.store.batches import example_batches
 from shared.store.fingerprint import fingerprint_digest, state_dict_digest
 from shared.store.format import FORMAT_VERSION
 from shared.store.ids import sample_id_for, split_for
@@ -19,6 +19,15 @@ from shared.store.reader import StoreReader
 from shared.store.schema import FieldSpec
 from shared.store.verify import verify_store
 from shared.store.writer import StoreWriter, committed_sample_ids
+
+
+def __getattr__(name: str):
+    if name == "example_batches":  # imports torch
+        from shared.store.batches import example_batches
+
+        return example_batches
+    raise AttributeError(f"module 'shared.store' has no attribute {name!r}")
+
 
 __all__ = [
     "FORMAT_VERSION",

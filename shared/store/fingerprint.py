@@ -10,12 +10,16 @@ it); the teacher record says *where* to load it from and may differ between copi
 so it is not part of the identity. Phase two checks `denoiser_hash` on the denoiser it loads.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
-
-import torch
+from typing import TYPE_CHECKING
 
 from shared.errors import DistillCacheError
+
+if TYPE_CHECKING:
+    import torch
 
 FINGERPRINT_KEYS = ("pipeline_class", "weights_hash", "denoiser_hash")
 
@@ -31,6 +35,8 @@ def fingerprint_digest(fingerprint: dict) -> str:
 
 def state_dict_digest(module: torch.nn.Module) -> str:
     """sha256 of every tensor of `module.state_dict()` (name, dtype, shape, bytes), in name order."""
+    import torch
+
     digest = hashlib.sha256()
     for name, value in sorted(module.state_dict().items()):
         if not isinstance(value, torch.Tensor):

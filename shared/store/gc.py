@@ -74,7 +74,7 @@ def find_garbage(url: str | os.PathLike, grace_seconds: float, now: float | None
         )
     now = time.time() if now is None else now
     files, symlinks = list_store_files(location)  # listed before the manifests are read (see docstring)
-    manifest = ManifestFiles(location, [])
+    manifest = ManifestFiles(location, [], all_columns=False)
     manifest.refresh()
     committed_shards = committed_rows_by_writer(manifest)
     shard_rows = {}

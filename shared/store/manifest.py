@@ -1,9 +1,9 @@
-"""The manifest: one Parquet file per commit in STORE/manifest/, the only record of committed rows.
+"""The manifest: Parquet files in STORE/manifest/, the only record of committed rows.
 
 Columns: the caller's row metadata (at least REQUIRED_COLUMNS; extra scalar columns allowed), then
 what the writer adds: `split`, `writer` (its group), `row` (index in the group) and one
-`checksum_<field>` per field. A file is published whole under its final name only after the arrays
-it points to are written; readers see nothing else.
+`checksum_<field>` per field. A commit's file is published whole under its final name only after the
+arrays it points to are written; readers see nothing else.
 
 Every file protects itself: its name ends in the CRC-32C of its bytes (`<writer>-<first row>-<crc>.parquet`),
 checked before it is parsed, so a flipped byte anywhere in it (pages, footer, schema, metadata) is one
@@ -12,14 +12,22 @@ own checksums. Its key-value metadata records a digest of each of the writer's a
 (zarr.json without the row count), which the reader checks before it opens an array. `manifest/.present`,
 written before store.json, tells a store whose manifest folder was lost from one that has no commit yet.
 
-This module is the one place that reads manifests (`ManifestFiles`): readers list and read every
-file once; writers keep one instance and, before each batch, read only the files added since their
-last look (`refresh`), to skip jobs that other writers committed meanwhile.
+Compaction (shared/store/compaction.py) folds many files into one `manifest/compacted/c<time>-<id>-<crc>.parquet`:
+the same checks, rows of many writers sorted by (sample_id, writer, row), each writer's array digests,
+and the names of the files it replaces. `ManifestFiles` reads a store before, during and after a
+compaction with every committed row exactly once (its docstring and docs/store.md say how).
+
+This module is the one place that reads and writes manifests (`ManifestFiles`, `publish`,
+`publish_compacted`): readers list and read every live file once; writers keep one instance and,
+before each batch, read only the files added since their last look (`refresh`), to skip jobs that
+other writers committed meanwhile.
 """
 
 import io
 import json
 import re
+import time
+import uuid
 from dataclasses import dataclass
 
 import crc32c
@@ -31,12 +39,20 @@ import pyarrow.parquet as pq
 from shared.errors import DistillCacheError
 from shared.store.checksum import checksum_column
 from shared.store.ids import split_for
+from shared.store.manifest_rows import sorted_rows, split_duplicates, without_repeats
 from shared.store.paths import StoreLocation
 from shared.store.schema import check_name
 
 MANIFEST = "manifest"
 MANIFEST_MARKER = f"{MANIFEST}/.present"
-ARRAYS_KEY = b"distillcache.arrays"
+COMPACTED = f"{MANIFEST}/compacted"
+COMPACTED_PREFIX = "compacted/"  # how a compacted file is named relative to manifest/
+ARRAYS_KEY = b"distillcache.arrays"  # a commit's file: {field: digest of the writer's zarr.json}
+WRITER_ARRAYS_KEY = b"distillcache.writer_arrays"  # a compacted file: {writer: {field: digest}}
+REPLACES_KEY = b"distillcache.replaces"  # a compacted file: names of the files it replaces
+RELIST_ATTEMPTS = 5
+PREFETCH_FILES = 256  # commit files whose bytes are read at once (concurrently on an object store)
+LOW_CARDINALITY = ["prompt", "negative_prompt", "split", "writer"]  # read through a dictionary
 MANIFEST_NAME = re.compile(r"(?P<stem>[A-Za-z0-9_][A-Za-z0-9_.\-]*)-(?P<crc>[0-9a-f]{8})\.parquet")
 REQUIRED_COLUMNS = {
     "sample_id": pa.string(),
@@ -47,6 +63,7 @@ REQUIRED_COLUMNS = {
     "num_inference_steps": pa.int64(),
 }
 ADDED_COLUMNS = ("split", "writer", "row")
+KEY_COLUMNS = ("sample_id", "writer", "row")  # what resume and gc read (ManifestFiles(all_columns=False))
 SCALARS = (str, int, float, bool, np.generic, type(None))
 BYTE_COLUMN_TYPES = {
     pa.string(): "<i4",
@@ -116,46 +133,130 @@ def manifest_stem(writer: str, first_row: int) -> str:
     return f"{MANIFEST}/{writer}-{first_row:012d}"
 
 
+def compacted_stem() -> str:
+    """The start of a new compacted file's name: the UTC time (names sort oldest first) and a random part."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
+    return f"{COMPACTED}/c{stamp}-{uuid.uuid4().hex[:8]}"
+
+
 def publish(location: StoreLocation, table: pa.Table, stem: str, array_digests: dict[str, str]) -> str:
     """Write one commit's manifest file whole, named `<stem>-<CRC-32C of its bytes>.parquet`, with the
     digests of the writer's array descriptions in its metadata; returns its path in the store."""
-    table = table.replace_schema_metadata({ARRAYS_KEY: json.dumps(array_digests, sort_keys=True).encode()})
+    metadata = {ARRAYS_KEY: json.dumps(array_digests, sort_keys=True).encode()}
+    return _publish(location, table, stem, metadata)
+
+
+def publish_compacted(
+    location: StoreLocation, table: pa.Table, writer_digests: dict[str, dict[str, str]], replaces: list[str]
+) -> str:
+    """Write a compacted manifest file: `table` (rows of many writers, sorted by sample_id, writer, row),
+    each writer's array digests, and the names of the manifest files it replaces; returns its path."""
+    metadata = {
+        WRITER_ARRAYS_KEY: json.dumps(writer_digests, sort_keys=True).encode(),
+        REPLACES_KEY: json.dumps(sorted(replaces)).encode(),
+    }
+    return _publish(location, table, compacted_stem(), metadata)
+
+
+def _publish(location: StoreLocation, table: pa.Table, stem: str, metadata: dict[bytes, bytes]) -> str:
+    table = table.replace_schema_metadata(metadata)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, write_page_checksum=True)
+    pq.write_table(table, buffer, write_page_checksum=True, compression="zstd")
     data = buffer.getvalue()
     relative = f"{stem}-{crc32c.crc32c(data):08x}.parquet"
     location.write_atomic(relative, data)
     return relative
 
 
-def read_manifest_file(location: StoreLocation, name: str, needed: list[str]) -> tuple[pa.Table, dict]:
-    """One manifest file, checked (its bytes against the CRC-32C in its name, page checksums, the columns
-    needed, the names it holds): (its rows, {field: digest of the writer's zarr.json}) ."""
+class VanishedFile(Exception):
+    """A listed manifest file was gone when it was read: a compaction replaced and removed it."""
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One manifest file, checked: its rows, {writer: {field: zarr.json digest}}, and the names of the
+    files it replaces (compacted files only)."""
+
+    table: pa.Table
+    writer_digests: dict[str, dict[str, str]]
+    replaces: frozenset[str]
+
+
+NOT_READ = object()  # read_manifest_file's `data` when the caller has not read the file's bytes
+
+
+def read_manifest_file(
+    location: StoreLocation, name: str, needed: list[str], all_columns: bool = True, data=NOT_READ
+) -> ManifestFile:
+    """One manifest file (`name` relative to manifest/), checked: its bytes against the CRC-32C in its
+    name, page checksums, the columns needed, the names it holds; all its columns, or only sample_id,
+    writer, row and the checksums. Raises VanishedFile if it is gone. `data`: its bytes (None: gone)
+    when the caller read them already."""
     where = f"{location.url}/{MANIFEST}/{name}"
     damaged = f"; the store is damaged: restore {MANIFEST}/{name} from a good copy of the store"
-    named = MANIFEST_NAME.fullmatch(name)
-    if named is None:
+    if not is_manifest_name(name):
         raise DistillCacheError(f"{where} is not named <writer>-<row>-<CRC-32C>.parquet{damaged}")
-    data = location.read_bytes(f"{MANIFEST}/{name}")
-    if f"{crc32c.crc32c(data):08x}" != named["crc"]:
+    if data is NOT_READ:
+        data = location.read_bytes_if_exists(f"{MANIFEST}/{name}")
+    if data is None:
+        raise VanishedFile(name)
+    if f"{crc32c.crc32c(data):08x}" != MANIFEST_NAME.fullmatch(name.rsplit("/", 1)[-1])["crc"]:
         raise DistillCacheError(f"{where} does not match the checksum in its name{damaged}")
     try:
-        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
-        array_digests = json.loads((table.schema.metadata or {})[ARRAYS_KEY])
-    except KeyError:
-        raise DistillCacheError(f"{where} records no array digests{damaged}") from None
+        parquet = pq.ParquetFile(
+            pa.BufferReader(data), page_checksum_verification=True, read_dictionary=LOW_CARDINALITY
+        )
+        schema = parquet.schema_arrow
+        missing = [column for column in needed if column not in schema.names]
+        kept = (
+            None
+            if all_columns
+            else [*KEY_COLUMNS, *(name for name in needed if name.startswith("checksum_"))]
+        )
+        table = None if missing else plain_strings(parquet.read(columns=kept))
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as error:
         raise DistillCacheError(f"{where} is not a readable Parquet file ({error}){damaged}") from None
-    missing = [column for column in needed if column not in table.column_names]
     if missing:
         raise DistillCacheError(f"{where} lacks the columns {missing}{damaged}")
-    for writer in pc.unique(table.column("writer")).to_pylist():
+    metadata = schema.metadata or {}
+    try:
+        if name.startswith(COMPACTED_PREFIX):
+            writer_digests = json.loads(metadata[WRITER_ARRAYS_KEY])
+            replaces = json.loads(metadata[REPLACES_KEY])
+        else:
+            writer_digests, replaces = json.loads(metadata[ARRAYS_KEY]), []
+    except (KeyError, ValueError, UnicodeDecodeError):
+        raise DistillCacheError(f"{where} records no array digests{damaged}") from None
+    writers = pc.unique(table.column("writer")).to_pylist()
+    for writer in writers:
         check_name(writer, f"{where}: writer")
     if table.num_rows and pc.min(table.column("row")).as_py() < 0:
         raise DistillCacheError(f"{where} has a negative row number{damaged}")
-    if not isinstance(array_digests, dict):
-        raise DistillCacheError(f"{where} records no array digests{damaged}")
-    return table.replace_schema_metadata(None), array_digests
+    if not name.startswith(COMPACTED_PREFIX) and isinstance(writer_digests, dict) and len(writers) == 1:
+        writer_digests = {writers[0]: writer_digests}  # a commit's file: one writer, its fields' digests
+    if not (
+        isinstance(writer_digests, dict)
+        and all(isinstance(writer_digests.get(writer), dict) for writer in writers)
+        and isinstance(replaces, list)
+        and all(isinstance(item, str) and is_manifest_name(item) for item in replaces)
+    ):
+        raise DistillCacheError(f"{where} records no array digests for its writers{damaged}")
+    return ManifestFile(table.replace_schema_metadata(None), writer_digests, frozenset(replaces))
+
+
+def plain_strings(table: pa.Table) -> pa.Table:
+    """The low-cardinality columns read as dictionaries (about twice as fast at 10^6 rows) as plain strings."""
+    for index, column in enumerate(table.schema):
+        if pa.types.is_dictionary(column.type) and column.name in LOW_CARDINALITY:
+            table = table.set_column(index, column.name, pc.cast(table.column(index), column.type.value_type))
+    return table
+
+
+def is_manifest_name(name: str) -> bool:
+    """`<writer>-<row>-<crc>.parquet` (a commit's file) or `compacted/<stem>-<crc>.parquet`."""
+    base = name[len(COMPACTED_PREFIX) :] if name.startswith(COMPACTED_PREFIX) else name
+    return MANIFEST_NAME.fullmatch(base) is not None
 
 
 @dataclass(frozen=True)
@@ -169,14 +270,29 @@ class Manifest:
 
 
 class ManifestFiles:
-    """The manifest files of a store, read once each; `refresh()` reads only files new since the last call."""
+    """The manifest files of a store, read once each; `refresh()` reads only files new since the last call.
 
-    def __init__(self, location: StoreLocation, fields: list[str]):
+    Compaction-aware (docs/store.md, "Compaction"): commit files are listed first, then compacted
+    files; compacted files are read newest first, and a file that one of them replaces is not read
+    (its rows are in the compacted file). A listed file that is gone when read was removed by a
+    compaction after being replaced: the folders are listed again (the replacement is there by then).
+    A row that two files list (a compacted file and one it replaces, read before the replacement was
+    seen, or two compactions made at once) is kept once."""
+
+    def __init__(self, location: StoreLocation, fields: list[str], all_columns: bool = True):
+        """`fields`: whose checksum columns each file must have; `all_columns`: keep every column (a
+        reader's manifest) or only sample_id, writer, row and the checksums (what resume and gc need:
+        faster at 10^6 rows)."""
         self.location = location
         self.fields = list(fields)
         self.needed = [*REQUIRED_COLUMNS, *ADDED_COLUMNS, *(checksum_column(field) for field in fields)]
-        self._tables: dict[str, pa.Table] = {}
+        self.all_columns = all_columns
+        self._tables: dict[str, pa.Table] = {}  # live files (not replaced by a file read): name -> rows
+        self._replaces: dict[str, frozenset[str]] = {}  # compacted file read -> the names it replaces
+        self._replaced_by: dict[str, str] = {}  # name -> a compacted file read that replaces it
+        self._listed: list[str] = []  # the names of the last listing (commit files, then compacted)
         self._sample_ids: set[str] = set()
+        self._ids_pending: list[pa.Table] = []  # tables read whose ids are not in _sample_ids yet
         self._array_digests: dict[str, dict[str, str]] = {}  # writer -> {field: digest}
 
     def refresh(self) -> list[pa.Table]:
@@ -186,46 +302,105 @@ class ManifestFiles:
                 f"{self.location.url}/{MANIFEST}/ is missing: the record of the store's committed rows is gone; "
                 "restore it from a good copy of the store"
             )
-        new = [name for name in self.location.list_names(MANIFEST, ".parquet") if name not in self._tables]
-        tables = []
-        for name in new:
-            table, array_digests = read_manifest_file(self.location, name, self.needed)
-            for writer in pc.unique(table.column("writer")).to_pylist():
-                known = self._array_digests.setdefault(writer, {})
-                for field, digest in array_digests.items():
-                    if known.setdefault(field, digest) != digest:
-                        raise DistillCacheError(
-                            f"{self.location.url}/{MANIFEST}/{name} records another description of array "
-                            f"{field!r} of writer {writer!r} than its other manifest files; the store is damaged"
-                        )
-            tables.append(table)
-        self._tables.update(zip(new, tables))
-        for table in tables:
-            self._sample_ids.update(table.column("sample_id").to_pylist())
-        return tables
+        tables: list[pa.Table] = []
+        for _ in range(RELIST_ATTEMPTS):
+            self._listed = self._list()
+            try:
+                self._read_new(tables)
+                return tables
+            except VanishedFile:
+                continue  # replaced and removed by a compaction since the listing: list again
+        raise DistillCacheError(
+            f"{self.location.url}/{MANIFEST}/: files vanished between listing and reading {RELIST_ATTEMPTS} "
+            "times; something other than `teacher-cache compact` is removing manifest files"
+        )
+
+    def _list(self) -> list[str]:
+        """Commit files first, then compacted files: a commit file removed during the first listing was
+        replaced by a compacted file published before, which the second listing sees."""
+        leaves = self.location.list_names(MANIFEST, ".parquet", fresh=True)
+        compacted = self.location.list_names(COMPACTED, ".parquet", fresh=True)
+        return [*leaves, *(COMPACTED_PREFIX + name for name in compacted)]
+
+    def _read_new(self, tables: list[pa.Table]) -> None:
+        compacted = sorted((name for name in self._listed if name.startswith(COMPACTED_PREFIX)), reverse=True)
+        for name in compacted:  # newest compaction first: it replaces the older ones
+            if name not in self._tables and name not in self._replaced_by:
+                self._read_one(name, tables)
+        leaves = [
+            name
+            for name in self._listed
+            if not name.startswith(COMPACTED_PREFIX)
+            and name not in self._tables
+            and name not in self._replaced_by
+        ]
+        for start in range(0, len(leaves), PREFETCH_FILES):  # commit files replace nothing: read together
+            some = leaves[start : start + PREFETCH_FILES]
+            data = self.location.read_many_if_exist([f"{MANIFEST}/{name}" for name in some])
+            for name in some:
+                self._read_one(name, tables, data[f"{MANIFEST}/{name}"])
+
+    def _read_one(self, name: str, tables: list[pa.Table], data=NOT_READ) -> None:
+        read = read_manifest_file(self.location, name, self.needed, self.all_columns, data)
+        self._add(name, read)
+        tables.append(read.table)
+
+    def _add(self, name: str, read: ManifestFile) -> None:
+        for writer, digests in read.writer_digests.items():
+            known = self._array_digests.setdefault(writer, {})
+            for field, digest in digests.items():
+                if known.setdefault(field, digest) != digest:
+                    raise DistillCacheError(
+                        f"{self.location.url}/{MANIFEST}/{name} records another description of array "
+                        f"{field!r} of writer {writer!r} than its other manifest files; the store is damaged"
+                    )
+        if read.replaces:
+            self._replaces[name] = read.replaces
+            for replaced in read.replaces:
+                self._replaced_by.setdefault(replaced, name)
+                self._tables.pop(replaced, None)  # its rows are in this file
+        self._tables[name] = read.table
+        self._ids_pending.append(read.table)
 
     def array_digests(self, writer: str) -> dict[str, str]:
         """{field: digest of its zarr.json without the row count} as the writer's manifests record it."""
         return dict(self._array_digests.get(writer, {}))
 
-    def sample_ids(self) -> set[str]:
-        """Every sample_id read so far (a copy)."""
-        return set(self._sample_ids)
+    def writer_digests(self) -> dict[str, dict[str, str]]:
+        """{writer: {field: digest}} for every writer read so far."""
+        return {writer: dict(fields) for writer, fields in self._array_digests.items()}
 
-    def manifest(self) -> Manifest:
-        """Every row read so far, sorted by sample_id; a sample committed twice (writers racing) is kept once."""
+    def sample_ids(self) -> set[str]:
+        """Every sample_id read so far: the set this instance keeps up to date (do not change it). Built
+        on first use (a reader does not need it): about 0.5 s of CPU for 10^6 rows."""
+        for table in self._ids_pending:
+            self._sample_ids.update(table.column("sample_id").to_pylist())
+        self._ids_pending = []
+        return self._sample_ids
+
+    def live_names(self) -> list[str]:
+        """The files whose rows make up the manifest: every file read that no file read replaces."""
+        return sorted(self._tables)
+
+    def replaced_names(self) -> dict[str, str]:
+        """{listed file: a compacted file read that replaces it}: files that may be removed once their
+        replacement is older than every reader's listing (see compaction.py)."""
+        return {name: self._replaced_by[name] for name in self._listed if name in self._replaced_by}
+
+    def all_rows(self) -> pa.Table:
+        """Every committed row once (racing writers' duplicates included), sorted by sample_id, writer, row."""
         if not self._tables:
             empty = {**REQUIRED_COLUMNS, "split": pa.string(), "writer": pa.string(), "row": pa.int64()}
             empty.update({checksum_column(field): pa.int64() for field in self.fields})
-            table = pa.table({name: pa.array([], kind) for name, kind in empty.items()})
-            return Manifest(table, table, {})
-        table = pa.concat_tables(self._tables.values(), promote_options="permissive")
-        table = table.sort_by([("sample_id", "ascending"), ("writer", "ascending"), ("row", "ascending")])
-        sample_ids = table.column("sample_id").to_numpy(zero_copy_only=False)
-        first = np.ones(len(sample_ids), dtype=bool)
-        first[1:] = sample_ids[1:] != sample_ids[:-1]
-        digests = {writer: dict(fields) for writer, fields in self._array_digests.items()}
-        return Manifest(table.filter(pa.array(first)), table.filter(pa.array(~first)), digests)
+            return pa.table({name: pa.array([], kind) for name, kind in empty.items()})
+        table = sorted_rows(list(self._tables.values()))
+        checksums = [column for column in table.column_names if column.startswith("checksum_")]
+        return without_repeats(table, checksums)
+
+    def manifest(self) -> Manifest:
+        """Every row read so far, sorted by sample_id; a sample committed twice (writers racing) is kept once."""
+        first, duplicates = split_duplicates(self.all_rows())
+        return Manifest(first, duplicates, self.writer_digests())
 
 
 def read_manifest(location: StoreLocation, fields: list[str]) -> Manifest:

@@ -38,6 +38,10 @@ def is_access_error(error: BaseException) -> bool:
     return isinstance(error, (OSError, TimeoutError)) or module in ACCESS_ERROR_MODULES
 
 
+def raise_error(error: BaseException):
+    raise error
+
+
 @dataclass(frozen=True)
 class StoreLocation:
     url: str
@@ -82,6 +86,49 @@ class StoreLocation:
         self.check_path(relative)
         return self.call(f"read {relative}", self.fs.cat_file, self.path(relative))
 
+    def read_bytes_if_exists(self, relative: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist (any other failure is one line)."""
+        self.check_path(relative)
+
+        def read() -> bytes | None:
+            try:
+                return self.fs.cat_file(self.path(relative))
+            except FileNotFoundError:
+                return None
+
+        return self.call(f"read {relative}", read)
+
+    def read_many_if_exist(self, relatives: list[str]) -> dict[str, bytes | None]:
+        """{relative: its bytes, or None when it does not exist}; on an object store the reads run
+        concurrently (fsspec's batched `cat`), one request per file but not one after another."""
+        if self.is_local or len(relatives) < 2:
+            return {relative: self.read_bytes_if_exists(relative) for relative in relatives}
+        for relative in relatives:
+            self.check_path(relative)
+        paths = {self.path(relative): relative for relative in relatives}
+        found = self.call(f"read {len(paths)} files", self.fs.cat, list(paths), False, "return")
+        result = {}
+        for path, relative in paths.items():
+            data = found.get(path, found.get(self.fs._strip_protocol(path), FileNotFoundError(path)))
+            if isinstance(data, FileNotFoundError):
+                data = None
+            elif isinstance(data, BaseException):
+                self.call(f"read {relative}", raise_error, data)
+            result[relative] = data
+        return result
+
+    def remove(self, relative: str) -> None:
+        """Remove one file (not a folder); a file already gone is not an error."""
+        self.check_path(relative)
+
+        def remove() -> None:
+            try:
+                self.fs.rm_file(self.path(relative))
+            except FileNotFoundError:
+                pass
+
+        self.call(f"remove {relative}", remove)
+
     def write_atomic(self, relative: str, data: bytes) -> None:
         """Publish a whole file at once: readers see the old state or the new file, never a part."""
         self.check_path(relative)
@@ -102,9 +149,13 @@ class StoreLocation:
 
         self.call(f"write {relative}", write)
 
-    def list_names(self, relative: str, suffix: str) -> list[str]:
-        """Names of the visible files `relative/*suffix` (hidden temporary files excluded), sorted."""
+    def list_names(self, relative: str, suffix: str, fresh: bool = False) -> list[str]:
+        """Names of the visible files `relative/*suffix` (hidden temporary files excluded), sorted.
+        `fresh`: bypass the filesystem's listing cache (s3fs keeps listings, and would not show files
+        that other processes published since)."""
         folder = self.path(relative)
+        if fresh:
+            self.fs.invalidate_cache(folder)
         if not self.exists(relative):
             return []
         self.check_path(relative)

@@ -17,15 +17,20 @@ its manifest row holds before any of it is returned, on every path (`read`, `rea
 them, then slices (a chunk holds a whole row up to 4 MiB, so this decodes nothing more). A chunk that
 is missing reads as the fill value, which the checksum catches; one that cannot be decoded is the
 same one-line error. `verify=False` skips the check, for a store verified already.
+
+`cache_dir` (a remote store only): shards are copied to a local folder on first read and read from
+there afterwards (shared/store/read_cache.py), so a second epoch runs at local-disk speed.
 """
+
+from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from shared.errors import DistillCacheError, first_line
 from shared.store import arrays as zarr_arrays
@@ -34,6 +39,7 @@ from shared.store.dtypes import from_storage, storage_dtype
 from shared.store.format import read_metadata
 from shared.store.manifest import read_manifest
 from shared.store.paths import StoreLocation, is_access_error
+from shared.store.read_cache import ShardCache
 from shared.store.schema import FieldSpec
 
 
@@ -52,9 +58,14 @@ DAMAGED_ROWS_HINT = (
     "fresh store or restore the store from a good copy"
 )
 
+if TYPE_CHECKING:
+    import torch
+
 
 class StoreReader:
-    def __init__(self, url: str | os.PathLike, verify: bool = True):
+    def __init__(
+        self, url: str | os.PathLike, verify: bool = True, cache_dir: str | os.PathLike | None = None
+    ):
         self.location = StoreLocation.open(url)
         self.verify = verify
         metadata = read_metadata(self.location)
@@ -72,15 +83,18 @@ class StoreReader:
         self.manifest: pa.Table = manifest.table
         self.duplicates: pa.Table = manifest.duplicates
         self._array_digests = manifest.array_digests
-        self._writers: list[str] = pc.unique(self.manifest.column("writer")).to_pylist()
-        writer_index = {name: code for code, name in enumerate(self._writers)}
-        self._writer_codes = np.array(
-            [writer_index[name] for name in self.manifest.column("writer").to_pylist()]
-        )
+        writers = pc.unique(self.manifest.column("writer"))
+        self._writers: list[str] = writers.to_pylist()
+        self._writer_codes = pc.index_in(self.manifest.column("writer"), value_set=writers).to_numpy()
         self._rows = self.manifest.column("row").to_numpy().astype(np.int64)
         self._zarr_store = self.location.zarr_store(read_only=True)
+        self.cache = None  # the local copies of a remote store's shards (cache_dir)
+        if cache_dir and not self.location.is_local:
+            self.cache = ShardCache(self.location, cache_dir)
+            self._zarr_store = self.cache.zarr_store(self._zarr_store)
         self._arrays: dict[tuple[str, str], object] = {}
         self._checksum_columns: dict[str, np.ndarray] = {}
+        self._cache_cleared = False
 
     def __len__(self) -> int:
         return self.manifest.num_rows
@@ -102,12 +116,28 @@ class StoreReader:
             raise DistillCacheError(f"split {split!r} is unknown; use 'train' or 'val'")
         return np.flatnonzero(pc.equal(self.manifest.column("split"), split).to_numpy(zero_copy_only=False))
 
+    def in_storage_order(self, rows: Sequence[int]) -> np.ndarray:
+        """`rows` (indices into `manifest`) sorted by where they are stored (writer group, then row): the
+        order in which reading them touches each shard once, in runs."""
+        rows = self._check_rows(rows)
+        return rows[np.lexsort((self._rows[rows], self._writer_codes[rows]))]
+
     def read(self, field: str, rows: Sequence[int], steps: Sequence[int] | None = None) -> torch.Tensor:
         """(len(rows), *shape), or with `steps` (len(rows), len(steps), *shape[1:]); the field's real dtype."""
         return from_storage(self.read_stored(field, rows, steps), self.fields[field].dtype)
 
     def read_stored(self, field: str, rows: Sequence[int], steps: Sequence[int] | None = None) -> np.ndarray:
         """As `read`, but the stored numpy values (bfloat16 as its uint16 bits)."""
+        try:
+            return self._read_stored(field, rows, steps)
+        except DamagedRowsError:
+            if self.cache is None or self._cache_cleared:
+                raise
+            self._cache_cleared = True  # a stale or damaged local copy: read again from the store, once
+            self.cache.clear()
+            return self._read_stored(field, rows, steps)
+
+    def _read_stored(self, field: str, rows: Sequence[int], steps: Sequence[int] | None = None) -> np.ndarray:
         spec = self._spec(field)
         rows = self._check_rows(rows)
         step_index, step_slice = self._check_steps(spec, steps)

@@ -14,14 +14,16 @@ with another teacher fingerprint, other settings or other fields (the `teacher` 
 teacher is loaded from, is kept as the first writer wrote it).
 """
 
+from __future__ import annotations
+
 import math
 import os
 import threading
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from shared.errors import DistillCacheError, first_line
 from shared.store import arrays as zarr_arrays
@@ -39,6 +41,9 @@ from shared.store.manifest import (
 from shared.store.paths import StoreLocation, is_access_error
 from shared.store.schema import FieldSpec, check_name
 
+if TYPE_CHECKING:
+    import torch
+
 DEFAULT_VAL_FRACTION = 0.1
 
 
@@ -53,7 +58,7 @@ def committed_sample_ids(url: str | os.PathLike) -> set[str]:
     location = StoreLocation.open(url)
     if read_metadata(location) is None:
         return set()
-    files = ManifestFiles(location, [])
+    files = ManifestFiles(location, [], all_columns=False)
     files.refresh()
     return files.sample_ids()
 
@@ -86,7 +91,7 @@ class StoreWriter:
         self._next_row = 0
         self._committed_here: set[str] = set()
         self._committed_here_lock = threading.Lock()  # commits may run on another thread than committed_ids
-        self._manifest_files = ManifestFiles(self.location, list(self.fields))
+        self._manifest_files = ManifestFiles(self.location, list(self.fields), all_columns=False)
         self._array_digests: dict[str, str] = {}
 
     @property

@@ -9,11 +9,14 @@ row and field: more than a tiny denoiser's step). loader="auto" keeps the split 
 takes no more bytes than the teacher's weights (settings["teacher_nbytes"]: denoiser, text encoders,
 VAE), which a training run with the teacher in its loop holds and this one never loads, so the
 cached run is never the bigger process for its data; it streams a bigger split (stores written
-before the size was recorded: MEMORY_LOADER_LIMIT). Values arrive as float32 on the device either way.
+before the size was recorded: MEMORY_LOADER_LIMIT). Either way values stay in their stored dtype
+(float16 stays float16) until they are on the device, where they are cast to float32 once.
 
-The order of samples is a function of (seed, position) only — position p = micro_step * batch_size
-+ j goes to epoch p // N, slot p % N of that epoch's permutation — so a resumed run sees exactly the
-batches an uninterrupted one would, from memory or streamed.
+The order of samples is a function of (seed, position) only — stream position p goes to epoch
+p // N, slot p % N of that epoch's permutation (`rows_at_positions`; which positions each process
+and micro-batch takes: training/data_order.py) — so a resumed run sees exactly the batches an
+uninterrupted one would, from memory or streamed. `needed` limits what the memory loader reads to
+the rows one process trains on.
 
     data = TrainingData(reader, ("trajectory", "out_cond", "out_uncond"), split="train", loader="auto")
     for batch in data.batches([rows_for_micro_step(len(data), 16, seed, m) for m in micro_steps], device):
@@ -21,6 +24,7 @@ batches an uninterrupted one would, from memory or streamed.
         batch.cond                   # nested denoiser kwargs, e.g. {"encoder_hidden_states": (B, 77, 768)}
 """
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,9 +35,10 @@ from shared.errors import DistillCacheError
 from student_train.config import LOADERS
 from student_train.students.denoiser import nest_conditioning
 
-# Store field -> the `teacher-cache run --fields` group that writes it.
+# Store field -> the `teacher-cache run --fields` group that writes it ("name.*": every field named so).
 FIELD_GROUP = {"noise": "noise", "trajectory": "trajectory", "final_latents": "final_latents"}
-FIELD_GROUP.update({"out_cond": "out", "out_uncond": "out", "cond.*": "cond"})
+FIELD_GROUP.update({"out_cond": "out", "out_uncond": "out", "cond.*": "cond", "uncond.*": "cond"})
+FIELD_GROUP.update({"features.*": "features"})
 FIELD_GROUP.update(
     {f"noised.{name}": "noised" for name in ("x_t", "timestep", "next_timestep", "out_cond", "out_uncond")}
 )
@@ -45,6 +50,18 @@ class Batch:
     fields: dict[str, torch.Tensor]  # name -> (B, ...)
     cond: dict  # nested conditioning kwargs, each (B, ...)
     sample_ids: list[str]
+    guidance_scale: torch.Tensor | None = None  # (B,) each row's CFG scale (manifest), pipeline convention
+
+
+def expand_fields(reader_fields, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Field names with every "prefix.*" replaced by the store's fields of that prefix, in store order."""
+    expanded: list[str] = []
+    for name in names:
+        if name.endswith(".*"):
+            expanded += [field for field in reader_fields if field.startswith(name[:-1])]
+        else:
+            expanded.append(name)
+    return tuple(dict.fromkeys(expanded))
 
 
 class TrainingData:
@@ -57,53 +74,69 @@ class TrainingData:
         split: str = "train",
         max_samples: int = 0,
         loader: str = "stream",
+        needed: list[int] | None = None,
     ):
         self.reader = reader
         self.rows = select_rows(reader, split, max_samples)
-        self.names = (*fields, *(name for name in reader.fields if name.startswith("cond.")))
+        self.names = expand_fields(reader.fields, (*fields, "cond.*"))
         all_ids = reader.manifest.column("sample_id").to_pylist()
         self.sample_ids = [str(all_ids[r]) for r in self.rows]
+        guidance = reader.manifest.column("guidance_scale").to_pylist()
+        self.guidance_scale = torch.tensor([float(guidance[r]) for r in self.rows])  # (N,)
+        # The positions (indices into the split) this process will read; None: all of them.
+        self.needed = None if needed is None or len(needed) == len(self.rows) else sorted(needed)
         self.in_memory = uses_memory(loader, self.nbytes, memory_budget(reader.settings))
-        self.preloaded = (
-            {name: reader.read(name, self.rows) for name in self.names} if self.in_memory else None
-        )
+        self.preloaded, self.slot_of = None, None
+        if self.in_memory:
+            kept = self.rows if self.needed is None else [self.rows[i] for i in self.needed]
+            self.preloaded = {name: reader.read(name, kept) for name in self.names}
+            if self.needed is not None:
+                self.slot_of = torch.full((len(self.rows),), -1, dtype=torch.long)
+                self.slot_of[self.needed] = torch.arange(len(self.needed))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the split's fields as stored."""
-        return sum(len(self.rows) * self.reader.fields[name].sample_nbytes for name in self.names)
+        """Bytes, as stored, of the fields of the rows this process reads."""
+        count = len(self.rows) if self.needed is None else len(self.needed)
+        return sum(count * self.reader.fields[name].sample_nbytes for name in self.names)
 
     def read(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
         """{field: (B, ...)} of the split's rows at `positions`, in the stored dtypes, on the host."""
         if self.preloaded is not None:
-            return {name: values[positions] for name, values in self.preloaded.items()}
+            slots = positions if self.slot_of is None else self.slot_of[positions]
+            assert bool((slots >= 0).all()), "a position outside `needed` was read"
+            return {name: values[slots] for name, values in self.preloaded.items()}
         rows = [self.rows[i] for i in positions.tolist()]
         return {name: self.reader.read(name, rows) for name in self.names}
 
     def batch(self, positions: torch.Tensor, device: torch.device | str) -> Batch:
         return self.on_device(positions, self.read(positions), device)
 
-    def batches(self, schedule: Iterable[torch.Tensor], device: torch.device | str) -> Iterator[Batch]:
-        """The batches of `schedule` (positions per micro-batch), in order; the next one is read in a
-        background thread while the caller trains on this one."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader") as pool:
-            pending = None  # (positions, future of their values)
+    def batches(
+        self, schedule: Iterable[torch.Tensor], device: torch.device | str, read_ahead: int = 1
+    ) -> Iterator[Batch]:
+        """The batches of `schedule` (positions per micro-batch), in order; the next `read_ahead` ones are
+        read in background threads, in parallel, while the caller trains on this one."""
+        with ThreadPoolExecutor(max_workers=max(1, read_ahead), thread_name_prefix="store-reader") as pool:
+            pending = deque()  # (positions, future of their values), oldest first
             for positions in schedule:
-                upcoming = (positions, pool.submit(self.read, positions))
-                if pending is not None:
-                    yield self.on_device(pending[0], pending[1].result(), device)
-                pending = upcoming
-            if pending is not None:
-                yield self.on_device(pending[0], pending[1].result(), device)
+                pending.append((positions, pool.submit(self.read, positions)))
+                if len(pending) > max(1, read_ahead):
+                    positions_now, values = pending.popleft()
+                    yield self.on_device(positions_now, values.result(), device)
+            while pending:
+                positions_now, values = pending.popleft()
+                yield self.on_device(positions_now, values.result(), device)
 
     def on_device(self, positions: torch.Tensor, values: dict[str, torch.Tensor], device) -> Batch:
         values = {name: value.to(device).float() for name, value in values.items()}
         cond = {name[len("cond.") :]: value for name, value in values.items() if name.startswith("cond.")}
         fields = {name: value for name, value in values.items() if not name.startswith("cond.")}
-        return Batch(fields, nest_conditioning(cond), [self.sample_ids[i] for i in positions.tolist()])
+        sample_ids = [self.sample_ids[i] for i in positions.tolist()]
+        return Batch(fields, nest_conditioning(cond), sample_ids, self.guidance_scale[positions].to(device))
 
 
 def memory_budget(settings: dict) -> int:
@@ -119,15 +152,20 @@ def uses_memory(loader: str, nbytes: int, budget: int) -> bool:
 
 def check_fields(reader, method_name: str, needed: tuple[str, ...]) -> None:
     """A store without what the method reads: one line naming the phase-one flags that add it."""
-    missing = [name for name in needed if name not in reader.fields]
-    if not any(name.startswith("cond.") for name in reader.fields):
-        missing.append("cond.*")
+    missing = [
+        name
+        for name in (*needed, "cond.*")
+        if not set(expand_fields(reader.fields, (name,))) & set(reader.fields)
+    ]
     if missing:
         groups = ",".join(dict.fromkeys(FIELD_GROUP[name] for name in (*needed, "cond.*")))
-        hint = " and --guidance > 1 (CFG)" if "out_uncond" in missing and "out_cond" not in missing else ""
+        halves = (("out_uncond", "out_cond"), ("uncond.*", "cond.*"))  # only the CFG half is missing
+        cfg_only = any(uncond in missing and cond not in missing for uncond, cond in halves)
+        hint = " and --guidance > 1 (CFG)" if cfg_only else ""
+        flags = ' --features "down_blocks.*,mid_block,up_blocks.*" [--feature-steps I,J,...]'
         raise DistillCacheError(
             f"the store has no {', '.join(missing)}, which --method {method_name} reads; "
-            f"cache them with `teacher-cache run --fields {groups}`{hint}"
+            f"cache them with `teacher-cache run --fields {groups}{flags if 'features.*' in missing else ''}`{hint}"
         )
 
 
@@ -142,10 +180,16 @@ def select_rows(reader, split: str, max_samples: int) -> list[int]:
 
 
 def rows_for_micro_step(num_rows: int, batch_size: int, seed: int, micro_step: int) -> torch.Tensor:
-    """The (batch_size,) row indices of one micro-batch: a fresh permutation per epoch."""
-    positions = torch.arange(micro_step * batch_size, (micro_step + 1) * batch_size)
+    """The (batch_size,) row indices of micro-batch `micro_step` of one process."""
+    return rows_at_positions(
+        num_rows, seed, torch.arange(micro_step * batch_size, (micro_step + 1) * batch_size)
+    )
+
+
+def rows_at_positions(num_rows: int, seed: int, positions: torch.Tensor) -> torch.Tensor:
+    """Row indices (into the split) at these stream positions: a fresh permutation per epoch."""
     epochs, slots = positions // num_rows, positions % num_rows
-    rows = torch.empty(batch_size, dtype=torch.long)
+    rows = torch.empty(len(positions), dtype=torch.long)
     for epoch in epochs.unique().tolist():
         permutation = torch.randperm(
             num_rows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)

@@ -1,8 +1,11 @@
 """The columns of `student-train eval`, from the cached initial noise and conditioning of each row:
 
     teacher@S   the teacher's cached many-step output `final_latents` (the reference, not recomputed)
-    teacher@K   the teacher's denoiser, DDIM at K steps, CFG at the row's guidance (teacher_baseline.py)
-    student@K   the student, its method's few-step sampler (sampling.py)
+    teacher@K   the teacher's denoiser, DDIM (flow: Euler) at K steps, CFG at the row's guidance (teacher_baseline.py)
+    student@K   the student, its method's few-step sampler (sampling.py); a "cfg" student (blockkd)
+                exactly as teacher@K with its own denoiser in the teacher's place
+
+Each column's kind records its denoiser evaluations per image (`evaluations`: 2 per step under CFG).
 
 Every column is decoded with the teacher's VAE and kept with its latent MSE to teacher@S, batch by batch.
 
@@ -26,29 +29,44 @@ def reference_label(settings: dict, steps: tuple[int, ...]) -> str:
 
 
 def student_latents(models: Models, settings: dict, noise, cond: dict, sample_ids: list[str], steps: int):
-    """The student at `steps` steps with its method's sampler, from noise [B, C, h, w] -> [B, C, h, w]."""
+    """The student at `steps` steps with its method's sampler, from noise [B, C, h, w] -> [B, C, h, w]:
+    ours (ddim / lcm) or, for sampler "scheduler", the folder's own scheduler as a stock pipeline runs it."""
     from functools import partial
 
     from shared.schedule import NoiseSchedule
     from student_train.data.randomness import SampleRandom
-    from student_train.sampling import sample, student_timesteps
+    from student_train.sampling import pipeline_timesteps, sample, sample_with_scheduler, student_timesteps
     from student_train.students.denoiser import call_denoiser
 
-    sampling = models.distill["sampling"]
+    sampling, method = models.distill["sampling"], models.distill["method"]
+    w = sampling.get("guidance_w")
+    guidance_w = None if w is None else torch.full((noise.shape[0],), float(w), device=noise.device)  # [B]
+    denoise = partial(call_denoiser, models.student)
+    random = SampleRandom(0, steps, sample_ids, noise.device)
+    if sampling["sampler"] == "scheduler":
+        return sample_with_scheduler(
+            denoise,
+            models.scheduler,
+            noise,
+            cond,
+            steps,
+            pipeline_timesteps(method, steps, settings),
+            guidance_w,
+            eta=models.distill["recommended"].get("eta", 0.0),
+            generator=random.generators,
+        ).float()
     schedule = NoiseSchedule.from_scheduler_config(
         settings["scheduler"]["config"], settings["scheduler"]["class"]
     )
-    w = sampling.get("guidance_w")
-    guidance_w = None if w is None else torch.full((noise.shape[0],), float(w), device=noise.device)  # [B]
     return sample(
-        partial(call_denoiser, models.student),
+        denoise,
         schedule,
         noise,
         cond,
-        student_timesteps(models.distill["method"], steps, settings),
+        student_timesteps(method, steps, settings),
         sampling["prediction_type"],
         sampler=sampling["sampler"],
-        random=SampleRandom(0, steps, sample_ids, noise.device),
+        random=random,
         guidance_w=guidance_w,
         timestep_scaling=sampling.get("timestep_scaling", 10.0),
     ).float()
@@ -83,15 +101,18 @@ def generate(
     steps: tuple[int, ...],
     batch_size: int,
     teacher_spacing: str,
+    teacher_steps: tuple[int, ...] | None = None,
 ) -> Columns:
     """teacher@S (cached), then teacher@K and student@K for every K in `steps`, batch by batch from the
-    cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS)."""
+    cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS); teacher@K
+    only for K in `teacher_steps` (None: every K)."""
     from student_train.eval.image_metrics import mse
     from student_train.eval.teacher_baseline import (
-        ddim_scheduler,
         map_tensors,
         read_conditioning,
         sample_with_cfg,
+        teacher_sampler_name,
+        teacher_scheduler,
     )
 
     reader, manifest = eval_set.reader, eval_set.reader.manifest
@@ -103,6 +124,8 @@ def generate(
         int(reader.settings["num_inference_steps"]),
         models.distill["sampling"]["sampler"],
     )
+    cfg = bool(reader.settings.get("cfg", True))
+    teacher_sampler = teacher_sampler_name(reader.settings)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for start in range(0, len(eval_set.rows), batch_size):
         rows = eval_set.rows[start : start + batch_size]
@@ -114,22 +137,23 @@ def generate(
         sample_ids = [str(manifest.column("sample_id")[r]) for r in rows]
 
         def add(label: str, model: str, k: int, sampler: str, latents: torch.Tensor, final=final) -> None:
-            kind = {"model": model, "steps": k, "sampler": sampler}
+            evaluations = k * (2 if sampler in ("cache", teacher_sampler, "cfg") and cfg else 1)
+            kind = {"model": model, "steps": k, "sampler": sampler, "evaluations": evaluations}
             columns.add(label, kind, decode(models.vae, latents), mse(latents, final))
+
+        def with_cfg(
+            denoiser: torch.nn.Module, k: int, inputs=(noise, cond, uncond, guidance)
+        ) -> torch.Tensor:
+            return sample_with_cfg(denoiser, teacher_scheduler(reader.settings, teacher_spacing), *inputs, k)
 
         add(reference, "teacher", full_steps, "cache", final)
         for k in steps:
             with autocast:
-                teacher = sample_with_cfg(
-                    models.teacher,
-                    ddim_scheduler(reader.settings, teacher_spacing),
-                    noise,
-                    cond,
-                    uncond,
-                    guidance,
-                    k,
-                )
-                student = student_latents(models, train_settings, noise, cond, sample_ids, k)
-            add(f"teacher@{k}", "teacher", k, "ddim", teacher)
+                if teacher_steps is None or k in teacher_steps:
+                    add(f"teacher@{k}", "teacher", k, teacher_sampler, with_cfg(models.teacher, k))
+                if student_sampler == "cfg":
+                    student = with_cfg(models.student, k)
+                else:
+                    student = student_latents(models, train_settings, noise, cond, sample_ids, k)
             add(f"student@{k}", "student", k, student_sampler, student)
     return columns

@@ -50,6 +50,7 @@ class Models:
     teacher: torch.nn.Module  # the teacher's denoiser
     vae: torch.nn.Module  # the teacher's VAE: decodes every column
     student: torch.nn.Module  # the student's denoiser (LoRA: the teacher's plus the adapter)
+    scheduler: object  # the student folder's diffusers scheduler (its sampler when sampling = "scheduler")
     distill: dict  # the student's distill.json
     judge: DigitJudge | None  # None with --no-judge or prompts outside the digit grammar
 
@@ -80,6 +81,7 @@ def load_models(
     the judge for `prompts` (none for an empty list)."""
     from shared.teacher import resolve_dtype
     from student_train.export import load_exported_student
+    from student_train.sampling import load_student_scheduler
     from student_train.students.denoiser import load_denoiser
 
     device = resolve_device(device)
@@ -94,7 +96,12 @@ def load_models(
     vae = place(load_denoiser(source, "vae", revision, what="teacher VAE"), device, dtype)
     student_denoiser, _ = load_exported_student(student, teacher=teacher or None)
     return Models(
-        teacher_denoiser, vae, place(student_denoiser, device, dtype), distill, judge_for(prompts, device)
+        teacher_denoiser,
+        vae,
+        place(student_denoiser, device, dtype),
+        load_student_scheduler(student),
+        distill,
+        judge_for(prompts, device),
     )
 
 

@@ -21,13 +21,17 @@ ADHERENCE_MARGIN = 3.0  # points: student@4 adherence >= teacher@S adherence - 3
 PSNR_MARGIN_DB = 3.0  # student@4 paired PSNR >= teacher@4 paired PSNR + 3 dB
 
 
-def score(set_name: str, columns: Columns, judge: DigitJudge | None) -> list[dict]:
+def score(set_name: str, columns: Columns, judge: DigitJudge | None, cost: dict | None = None) -> list[dict]:
     """One record per column: paired PSNR / MSE to teacher@S (pixels and latents), adherence, FD;
-    with the judge, a first record for real digits of the same prompts (the reference)."""
+    with the judge, a first record for real digits of the same prompts (the reference). With `cost`
+    (cost.denoiser_cost), each column's denoiser parameters, evaluations x parameters per image and
+    their ratio to teacher@S's (`cost_ratio`), and the student's time per call relative to the teacher's."""
+    from student_train.eval.cost import cost_per_image
     from student_train.eval.image_metrics import mse, psnr, to_unit_float
 
     reference = to_unit_float(columns.all_images(columns.reference))  # [N, H, W, 3] in [0, 1]
     records = [] if judge is None else [judge.real_record(set_name, columns.prompts)]
+    reference_cost = cost_per_image(columns.kinds[columns.reference], cost) if cost else None
     for label in columns.images:
         images = columns.all_images(label)
         record = {"set": set_name, "column": label, **columns.kinds[label], "samples": len(images)}
@@ -35,25 +39,35 @@ def score(set_name: str, columns: Columns, judge: DigitJudge | None) -> list[dic
             record["psnr_db"] = float(psnr(to_unit_float(images), reference).mean())
             record["pixel_mse"] = float(mse(to_unit_float(images), reference).mean())
             record["latent_mse"] = float(torch.cat(columns.latent_mse[label]).mean())
+        if cost:
+            record.update(cost_per_image(record, cost))
+            record["cost_ratio"] = (
+                record["evaluations_x_parameters"] / reference_cost["evaluations_x_parameters"]
+            )
+            if "time_ratio" in cost:
+                record["time_ratio"] = cost["time_ratio"] if record["model"] == "student" else 1.0
         records.append({**record, **(judge.scores(images, columns.prompts) if judge else {})})
     return records
 
 
 def find_record(
-    records: list[dict], set_name: str, model: str, steps: int, sampler: str | None = None
+    records: list[dict], set_name: str, model: str, steps: int, sampler: str | tuple[str, ...] | None = None
 ) -> dict | None:
+    """The first record of (set, model, steps), with the sampler (or one of the samplers) if given."""
+    samplers = (sampler,) if isinstance(sampler, str) else sampler
     for record in records:
         if (record["set"], record["model"], record["steps"]) == (set_name, model, steps) and (
-            sampler is None or record["sampler"] == sampler
+            samplers is None or record["sampler"] in samplers
         ):
             return record
     return None
 
 
 def check_targets(records: list[dict], set_name: str, full_steps: int) -> list[dict]:
-    """Issue 5's targets at 4 steps: adherence >= teacher@S - 3 points, PSNR >= teacher@4 DDIM + 3 dB."""
+    """Issue 5's targets at 4 steps: adherence >= teacher@S - 3 points, PSNR >= teacher@4 (DDIM or
+    flow Euler) + 3 dB."""
     student = find_record(records, set_name, "student", TARGET_STEPS)
-    teacher = find_record(records, set_name, "teacher", TARGET_STEPS, "ddim")
+    teacher = find_record(records, set_name, "teacher", TARGET_STEPS, ("ddim", "euler"))
     reference = find_record(records, set_name, "teacher", full_steps, "cache")
     if student is None or teacher is None:
         return []
@@ -94,13 +108,19 @@ def format_table(records: list[dict]) -> str:
     def number(record: dict, key: str, digits: int) -> str:
         return f"{record[key]:.{digits}f}" if key in record else "-"
 
+    def millions(record: dict) -> str:
+        return f"{record['parameters'] / 1e6:.3f}" if "parameters" in record else "-"
+
     lines = [
-        "| set | column | PSNR (dB) | pixel MSE | latent MSE | adherence (%) | FD |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| set | column | params (M) | time / call | evals / image | evals x params | PSNR (dB) | pixel MSE "
+        "| latent MSE | adherence (%) | FD |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         lines.append(
-            f"| {r['set']} | {r['column']} | {number(r, 'psnr_db', 2)} | {number(r, 'pixel_mse', 5)} | "
-            f"{number(r, 'latent_mse', 4)} | {number(r, 'adherence', 1)} | {number(r, 'fd', 2)} |"
+            f"| {r['set']} | {r['column']} | {millions(r)} | {number(r, 'time_ratio', 2)} | "
+            f"{r.get('evaluations', '-')} | {number(r, 'cost_ratio', 3)} | {number(r, 'psnr_db', 2)} | "
+            f"{number(r, 'pixel_mse', 5)} | {number(r, 'latent_mse', 4)} | {number(r, 'adherence', 1)} | "
+            f"{number(r, 'fd', 2)} |"
         )
     return "\n".join(lines)

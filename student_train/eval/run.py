@@ -65,6 +65,13 @@ class EvalConfig:
     steps: tuple[int, ...] = option(
         DEFAULT_STEPS, "K: student / teacher step counts, e.g. 1,2,4", parse=parse_steps
     )
+    teacher_steps: tuple[int, ...] | None = option(
+        None,
+        "the K of --steps at which teacher@K is sampled (it costs 2 passes per step: e.g. 1,4 with --steps "
+        "1,4,50 for a guidance student, whose reference at S is the cached teacher@S)",
+        parse=parse_steps,
+        default_text="every K of --steps",
+    )
     teacher: str = option("", "teacher folder or Hub id", default_text="the one the store names")
     teacher_spacing: str = option(
         "trailing",
@@ -76,18 +83,34 @@ class EvalConfig:
     judge: bool = option(
         True, "adherence and FD with the digit judge (skipped anyway for prompts outside the digit grammar)"
     )
+    timing_calls: int = option(
+        20,
+        "denoiser calls timed per model for the student / teacher time per call (alternating, median); 0: skip",
+    )
     device: str = option("auto", "auto = cuda if available, else cpu")
     dtype: str = option("auto", "auto = float16 on cuda, float32 on cpu")
+    threads: int = option(
+        1,
+        "torch CPU threads on CPU; 0: torch's default (on a busy 2-core machine 2 threads took 17x the CPU "
+        "time of 1 per call of the embedded teacher)",
+    )
 
 
 def check_config(config: EvalConfig) -> None:
     """Raise DistillCacheError for settings that cannot work; opens nothing."""
     if not config.steps or min(config.steps) <= 0:
         raise DistillCacheError(f"--steps must be positive step counts, not {config.steps}")
+    if config.teacher_steps is not None and not set(config.teacher_steps) <= set(config.steps):
+        raise DistillCacheError(
+            f"--teacher-steps {','.join(map(str, config.teacher_steps))} must be among --steps "
+            f"{','.join(map(str, config.steps))}"
+        )
     if config.limit < 0:
         raise DistillCacheError(f"--limit must be 0 (all rows) or a positive count, not {config.limit}")
     if config.batch_size <= 0:
         raise DistillCacheError(f"--batch-size must be at least 1, not {config.batch_size}")
+    if config.timing_calls < 0:
+        raise DistillCacheError(f"--timing-calls must be >= 0, not {config.timing_calls}")
     if config.grid_prompts < 0:
         raise DistillCacheError(f"--grid-prompts must be >= 0, not {config.grid_prompts}")
     if config.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -101,12 +124,43 @@ def check_config(config: EvalConfig) -> None:
     check_output_folder(config.out, "--out")
 
 
+def measure_cost(models, eval_set, config: EvalConfig) -> dict:
+    """Parameters and time per call of both denoisers on the first `batch_size` rows of `eval_set`."""
+    from student_train.eval.cost import denoiser_cost
+    from student_train.eval.teacher_baseline import map_tensors, read_conditioning
+
+    rows = eval_set.rows[: config.batch_size]
+    parameter = next(models.teacher.parameters())
+    noise = eval_set.reader.read("noise", rows).to(parameter.device, parameter.dtype)  # [B, C, h, w]
+    cond = map_tensors(read_conditioning(eval_set.reader, rows, "cond"), lambda x: x.to(parameter.device))
+    return denoiser_cost(models, noise, cond, config.timing_calls)
+
+
+def describe_cost(cost: dict) -> str:
+    teacher, student = cost["teacher"], cost["student"]
+    line = (
+        f"denoiser: student {student['parameters'] / 1e6:.3f} M parameters = {cost['parameter_ratio']:.3f} x "
+        f"the teacher's {teacher['parameters'] / 1e6:.3f} M"
+    )
+    if "time_ratio" in cost:
+        line += (
+            f"; {student['seconds_per_call'] * 1e3:.2f} vs {teacher['seconds_per_call'] * 1e3:.2f} ms per call "
+            f"(batch {cost['timing']['batch']}, median of {cost['timing']['calls']} alternating): "
+            f"{1 / cost['time_ratio']:.2f}x faster"
+        )
+    return line
+
+
 def run(config: EvalConfig) -> dict:
     """Evaluate, write OUT/metrics.json and OUT/grid.png, print the table; returns the metrics."""
     from student_train.eval.grid import write_grid
 
     # Validate every input before loading a model or writing anything.
     check_config(config)
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
     training, eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
     distill = read_distill(config.student)
     check_same_teacher(distill, training, config.cache)
@@ -121,6 +175,7 @@ def run(config: EvalConfig) -> dict:
         prompts if config.judge else [],
     )
 
+    cost = measure_cost(models, eval_sets[0], config)
     records, targets, rows, row_titles = [], [], [], []
     for eval_set in eval_sets:
         print(f"eval: {eval_set.name}: {len(eval_set.rows)} rows of {eval_set.url}", flush=True)
@@ -131,8 +186,9 @@ def run(config: EvalConfig) -> dict:
             config.steps,
             config.batch_size,
             config.teacher_spacing,
+            config.steps if config.teacher_steps is None else config.teacher_steps,
         )
-        set_records = score(eval_set.name, columns, models.judge)
+        set_records = score(eval_set.name, columns, models.judge, cost)
         records += set_records
         targets += check_targets(
             set_records, eval_set.name, int(eval_set.reader.settings["num_inference_steps"])
@@ -147,6 +203,7 @@ def run(config: EvalConfig) -> dict:
         "teacher": config.teacher or training.teacher["source"],
         "student": {key: distill.get(key) for key in ("method", "student", "recommended", "sampling")},
         "sets": [{"name": s.name, "store": s.url, "rows": len(s.rows)} for s in eval_sets],
+        "denoiser": cost,
         "judge": "digit judge"
         if models.judge is not None
         else "none (--no-judge, or prompts outside the digit grammar)",
@@ -159,6 +216,7 @@ def run(config: EvalConfig) -> dict:
     if rows:
         write_grid(out / "grid.png", rows, column_titles, row_titles)
     print(format_table(records))
+    print(describe_cost(cost))
     for target in targets:
         print(
             f"{'met' if target['met'] else 'MISSED'}: {target['set']}: {target['target']} "

@@ -6,6 +6,7 @@ from student_train.export.folder import (
     distill_record,
     export_student,
     load_exported_student,
+    load_fused_student,
 )
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "distill_record",
     "export_student",
     "load_exported_student",
+    "load_fused_student",
 ]

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
-from student_train.losses import direct, lcm, progressive
+from student_train.losses import blockkd, direct, guidance, lcm, progressive, reflow, tcd
 from student_train.losses.distance import Distance
-from student_train.sampling import cached_grid, student_timesteps
+from student_train.sampling import cached_grid, student_scheduler, student_timesteps
+from student_train.sampling.schedulers import is_flow_scheduler
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,20 @@ class Method:
 
     def fields(self, config) -> tuple[str, ...]:
         return tuple(self.reads(config))
+
+
+# w ~ U[w_min, w_max] (Imagen convention) of the w-conditioned methods when --w-min / --w-max are not
+# given: the SD LCM script's 5..15 (Luo et al.), Meng et al.'s 0..4 for guidance distillation.
+DEFAULT_W_RANGE = {"lcm": (5.0, 15.0), "tcd": (5.0, 15.0), "guidance": (0.0, 4.0)}
+
+
+def w_range(config) -> tuple[float, float]:
+    """(w_min, w_max) of this run: the flags, else the method's default range."""
+    default_min, default_max = DEFAULT_W_RANGE.get(config.method, DEFAULT_W_RANGE["lcm"])
+    return (
+        default_min if config.w_min is None else config.w_min,
+        default_max if config.w_max is None else config.w_max,
+    )
 
 
 def build_direct(config, settings: dict, schedule: NoiseSchedule):
@@ -45,10 +60,57 @@ def build_lcm(config, settings: dict, schedule: NoiseSchedule):
         cached_grid(settings, schedule),
         settings["prediction_type"],
         Distance(config.loss, config.huber_c),
-        w_min=config.w_min,
-        w_max=config.w_max,
+        *w_range(config),
         timestep_scaling=config.timestep_scaling,
         points=config.points,
+    )
+
+
+def build_tcd(config, settings: dict, schedule: NoiseSchedule):
+    return tcd.TcdLoss(
+        schedule,
+        cached_grid(settings, schedule),
+        settings["prediction_type"],
+        Distance(config.loss, config.huber_c),
+        *w_range(config),
+    )
+
+
+def has_w_input(config, settings: dict) -> bool:
+    """Whether the student can take w: a full (or pruned) UNet gets diffusers' guidance embedding
+    (`time_cond_proj_dim`); a LoRA adapter and SD3's transformer have none."""
+    return config.student != "lora" and settings.get("denoiser", "unet") == "unet"
+
+
+def build_guidance(config, settings: dict, schedule: NoiseSchedule):
+    w_min, w_max = w_range(config)
+    if not has_w_input(config, settings) and w_min != w_max:
+        which = "a LoRA student" if config.student == "lora" else f"this store's {settings['denoiser']}"
+        raise DistillCacheError(
+            f"{which} has no w input, so it learns one w: give --w-min = --w-max (e.g. "
+            f"{float(settings['guidance_scale']) - 1:g}, the store's guidance - 1)"
+            + (", or use --student full" if config.student == "lora" else "")
+        )
+    return guidance.GuidanceLoss(
+        schedule,
+        cached_grid(settings, schedule),
+        settings["prediction_type"],
+        Distance(config.loss, config.huber_c),
+        w_min,
+        w_max,
+    )
+
+
+def build_reflow(config, settings: dict, schedule: NoiseSchedule):
+    """The student is a flow model on the teacher's train-time count, whatever the teacher's family."""
+    flow = schedule if schedule.family == "flow" else NoiseSchedule("flow", schedule.num_train_timesteps)
+    steps = config.num_student_steps if config.reflow_t_schedule == "steps" else 1
+    exported = student_scheduler("reflow", settings["scheduler"], len(settings["timesteps"]))
+    return reflow.ReflowLoss(
+        flow,
+        Distance(config.loss, config.huber_c),
+        config.reflow_t_schedule,
+        reflow.sampler_times(exported, steps, flow.num_train_timesteps),
     )
 
 
@@ -64,6 +126,20 @@ def build_progressive(config, settings: dict, schedule: NoiseSchedule):
     )
 
 
+def build_blockkd(config, settings: dict, schedule: NoiseSchedule):
+    return blockkd.BlockKdLoss(
+        schedule,
+        cached_grid(settings, schedule),
+        [int(step) for step in settings.get("feature_steps") or []],
+        list(settings.get("feature_modules") or []),
+        settings["prediction_type"],
+        Distance(config.loss, config.huber_c),
+        lambda_task=config.lambda_task,
+        lambda_out=config.lambda_out,
+        lambda_feat=config.lambda_feat,
+    )
+
+
 def always(fields: tuple[str, ...]) -> Callable:
     """`reads` of a method whose fields do not depend on the settings."""
     return lambda config: fields
@@ -73,7 +149,32 @@ METHODS = {
     "direct": Method("direct", always(direct.FIELDS), False, build_direct),
     "lcm": Method("lcm", lcm.fields, True, build_lcm),
     "progressive": Method("progressive", always(progressive.FIELDS), False, build_progressive),
+    "guidance": Method("guidance", always(guidance.FIELDS), True, build_guidance),
+    "tcd": Method("tcd", always(tcd.FIELDS), True, build_tcd),
+    "reflow": Method("reflow", always(reflow.FIELDS), False, build_reflow),
+    "blockkd": Method(
+        "blockkd",
+        lambda config: blockkd.fields_read(config.lambda_feat),
+        False,
+        build_blockkd,
+    ),
 }
+
+
+def check_family(config, settings: dict) -> None:
+    """The methods a store's family cannot serve, refused in one line before anything is read
+    (docs/families.md). Every other method x family follows the same path (shared.schedule)."""
+    denoiser = settings.get("denoiser", "unet")
+    if config.method == "blockkd" and denoiser != "unet":
+        raise DistillCacheError(
+            f"--method blockkd distils a UNet's blocks (BK-SDM); this store's denoiser is a {denoiser}: "
+            "use another --method (direct, lcm, progressive, guidance, tcd, reflow)"
+        )
+    if config.method == "tcd" and is_flow_scheduler(settings["scheduler"]["class"]) and config.tcd_gamma != 0:
+        raise DistillCacheError(
+            f"--tcd-gamma {config.tcd_gamma:g} on a flow-matching store: diffusers has no flow TCD scheduler, and "
+            "FlowMatchEulerDiscreteScheduler samples TCD at gamma 0 only: pass --tcd-gamma 0 (or --method lcm: gamma 1)"
+        )
 
 
 def get_method(name: str) -> Method:

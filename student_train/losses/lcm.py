@@ -20,6 +20,7 @@ import torch
 from shared.schedule import NoiseSchedule
 from student_train.data.points import POINT_FIELDS, teacher_points
 from student_train.losses.distance import Distance
+from student_train.losses.guided import guided_solver_step
 from student_train.sampling.consistency import consistency_output
 
 
@@ -48,20 +49,13 @@ class LcmLoss:
         self.timestep_scaling = timestep_scaling
         self.points = points
 
-    def guided_solver_step(self, x_t, t, s, out_cond, out_uncond, w) -> torch.Tensor:
-        """One DDIM step t -> s of the teacher guided with w, from its cached outputs. (B, C, H, W)."""
-        x0_cond, eps_cond = self.schedule.to_x0_eps(out_cond, x_t, t, self.prediction_type)
-        x0_uncond, eps_uncond = self.schedule.to_x0_eps(out_uncond, x_t, t, self.prediction_type)
-        w = w.view(-1, 1, 1, 1)
-        guided_x0 = x0_cond + w * (x0_cond - x0_uncond)
-        guided_eps = eps_cond + w * (eps_cond - eps_uncond)
-        return self.schedule.ddim_step(guided_x0, guided_eps, s)
-
     def __call__(self, student, batch, random, step: int) -> torch.Tensor:
         points = teacher_points(self.points, batch, random, self.grid)
         x_t, t, s = points.x_t, points.t, points.s
         w = random.uniform(self.w_min, self.w_max)  # (B,)
-        x_s = self.guided_solver_step(x_t, t, s, points.out_cond, points.out_uncond, w)
+        x_s = guided_solver_step(
+            self.schedule, self.prediction_type, x_t, t, s, points.out_cond, points.out_uncond, w
+        )
         student_w = w if student.w_conditioned else None
         online = consistency_output(
             self.schedule,

@@ -28,7 +28,20 @@ Denoise = Callable[
     ..., torch.Tensor
 ]  # (x_t (B,C,H,W), timesteps (B,), cond, guidance_w (B,) | None) -> output
 
-SAMPLER_OF_METHOD = {"direct": "ddim", "lcm": "lcm", "progressive": "ddim"}
+# "cfg": the teacher's own sampler with classifier-free guidance at the store's scale (a blockkd
+# student replaces the teacher's denoiser and nothing else); eval runs it as its teacher@K baseline.
+# "scheduler": the student folder's own diffusers scheduler, driven as a stock pipeline does
+# (with_scheduler.py): TCDScheduler, the flow DPM-Solver of reflow, Euler on the cached grid.
+SAMPLER_OF_METHOD = {
+    "direct": "ddim",
+    "lcm": "lcm",
+    "progressive": "ddim",
+    "guidance": "scheduler",
+    "tcd": "scheduler",
+    "reflow": "scheduler",
+    "blockkd": "cfg",
+}
+STUDENT_PREDICTION_TYPE = {"reflow": "flow_prediction"}  # else the teacher's
 
 
 def sample(

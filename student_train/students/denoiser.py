@@ -15,7 +15,14 @@ from diffusers import UNet2DConditionModel
 
 from shared.teacher import load_denoiser
 
-__all__ = ["call_denoiser", "guidance_scale_embedding", "load_denoiser", "nest_conditioning", "unwrap"]
+__all__ = [
+    "call_denoiser",
+    "concat_halves",
+    "guidance_scale_embedding",
+    "load_denoiser",
+    "nest_conditioning",
+    "unwrap",
+]
 
 
 def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int) -> torch.Tensor:
@@ -44,6 +51,15 @@ def nest_conditioning(flat: dict[str, torch.Tensor]) -> dict:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return kwargs
+
+
+def concat_halves(first: dict, second: dict) -> dict:
+    """Nested kwargs of two halves joined along the batch axis, `first` first (CFG in diffusers'
+    order: uncond, cond)."""
+    return {
+        key: concat_halves(value, second[key]) if isinstance(value, dict) else torch.cat([value, second[key]])
+        for key, value in first.items()
+    }
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

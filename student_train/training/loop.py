@@ -7,20 +7,19 @@ memory or streamed batch by batch, batches.py) and load the teacher's denoiser w
 encoder, no VAE, no teacher forward pass), build the student and the method's loss, then an
 accelerate loop (mixed precision, gradient accumulation, DDP when launched with `accelerate
 launch`) that logs to CSV + TensorBoard under a tqdm bar and saves a resumable checkpoint every N
-updates. Data order and every random draw are functions of
-(seed, step, sample id), so a run killed and resumed with `--resume` ends with the same weights as
-an uninterrupted one.
+updates. The data order is one stream of samples cut into global batches (data_order.py): each
+process reads only its own share, and the update is the same however the global batch is split
+into processes and micro-batches. Every random draw is a function of (seed, epoch, sample id), so a
+run killed and resumed with `--resume` ends with the same weights as an uninterrupted one.
+
+    accelerate launch --multi_gpu --num_processes 2 -m student_train run ...   # DDP (gloo on CPU)
 
 OUT/ holds the student folder (export.py) plus train_config.json, logs/ and checkpoints/.
 """
 
 import csv
-import itertools
 import json
-import math
-import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,28 +28,39 @@ from tqdm.auto import tqdm
 from shared.config_flags import check_finite_numbers
 from shared.errors import DistillCacheError
 from shared.output_folder import check_output_folder
+from shared.processes import run_on_cpu
 from shared.schedule import NoiseSchedule
-from student_train.config import TrainConfig
-from student_train.data.batches import TrainingData, check_fields, rows_for_micro_step
+from student_train.config import MIXED_PRECISION, OPTIMIZERS, WEIGHT_DTYPES, TrainConfig
+from student_train.data.batches import TrainingData, check_fields, select_rows
 from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
-from student_train.losses import get_method
-from student_train.students import build_student, check_student_settings
+from student_train.losses import check_family, get_method, w_range
+from student_train.students import Origin, build_student, check_student_settings
 from student_train.students.denoiser import load_denoiser
+from student_train.students.init import check_init, load_init
+from student_train.training.checkpoints import (
+    check_global_batch,
+    checkpoint_step,
+    resume_point,
+    save_checkpoint,
+)
+from student_train.training.data_order import DataOrder
+from student_train.training.optimizer import (
+    LR_SCHEDULES,
+    build_optimizer,
+    check_optimizer_available,
+    lr_schedule,
+)
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
-LR_SCHEDULES = ("constant", "cosine")
-CHECKPOINTS_KEPT = 2
 
-
-def open_store(url: str, verify: bool = True):
+def open_store(url: str, verify: bool = True, cache_dir: str = ""):
     from shared.store import StoreReader
 
     if "://" not in url and not Path(url).exists():
         raise DistillCacheError(
             f"no store at {url!r}; build one with `teacher-cache run --out {url}` (make cache)"
         )
-    return StoreReader(url, verify=verify)
+    return StoreReader(url, verify=verify, cache_dir=cache_dir or None)
 
 
 def validate_settings(config: TrainConfig) -> None:
@@ -58,73 +68,25 @@ def validate_settings(config: TrainConfig) -> None:
     check_finite_numbers(config)
     check_output_folder(config.out, "--out")
     get_method(config.method)
-    check_student_settings(config.student, config.lora_rank)
-    if config.mixed_precision not in MIXED_PRECISION:
-        raise DistillCacheError(
-            f"unknown --mixed-precision {config.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}"
-        )
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise DistillCacheError(
-            f"unknown --lr-schedule {config.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}"
-        )
-    if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
+    check_student_settings(config.student, config.lora_rank, config.base_dtype)
+    for flag, value, valid in (
+        ("--mixed-precision", config.mixed_precision, MIXED_PRECISION),
+        ("--lr-schedule", config.lr_schedule, LR_SCHEDULES),
+        ("--save-dtype", config.save_dtype, tuple(WEIGHT_DTYPES)),
+        ("--optimizer", config.optimizer, OPTIMIZERS),
+    ):
+        if value not in valid:
+            raise DistillCacheError(f"unknown {flag} {value!r}; valid: {', '.join(valid)}")
+    if config.mixed_precision == "fp16" and run_on_cpu(config.cpu):
+        # accelerate has no fp16 autocast on the CPU (it would silently train in float32)
         raise DistillCacheError("--mixed-precision fp16 needs a GPU; use bf16 or no on CPU")
-    for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every"):
+    check_optimizer_available(config.optimizer)
+    for name in ("train_steps", "batch_size", "grad_accum", "num_student_steps", "log_every", "read_ahead"):
         if getattr(config, name) <= 0:
             raise DistillCacheError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
-    if config.w_min > config.w_max:
-        raise DistillCacheError(f"--w-min {config.w_min} is above --w-max {config.w_max}")
-
-
-def lr_factor(config: TrainConfig, num_processes: int, n: int) -> float:
-    """LR multiplier after n scheduler steps (accelerate steps the schedule once per process)."""
-    update = n / num_processes
-    warmup = min(1.0, (update + 1) / config.lr_warmup_steps) if config.lr_warmup_steps else 1.0
-    if config.lr_schedule == "cosine":
-        return warmup * 0.5 * (1 + math.cos(math.pi * min(update / config.train_steps, 1.0)))
-    return warmup
-
-
-def micro_step_schedule(config: TrainConfig, start_step: int, num_processes: int, rank: int) -> list[int]:
-    """This process's micro-batches from `start_step` on, in loop order, as global micro-batch indices
-    (grad_accum per update, interleaved across processes): what picks each one's rows and draws."""
-    return [
-        (step * config.grad_accum + micro) * num_processes + rank
-        for step in range(start_step, config.train_steps)
-        for micro in range(config.grad_accum)
-    ]
-
-
-def checkpoint_dirs(out: Path) -> list[Path]:
-    """Complete checkpoints (run.json is written last), oldest first."""
-    return sorted(folder for folder in (out / "checkpoints").glob("step_*") if (folder / "run.json").exists())
-
-
-def resume_point(config: TrainConfig, out: Path) -> Path | None:
-    """The checkpoint to continue from: the newest one of this same run, if --resume."""
-    existing = checkpoint_dirs(out)
-    if existing and not config.resume:
-        raise DistillCacheError(
-            f"{out} already holds checkpoints of a run: pass --resume to continue it, or choose another --out"
-        )
-    if not config.resume or not existing:
-        return None
-    saved = json.loads((existing[-1] / "run.json").read_text())
-    if saved["run_digest"] != config.run_digest():
-        raise DistillCacheError(
-            f"{existing[-1]} is a checkpoint of another run (different settings, see {out}/train_config.json); "
-            "resume with the same flags or choose another --out"
-        )
-    return existing[-1]
-
-
-def save_checkpoint(accelerator, config: TrainConfig, out: Path, step: int) -> None:
-    folder = out / "checkpoints" / f"step_{step:07d}"
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        (folder / "run.json").write_text(json.dumps({"run_digest": config.run_digest(), "step": step}))
-        for old in checkpoint_dirs(out)[:-CHECKPOINTS_KEPT]:
-            shutil.rmtree(old)
+    w_min, w_max = w_range(config)
+    if w_min > w_max:
+        raise DistillCacheError(f"--w-min {w_min:g} is above --w-max {w_max:g}")
 
 
 class TrainLog:
@@ -148,11 +110,15 @@ class TrainLog:
             writer.writeheader()
             writer.writerows(kept)
 
-    def write(self, accelerator, step: int, loss: float, lr: float, seconds: float) -> None:
+    def write(self, accelerator, step: int, losses: list[float], lr: float, seconds: float) -> float:
+        """Log the mean of `losses` over every process (one collective: all processes call it)."""
+        local_mean = torch.tensor(sum(losses) / len(losses), device=accelerator.device)
+        loss = accelerator.reduce(local_mean, reduction="mean").item()
         accelerator.log({"loss": loss, "lr": lr}, step=step)
         if self.enabled:
             with self.path.open("a", newline="") as handle:
                 csv.writer(handle).writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{seconds:.1f}"])
+        return loss
 
 
 def train(config: TrainConfig, data=None) -> Path:
@@ -166,70 +132,102 @@ def train(config: TrainConfig, data=None) -> Path:
     # 1. Validate every input before writing anything.
     validate_settings(config)
     method = get_method(config.method)
-    reader = open_store(config.cache, config.verify_reads)
+    reader = open_store(config.cache, config.verify_reads, config.cache_dir)
+    settings = reader.settings
+    check_family(config, settings)
     if data is None:
         check_fields(reader, method.name, method.fields(config))
-    settings = reader.settings
+    check_init(config, reader)
     resume_from = resume_point(config, out)
+    start_step = checkpoint_step(resume_from)
     schedule = NoiseSchedule.from_scheduler_config(
         settings["scheduler"]["config"], settings["scheduler"]["class"]
     )
     loss_fn = method.build(config, settings, schedule)
 
-    # 2. The cached fields and the teacher's denoiser weights: nothing else of the teacher.
-    if data is None:
-        data = TrainingData(reader, method.fields(config), config.split, config.max_samples, config.loader)
-    source = config.teacher or reader.teacher["source"]
-    denoiser = load_denoiser(
-        source,
-        settings.get("denoiser", "unet"),
-        None if config.teacher else reader.teacher["revision"],
-        expected_digest=reader.fingerprint["denoiser_hash"],
-    )
-    student = build_student(config.student, denoiser, config, method.w_conditioned)
-    del denoiser
-
-    # 3. accelerate: device, mixed precision, accumulation, DDP, TensorBoard.
+    # 2. accelerate: the processes (DDP when launched; gloo on CPU), device, mixed precision, accumulation.
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
-        cpu=config.cpu,
+        cpu=run_on_cpu(config.cpu),
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+    check_global_batch(resume_from, config, accelerator.num_processes)
     if accelerator.device.type == "cpu" and config.threads > 0:
         torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
-    optimizer = torch.optim.AdamW(
-        student.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+
+    # 3. This process's share of the cached fields, and the teacher's denoiser weights (or an --init
+    # student's): nothing else.
+    order = DataOrder(
+        len(data) if data is not None else len(select_rows(reader, config.split, config.max_samples)),
+        config.seed,
+        config.batch_size,
+        config.grad_accum,
+        accelerator.num_processes,
+        accelerator.process_index,
     )
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_factor, config, accelerator.num_processes)
-    )
-    student.model, optimizer, lr_schedule = accelerator.prepare(student.model, optimizer, lr_schedule)
+    if data is None:
+        data = TrainingData(
+            reader,
+            method.fields(config),
+            config.split,
+            config.max_samples,
+            config.loader,
+            needed=order.rows_read(start_step, config.train_steps),
+        )
+    source = config.teacher or reader.teacher["source"]
+    if config.init:
+        denoiser, origin = load_init(config.init, config.teacher or None, method.w_conditioned)
+    else:
+        denoiser = load_denoiser(
+            source,
+            settings.get("denoiser", "unet"),
+            None if config.teacher else reader.teacher["revision"],
+            expected_digest=reader.fingerprint["denoiser_hash"],
+        )
+        origin = Origin()
+    student = build_student(config.student, denoiser, config, method.w_conditioned, origin)
+    del denoiser
+    check_student = getattr(loss_fn, "check_student", None)  # a loss that needs a shape check (blockkd)
+    if check_student is not None:
+        first_positions = next(
+            iter(order.schedule(start_step, config.train_steps))
+        )  # rows this process reads
+        check_student(
+            student, data.batch(order.rows(first_positions)[:1], next(student.model.parameters()).device)
+        )
+
+    # 4. Optimizer, LR schedule (stepped once per update), DDP wrapper, checkpointed state.
+    optimizer = build_optimizer(config, student.trainable_parameters())
+    lr_steps = lr_schedule(config, optimizer)
+    student.model, optimizer = accelerator.prepare(student.model, optimizer)
     if student.ema is not None:
         student.ema.to(accelerator.device)
         accelerator.register_for_checkpointing(student.ema)
+    accelerator.register_for_checkpointing(lr_steps)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(config.to_json(), indent=2))
     accelerator.init_trackers("tensorboard")
-    start_step = 0
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        start_step = json.loads((resume_from / "run.json").read_text())["step"]
     log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process, start_step)
     if accelerator.is_main_process:
         where = "in memory" if data.in_memory else "streamed"
+        kind = config.student + (f" {config.prune}" if config.student == "pruned" else "")
+        start = f"--init {config.init}" if config.init else f"denoiser of {source}"
         print(
-            f"student-train: {config.method}/{config.student} from {config.cache}: {len(data)} {config.split} rows "
-            f"({data.nbytes / 2**20:.0f} MiB, {where}), denoiser of {source}; {config.train_steps} updates of "
-            f"{config.batch_size} x {config.grad_accum} x {accelerator.num_processes} on {accelerator.device}"
+            f"student-train: {config.method}/{kind} from {config.cache}: {len(data)} {config.split} rows "
+            f"({data.nbytes / 2**20:.0f} MiB read by each process, {where}), {start}; "
+            f"{config.train_steps} updates of {config.batch_size} x {config.grad_accum} x "
+            f"{accelerator.num_processes} processes on {accelerator.device}"
             + (f", resumed at {start_step}" if start_step else "")
             + f" -> {out}",
             flush=True,
         )
 
-    # 4. The loop: one optimizer update per step, grad_accum micro-batches each.
+    # 5. The loop: one optimizer update per step, grad_accum micro-batches each.
     started, window = time.time(), []
     progress = tqdm(
         range(start_step, config.train_steps),
@@ -238,38 +236,38 @@ def train(config: TrainConfig, data=None) -> Path:
         desc=f"{config.method}/{config.student}",
         disable=not accelerator.is_local_main_process,
     )
-    micro_steps = micro_step_schedule(
-        config, start_step, accelerator.num_processes, accelerator.process_index
-    )
+    micro_positions = list(order.schedule(start_step, config.train_steps))
     batches = data.batches(
-        (rows_for_micro_step(len(data), config.batch_size, config.seed, m) for m in micro_steps),
-        accelerator.device,
+        (order.rows(positions) for positions in micro_positions), accelerator.device, config.read_ahead
     )
-    micro_batches = zip(micro_steps, batches)
+    micro_batches = zip(micro_positions, batches)
     for step in progress:
-        for micro_step, batch in itertools.islice(micro_batches, config.grad_accum):
-            random = SampleRandom(config.seed, micro_step, batch.sample_ids, accelerator.device)
+        for _ in range(config.grad_accum):
+            positions, batch = next(micro_batches)
+            random = SampleRandom(config.seed, order.epochs(positions), batch.sample_ids, accelerator.device)
             with accelerator.accumulate(student.model), accelerator.autocast():
+                # The mean over this micro-batch; accelerate divides by grad_accum, DDP averages the
+                # processes: the mean over the global batch (equal micro-batches, data_order.py).
                 loss = loss_fn(student, batch, random, step).mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(student.trainable_parameters(), config.max_grad_norm)
                 optimizer.step()
-                lr_schedule.step()
                 optimizer.zero_grad(set_to_none=True)
             window.append(loss.detach().float().item())
+        if not accelerator.optimizer_step_was_skipped:  # fp16: the scaler skips steps with inf gradients
+            lr_steps.step()
         student.update_ema()
         done = step + 1
         if done % config.log_every == 0 or done == config.train_steps:
-            mean_loss = sum(window) / len(window)
-            log.write(accelerator, done, mean_loss, lr_schedule.get_last_lr()[0], time.time() - started)
+            mean_loss = log.write(accelerator, done, window, lr_steps.get_last_lr()[0], time.time() - started)
             progress.set_postfix(loss=f"{mean_loss:.4g}")
             window = []
         if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.train_steps:
             save_checkpoint(accelerator, config, out, done)
     batches.close()  # stops the reader thread
 
-    # 5. Export the student folder.
+    # 6. Export the student folder.
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.is_main_process:
@@ -277,6 +275,8 @@ def train(config: TrainConfig, data=None) -> Path:
             "train_steps": config.train_steps,
             "resumed_from_step": start_step,
             "seconds": time.time() - started,
+            "num_processes": accelerator.num_processes,
+            "global_batch": order.global_batch,
         }
         export_student(student, config, reader, out, summary)
     return out

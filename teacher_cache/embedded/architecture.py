@@ -1,4 +1,6 @@
-"""The components of the embedded teacher, built from one frozen `TeacherArchitecture`.
+"""The components of the embedded teachers, each built from one frozen architecture dataclass.
+
+The default teacher (`StableDiffusionPipeline`), from `TeacherArchitecture`:
 
     arch = TeacherArchitecture()                # the committed teacher's sizes
     vae = build_vae(arch)                       # AutoencoderKL: RGB 32x32 in [-1, 1] <-> latents [4, 8, 8]
@@ -6,13 +8,27 @@
     unet = build_unet(arch)                     # UNet2DConditionModel, eps-prediction on [B, 4, 8, 8]
     scheduler = build_scheduler()               # DDIMScheduler with Stable Diffusion's noise schedule
 
-Tests build the same components with a smaller `TeacherArchitecture(...)`.
+The flow teacher (`StableDiffusion3Pipeline` without T5; it reuses the default teacher's VAE), from
+`FlowTeacherArchitecture`:
+
+    flow = FlowTeacherArchitecture()
+    text_encoder = build_projected_text_encoder(flow, vocab_size)   # CLIPTextModelWithProjection (x2)
+    transformer = build_transformer(flow)       # SD3Transformer2DModel, velocity on [B, 4, 8, 8]
+    scheduler = build_flow_scheduler(flow)      # FlowMatchEulerDiscreteScheduler(shift=flow.shift)
+
+Tests build the same components with smaller architectures.
 """
 
 from dataclasses import dataclass
 
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from teacher_cache.embedded.word_tokenizer import MAX_LENGTH
 
@@ -51,19 +67,24 @@ def build_vae(arch: TeacherArchitecture) -> AutoencoderKL:
     )
 
 
-def build_text_encoder(arch: TeacherArchitecture, vocab_size: int) -> CLIPTextModel:
-    config = CLIPTextConfig(
+def text_config(text_dim: int, layers: int, heads: int, vocab_size: int, projection_dim: int = 512):
+    """A CLIP text config for the word tokenizer (8 tokens, <|startoftext|> = 0, <|endoftext|> = pad = 1)."""
+    return CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=arch.text_dim,
-        intermediate_size=2 * arch.text_dim,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
+        hidden_size=text_dim,
+        intermediate_size=2 * text_dim,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=MAX_LENGTH,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
+        projection_dim=projection_dim,
     )
-    return CLIPTextModel(config)
+
+
+def build_text_encoder(arch: TeacherArchitecture, vocab_size: int) -> CLIPTextModel:
+    return CLIPTextModel(text_config(arch.text_dim, arch.text_layers, arch.text_heads, vocab_size))
 
 
 def build_unet(arch: TeacherArchitecture) -> UNet2DConditionModel:
@@ -97,3 +118,51 @@ def build_scheduler() -> DDIMScheduler:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+
+
+@dataclass(frozen=True)
+class FlowTeacherArchitecture:
+    latent_channels: int = 4  # the default teacher's VAE: RGB 32x32 <-> latents [4, 8, 8]
+    latent_size: int = 8
+    text_dim: int = 32  # each of the two CLIP encoders; their penultimate states side by side = 2 x 32
+    text_layers: int = 2
+    text_heads: int = 2
+    patch_size: int = 1  # 8 x 8 = 64 image tokens
+    layers: int = 4  # joint (MMDiT) blocks
+    heads: int = 4
+    head_dim: int = 16  # width = heads x head_dim
+    shift: float = 3.0  # FlowMatchEulerDiscreteScheduler's timestep shift, as Stable Diffusion 3
+
+
+def build_projected_text_encoder(
+    arch: FlowTeacherArchitecture, vocab_size: int
+) -> CLIPTextModelWithProjection:
+    """One of SD3's two CLIP encoders: penultimate hidden states [B, 8, text_dim] + pooled `text_embeds`."""
+    config = text_config(
+        arch.text_dim, arch.text_layers, arch.text_heads, vocab_size, projection_dim=arch.text_dim
+    )
+    return CLIPTextModelWithProjection(config)
+
+
+def build_transformer(arch: FlowTeacherArchitecture) -> SD3Transformer2DModel:
+    """SD3's MMDiT: CLIP tokens (two encoders side by side, 2 x text_dim wide) and the pooled text
+    (2 x text_dim) condition `layers` joint blocks over the latent patches; predicts the velocity."""
+    width = arch.heads * arch.head_dim
+    return SD3Transformer2DModel(
+        sample_size=arch.latent_size,
+        patch_size=arch.patch_size,
+        in_channels=arch.latent_channels,
+        out_channels=arch.latent_channels,
+        num_layers=arch.layers,
+        attention_head_dim=arch.head_dim,
+        num_attention_heads=arch.heads,
+        joint_attention_dim=2 * arch.text_dim,
+        caption_projection_dim=width,
+        pooled_projection_dim=2 * arch.text_dim,
+        pos_embed_max_size=arch.latent_size // arch.patch_size,
+    )
+
+
+def build_flow_scheduler(arch: FlowTeacherArchitecture) -> FlowMatchEulerDiscreteScheduler:
+    """Rectified-flow Euler sampling with Stable Diffusion 3's timestep shift (1000 train timesteps)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=arch.shift)

@@ -1,15 +1,18 @@
-"""Measure the embedded teacher: the few-step gap that distillation must close.
+"""Measure an embedded teacher: the few-step gap that distillation must close.
 
     python -m teacher_cache.embedded.teacher_table [--teacher DIR] [--n-prompts 280] [--out-dir docs]
+    python -m teacher_cache.embedded.teacher_table --teacher teacher_cache/embedded/flow_teacher --prefix flow_teacher
 
 Samples one image per prompt (`--n-prompts` of the 560 digit x colour combinations, spread evenly;
-image i uses seed i) with DDIM at 50 steps for several guidance scales (1.0 = no CFG), then at 1, 2,
-4 and 8 steps with the best guidance (with the teacher's "leading" timestep spacing, then with
-"trailing"), and judges each set: prompt adherence (digit and both colours right), per-attribute
-accuracy, and the Frechet distance of judge features to held-out real digits. Prints a markdown
-table and writes it to OUT_DIR/teacher_table.md, the grid (rows: prompts, columns: step counts) to
-OUT_DIR/teacher_grid.png, and the numbers plus the chosen guidance to
-TEACHER/teacher_eval.json.
+image i uses seed i) at the reference step count for several guidance scales (1.0 = no CFG), then
+at 1, 2, 4 and 8 steps with the best guidance, and judges each set: prompt adherence (digit and
+both colours right), per-attribute accuracy, and the Frechet distance of judge features to
+held-out real digits. The default teacher (DDPM family) samples with DDIM, 50 reference steps, the
+few-step rows with its "leading" timestep spacing, then with "trailing"; the flow teacher with its
+own FlowMatchEulerDiscreteScheduler (shift included), 28 reference steps (SD3's default), one
+few-step series. Prints a markdown table and writes it to OUT_DIR/PREFIX_table.md, the grid (rows:
+prompts, columns: step counts) to OUT_DIR/PREFIX_grid.png, and the numbers plus the chosen
+guidance to TEACHER/teacher_eval.json.
 """
 
 import argparse
@@ -20,16 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, DiffusionPipeline
 from PIL import Image, ImageDraw
 
 from shared.digits import all_prompts, make_images
 from shared.judge import load_judge
+from shared.teacher import load_teacher as load_pipeline
 from teacher_cache.embedded import DEFAULT_TEACHER_DIR
 
 GUIDANCE_SWEEP = (1.0, 2.5, 5.0, 7.5)
 FEW_STEPS = (1, 2, 4, 8)
-REFERENCE_STEPS = 50
+REFERENCE_STEPS = {"ddpm": 50, "flow": 28}  # DDIM's customary 50; StableDiffusion3Pipeline's default 28
+SPACINGS = {"ddpm": ("leading", "trailing"), "flow": ("flow",)}
 GRID_PROMPTS = (
     "a red seven on blue",
     "a yellow three on black",
@@ -48,25 +53,33 @@ class TableSettings:
     n_prompts: int = 280  # every other combination: all digits and colours, half the CPU time
     batch_size: int = 140
     out_dir: str = "docs"
+    prefix: str = "teacher"  # OUT_DIR/PREFIX_table.md, OUT_DIR/PREFIX_grid.png
     threads: int = 1
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_teacher(path: str, device: str) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(path).to(device)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+def schedule_family(pipe: DiffusionPipeline) -> str:
+    return "flow" if type(pipe.scheduler).__name__.startswith("FlowMatch") else "ddpm"
+
+
+def load_teacher(path: str, device: str) -> DiffusionPipeline:
+    """The teacher pipeline; a DDPM-family one samples with DDIM, a flow one with its own scheduler."""
+    pipe = load_pipeline(path, None, torch.device(device), torch.float32).pipe
+    if schedule_family(pipe) == "ddpm":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
 
 
-def use_spacing(pipe: StableDiffusionPipeline, spacing: str) -> None:
+def use_spacing(pipe: DiffusionPipeline, spacing: str) -> None:
     """DDIM with "leading" spacing (Stable Diffusion's config: 1 step evaluates t=1) or "trailing" (Lin et
-    al., "Common Diffusion Noise Schedules and Sample Steps are Flawed": 1 step evaluates t=999)."""
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
+    al., "Common Diffusion Noise Schedules and Sample Steps are Flawed": 1 step evaluates t=999); a flow
+    scheduler ("flow") always starts at sigma = 1 and is kept as it is."""
+    if spacing != "flow":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=spacing)
 
 
 def sample_images(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     prompts: list[str],
     steps: int,
     guidance: float,
@@ -103,7 +116,7 @@ def judge_row(
 
 def markdown_table(rows: list[dict], real_row: dict) -> str:
     lines = [
-        "| DDIM steps | spacing | guidance | adherence | digit | fg | bg | FD to real |",
+        "| steps | spacing | guidance | adherence | digit | fg | bg | FD to real |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in [*rows, real_row]:
@@ -140,6 +153,8 @@ def save_grid(
 def run(settings: TableSettings) -> list[dict]:
     torch.set_num_threads(settings.threads)
     pipe = load_teacher(settings.teacher, settings.device)
+    family = schedule_family(pipe)
+    reference_steps, spacings = REFERENCE_STEPS[family], SPACINGS[family]
     judge = load_judge(settings.device)
     every = all_prompts()
     prompts = [
@@ -147,7 +162,7 @@ def run(settings: TableSettings) -> list[dict]:
     ]
     rows, started = [], time.time()
 
-    def measure(steps: int, guidance: float, spacing: str = "leading") -> dict:
+    def measure(steps: int, guidance: float, spacing: str = spacings[0]) -> dict:
         use_spacing(pipe, spacing)
         images = sample_images(pipe, prompts, steps, guidance, settings.batch_size)
         rows.append(judge_row(judge, images, prompts, steps, guidance, spacing))
@@ -155,14 +170,14 @@ def run(settings: TableSettings) -> list[dict]:
         return rows[-1]
 
     # 50 steps: the guidance sweep picks the best scale (adherence first, then FD).
-    sweep = [measure(REFERENCE_STEPS, guidance) for guidance in GUIDANCE_SWEEP]
+    sweep = [measure(reference_steps, guidance) for guidance in GUIDANCE_SWEEP]
     best = max((r for r in sweep if r["guidance"] != 1.0), key=lambda r: (r["adherence"], -r["fd"]))[
         "guidance"
     ]
-    for spacing in ("leading", "trailing"):
+    for spacing in spacings:
         for steps in FEW_STEPS:
             measure(steps, best, spacing)
-    use_spacing(pipe, "leading")  # the teacher's own scheduler config, for the grid
+    use_spacing(pipe, spacings[0])  # the teacher's own scheduler config, for the grid
 
     real, real_prompts = make_images(len(prompts), seed=1, split="heldout", prompts=prompts)
     real_row = judge_row(judge, real, real_prompts, 0, 0.0, "-")
@@ -175,16 +190,20 @@ def run(settings: TableSettings) -> list[dict]:
             f"{steps} step{'s' * (steps > 1)}",
             sample_images(pipe, list(GRID_PROMPTS), steps, best, len(GRID_PROMPTS)),
         )
-        for steps in (*FEW_STEPS, REFERENCE_STEPS)
+        for steps in (*FEW_STEPS, reference_steps)
     ]
     columns.append(
-        ("50, no CFG", sample_images(pipe, list(GRID_PROMPTS), REFERENCE_STEPS, 1.0, len(GRID_PROMPTS)))
+        (
+            f"{reference_steps}, no CFG",
+            sample_images(pipe, list(GRID_PROMPTS), reference_steps, 1.0, len(GRID_PROMPTS)),
+        )
     )
     out_dir = Path(settings.out_dir)
-    save_grid(columns, GRID_PROMPTS, out_dir / "teacher_grid.png")
-    (out_dir / "teacher_table.md").write_text(table + "\n")
+    save_grid(columns, GRID_PROMPTS, out_dir / f"{settings.prefix}_grid.png")
+    (out_dir / f"{settings.prefix}_table.md").write_text(table + "\n")
     record = {
         "recommended_guidance_scale": best,
+        "reference_steps": reference_steps,
         "rows": rows,
         "real": real_row,
         "settings": asdict(settings),

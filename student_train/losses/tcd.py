@@ -1,0 +1,70 @@
+"""tcd: trajectory consistency distillation (Zheng et al. 2024, "Trajectory Consistency Distillation").
+jabir-zheng/TCD publishes the sampler (diffusers' TCDScheduler) and LoRAs; the training follows the
+open reimplementation rootonchair/consistency_models_distill tcd/train_tcd_distill_lora_sd_wds.py.
+
+As lcm (losses/lcm.py: the same cached points, w ~ U[w_min, w_max], the same guided DDIM solver
+step t -> s from the cached cond / uncond outputs, the same EMA / no-grad target), but the
+consistency function maps to an intermediate time s' <= s instead of 0:
+
+    F(x, t -> s') = alpha_s' x0_hat(x, t) + sigma_s' eps_hat(x, t)     (TCD's semi-linear form: DDIM to s')
+    loss = d( F_student(x_t, t -> s'),  F_target(x_s, s -> s') ),    s' = floor((1 - gamma) s), gamma ~ U[0, 1]
+
+so the student learns every jump of TCDScheduler's strategic stochastic sampling (map to
+floor((1 - gamma) t_prev), then re-noise to t_prev). gamma = 1 (s' = 0) is the consistency-model end:
+with alphas_cumprod[0] = 1 it is lcm's loss without lcm's boundary scalings (c_skip = 0), which
+TCDScheduler does not use either; gamma = 0 (s' = s) is one-step trajectory matching. The reference
+draws s' among its DDIM grid points below s; here any integer time, since the sampler lands anywhere.
+The exported student samples with TCDScheduler on the cached grid at eta = --tcd-gamma.
+"""
+
+import torch
+
+from shared.schedule import NoiseSchedule
+from student_train.data.points import TRAJECTORY_FIELDS, trajectory_points
+from student_train.losses.distance import Distance
+from student_train.losses.guided import guided_solver_step
+
+FIELDS = TRAJECTORY_FIELDS
+
+
+class TcdLoss:
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        grid: list[float],
+        prediction_type: str,
+        distance: Distance,
+        w_min: float = 5.0,
+        w_max: float = 15.0,
+        gamma_range: tuple[float, float] = (0.0, 1.0),  # the training draw of gamma (TCD: [0, 1])
+    ):
+        self.schedule = schedule
+        self.grid = torch.tensor(grid)  # (S + 1,): the time of each trajectory point, then the end
+        self.prediction_type = prediction_type
+        self.distance = distance
+        self.w_min, self.w_max = w_min, w_max
+        self.gamma_range = gamma_range
+
+    def trajectory_map(self, output, x, t, target_time) -> torch.Tensor:
+        """F(x, t -> s'): the model output at (x, t) taken by one DDIM step to s'. (B, C, H, W).
+        F(x, t -> t) = x exactly (also where sigma_t = 0 would make eps_hat infinite)."""
+        x0, eps = self.schedule.to_x0_eps(output, x, t, self.prediction_type)
+        mapped = self.schedule.ddim_step(x0, eps, target_time)
+        identity = (target_time == t).reshape(-1, *[1] * (x.dim() - 1))  # (B, 1, 1, 1)
+        return torch.where(identity, x, mapped)
+
+    def __call__(self, student, batch, random, step: int) -> torch.Tensor:
+        points = trajectory_points(batch, random, self.grid)
+        x_t, t, s = points.x_t, points.t, points.s
+        w = random.uniform(self.w_min, self.w_max)  # (B,)
+        gamma = random.uniform(*self.gamma_range)  # (B,)
+        target_time = torch.minimum(((1 - gamma) * s).floor(), s)  # TCDScheduler's rule; the end stays
+        x_s = guided_solver_step(
+            self.schedule, self.prediction_type, x_t, t, s, points.out_cond, points.out_uncond, w
+        )
+        student_w = w if student.w_conditioned else None
+        online = self.trajectory_map(student.denoise(x_t, t, batch.cond, student_w), x_t, t, target_time)
+        with torch.no_grad():
+            target_output = student.target_denoise(x_s, s, batch.cond, student_w)
+            target = self.trajectory_map(target_output, x_s, s, target_time)
+        return self.distance(online, target)  # (B,)
