@@ -115,9 +115,8 @@ def test_tuple_fields_are_comma_lists_where_empty_or_none_is_empty(capsys):
 
 def test_parse_reads_the_text_when_the_dataclass_is_built():
     assert build("--out", "o", "--counts", "4,1,1").counts == (1, 4)
-    assert (
-        build("--out", "o").some_counts is None
-    )  # a None default is not parsed (its text 'None' is no count)
+    # a None default is not parsed (its text 'None' is no count)
+    assert build("--out", "o").some_counts is None
     assert build("--out", "o", "--some-counts", "2").some_counts == (2,)
     args = parser_for(Example).parse_args(["--out", "o", "--counts", "0,2"])  # argparse takes any text
     assert args.counts == "0,2"
