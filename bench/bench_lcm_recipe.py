@@ -193,8 +193,8 @@ def evaluate(cache: Path, student: Path) -> dict:
 
 
 def quality() -> dict:
-    """The cost part's cached and online students (cached_memory_seed0 is skipped: `auto` reads this
-    small store into memory too, so it has cached_seed0's weights), and each side's range over seeds."""
+    """The cost part's cached and online students (cached_memory_seed0 is skipped: both loaders give
+    the same batches, so it has cached_seed0's weights), and each side's range over seeds."""
     figures = {
         folder.name: evaluate(ROOT / "cache", folder)
         for side in ("cached", "online")
