@@ -65,6 +65,13 @@ class EvalConfig:
     steps: tuple[int, ...] = option(
         DEFAULT_STEPS, "K: student / teacher step counts, e.g. 1,2,4", parse=parse_steps
     )
+    teacher_steps: tuple[int, ...] | None = option(
+        None,
+        "the K of --steps at which teacher@K is sampled (it costs 2 passes per step: e.g. 1,4 with --steps "
+        "1,4,50 for a guidance student, whose reference at S is the cached teacher@S)",
+        parse=parse_steps,
+        default_text="every K of --steps",
+    )
     teacher: str = option("", "teacher folder or Hub id", default_text="the one the store names")
     teacher_spacing: str = option(
         "trailing",
@@ -93,6 +100,11 @@ def check_config(config: EvalConfig) -> None:
     """Raise DistillCacheError for settings that cannot work; opens nothing."""
     if not config.steps or min(config.steps) <= 0:
         raise DistillCacheError(f"--steps must be positive step counts, not {config.steps}")
+    if config.teacher_steps is not None and not set(config.teacher_steps) <= set(config.steps):
+        raise DistillCacheError(
+            f"--teacher-steps {','.join(map(str, config.teacher_steps))} must be among --steps "
+            f"{','.join(map(str, config.steps))}"
+        )
     if config.limit < 0:
         raise DistillCacheError(f"--limit must be 0 (all rows) or a positive count, not {config.limit}")
     if config.batch_size <= 0:
@@ -174,6 +186,7 @@ def run(config: EvalConfig) -> dict:
             config.steps,
             config.batch_size,
             config.teacher_spacing,
+            config.steps if config.teacher_steps is None else config.teacher_steps,
         )
         set_records = score(eval_set.name, columns, models.judge, cost)
         records += set_records
