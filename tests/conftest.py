@@ -23,3 +23,11 @@ def tiny_store(tmp_path_factory) -> str:
     from tests.student_store_fixture import shared_capture, write_capture_store
 
     return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_feature_store(tmp_path_factory) -> str:
+    """The same capture with the block outputs blockkd reads (features.*), as a store, once per module."""
+    from tests.student_store_fixture import shared_capture, write_capture_store
+
+    return write_capture_store(shared_capture(features=True), tmp_path_factory.mktemp("store") / "cache")

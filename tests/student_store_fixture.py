@@ -246,6 +246,12 @@ def write_capture_store(
     return str(url)
 
 
+def method_settings(method: str, student: str) -> dict:
+    """What a method needs on top of tiny_train_config to train this student kind: a LoRA student has
+    no w input, so guidance trains one w (w_min = w_max)."""
+    return dict(w_min=1.0, w_max=1.0) if method == "guidance" and student == "lora" else {}
+
+
 def tiny_train_config(store: str, out, **overrides):
     """A TrainConfig for seconds-long runs on the tiny store; overrides win."""
     from student_train.config import TrainConfig

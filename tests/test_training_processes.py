@@ -26,6 +26,7 @@ from student_train.training.checkpoints import check_global_batch, checkpoint_di
 from student_train.training.data_order import DataOrder
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
     fresh_accelerate_state,
+    method_settings,
     one_torch_thread,
     shared_capture,
     tiny_train_config,
@@ -129,10 +130,11 @@ def exported(out: Path, student: str) -> dict[str, torch.Tensor]:
 
 
 def initial_weights(config, method: str) -> dict[str, torch.Tensor]:
-    """The student's weights before training, under the names its export uses."""
+    """The student's weights before training, under the names its export uses (the teacher of
+    tiny_feature_store, whose capture also serves tiny_store's: both are the tiny teacher)."""
     student = build_student(
         config.student,
-        load_denoiser(str(shared_capture().teacher_dir)),
+        load_denoiser(str(shared_capture(features=True).teacher_dir)),
         config,
         METHODS[method].w_conditioned,
     )
@@ -161,12 +163,18 @@ def assert_same_training(reference, other, method: str, tolerance: float = 5e-3)
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_at_the_same_global_batch_every_method(tiny_store, tmp_path):
+def test_two_processes_train_as_one_at_the_same_global_batch_every_method(tiny_feature_store, tmp_path):
     cases = [(method, kind) for method in METHODS for kind in STUDENT_KINDS]
     settings = dict(train_steps=3, lr=1e-3)
     two = [
         tiny_train_config(
-            tiny_store, tmp_path / f"two-{m}-{k}", method=m, student=k, batch_size=2, **settings
+            tiny_feature_store,
+            tmp_path / f"two-{m}-{k}",
+            method=m,
+            student=k,
+            batch_size=2,
+            **method_settings(m, k),
+            **settings,
         )
         for m, k in cases
     ]
@@ -174,11 +182,12 @@ def test_two_processes_train_as_one_at_the_same_global_batch_every_method(tiny_s
     assert result.returncode == 0, result.stderr[-3000:]
     for (method, kind), launched in zip(cases, two):
         single = tiny_train_config(
-            tiny_store,
+            tiny_feature_store,
             tmp_path / f"one-{method}-{kind}",
             method=method,
             student=kind,
             batch_size=4,
+            **method_settings(method, kind),
             **settings,
         )
         training_loop.train(single)
