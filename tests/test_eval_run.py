@@ -75,6 +75,8 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
         )
         assert teacher_k["latent_mse"] < 1e-10 and teacher_k["psnr_db"] > 60  # DDIM at S = the cache
         assert student_k["latent_mse"] < 1e-10 and student_k["psnr_db"] > 60  # a perfect pair
+        # a CFG teacher calls the denoiser twice per step; the progressive student ("ddim") once
+        assert (teacher_k["evaluations"], student_k["evaluations"]) == (2 * STEPS, STEPS)
         one_step = by_column[(set_name, "student@1")]
         assert one_step["latent_mse"] > 1e-4 and one_step["psnr_db"] < student_k["psnr_db"]
         assert {

@@ -137,7 +137,9 @@ def generate(
         sample_ids = [str(manifest.column("sample_id")[r]) for r in rows]
 
         def add(label: str, model: str, k: int, sampler: str, latents: torch.Tensor, final=final) -> None:
-            evaluations = k * (2 if sampler in ("cache", teacher_sampler, "cfg") and cfg else 1)
+            # CFG: the teacher's columns and a "cfg" student call the denoiser twice per step; a few-step
+            # student (direct, progressive: "ddim"; lcm) samples without CFG
+            evaluations = k * (2 if cfg and (model == "teacher" or sampler == "cfg") else 1)
             kind = {"model": model, "steps": k, "sampler": sampler, "evaluations": evaluations}
             columns.add(label, kind, decode(models.vae, latents), mse(latents, final))
 
