@@ -37,17 +37,22 @@ EMBEDDINGS = FieldSpec("float16", (77, 768))
 FIELDS = {"trajectory": TRAJECTORY, "cond.encoder_hidden_states": EMBEDDINGS}
 
 
-def build(folder: Path, compressor: str) -> tuple[Path, float]:
-    """A store of SAMPLES random samples (and .npy copies when compressor == "none"); seconds to write."""
-    url = folder / f"store-{compressor}"
-    writer = StoreWriter(
+def bench_writer(url, fields: dict[str, FieldSpec], val_fraction: float = 0.0, **options) -> StoreWriter:
+    """A StoreWriter of a benchmark store (a made-up teacher; `options`: compressor, clevel)."""
+    return StoreWriter(
         url,
         fingerprint={"pipeline_class": "BenchPipeline", "weights_hash": "bench", "denoiser_hash": "bench"},
         teacher={"source": "bench", "revision": None},
-        settings={"val_fraction": 0.0},
-        fields=FIELDS,
-        compressor=compressor,
+        settings={"val_fraction": val_fraction},
+        fields=fields,
+        **options,
     )
+
+
+def build(folder: Path, compressor: str) -> tuple[Path, float]:
+    """A store of SAMPLES random samples (and .npy copies when compressor == "none"); seconds to write."""
+    url = folder / f"store-{compressor}"
+    writer = bench_writer(url, FIELDS, compressor=compressor)
     generator = torch.Generator().manual_seed(0)
     seconds = 0.0
     memmaps = {}

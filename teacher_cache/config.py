@@ -109,6 +109,11 @@ class CaptureConfig:
     )
     limit: int = option(0, "keep only the first N jobs (0 = all); for quick tries")
     progress: bool = option(True, "no progress bar", flag="--no-progress")  # tqdm progress bar
+    compact_after: int = option(
+        256,
+        "at the end of the run, fold the store's manifest files into one (teacher-cache compact) when "
+        "it has at least this many; 0: never",
+    )
 
     @property
     def resolved_feature_steps(self) -> tuple[int, ...]:
@@ -139,6 +144,10 @@ def check_config(config: CaptureConfig) -> None:
     if config.threads < 0:
         raise DistillCacheError(
             f"--threads must be 0 (torch's default) or a positive count, not {config.threads}"
+        )
+    if config.compact_after < 0:
+        raise DistillCacheError(
+            f"--compact-after must be 0 (never) or a number of files, not {config.compact_after}"
         )
     if config.limit < 0:
         raise DistillCacheError(f"--limit must be 0 (all jobs) or a positive count, not {config.limit}")

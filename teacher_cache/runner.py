@@ -26,6 +26,7 @@ from shared.errors import DistillCacheError
 from shared.processes import process_state
 from shared.store import StoreReader, StoreWriter, committed_sample_ids, sample_id_for
 from shared.store.claims import WriterClaims
+from shared.store.compaction import compact_store
 from shared.store.paths import StoreLocation
 from shared.store.writer import new_writer_id
 from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
@@ -115,7 +116,11 @@ def commit_finite(
     ]
     arrays = {name: array[keep] for name, array in batch.arrays.items()}
     writer.commit(rows, arrays)
-    return Tally(len(keep), considered - len(keep), sum(array.nbytes for array in arrays.values()))
+    return Tally(
+        written=len(keep),
+        rejected=considered - len(keep),
+        bytes_written=sum(array.nbytes for array in arrays.values()),
+    )
 
 
 @contextmanager
@@ -285,6 +290,18 @@ def with_resolved_guidance(config: CaptureConfig) -> CaptureConfig:
     return replace(config, guidance=recommended_guidance(config.teacher) or FALLBACK_GUIDANCE)
 
 
+def compact_at_end(config: CaptureConfig) -> None:
+    """Fold the manifest into one file when it has --compact-after files or more (0: never), so that
+    the next open and resume check read one file; safe beside other writers and readers."""
+    if not config.compact_after:
+        return
+    report = compact_store(config.out, min_files=config.compact_after)
+    if report.written:
+        print(
+            f"teacher-cache: folded {report.folded} manifest files into one (--compact-after {config.compact_after})"
+        )
+
+
 def print_summary(config: CaptureConfig, summary: CaptureSummary) -> None:
     """The closing lines: this process's counts, then (main process, after all ranks) the store's totals."""
     state = PartialState()
@@ -299,6 +316,7 @@ def print_summary(config: CaptureConfig, summary: CaptureSummary) -> None:
     state.wait_for_everyone()
     if state.is_main_process:
         try:
+            compact_at_end(config)
             reader = StoreReader(config.out)
         except DistillCacheError:  # every row was rejected: no store was created
             print(f"teacher-cache: {config.out}: nothing committed")

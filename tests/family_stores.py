@@ -53,7 +53,7 @@ def family_capture(family: str) -> FamilyCapture:
     folder = Path(tempfile.mkdtemp(prefix=f"family_{family}_"))
     teacher = FAMILY_BUILDERS[family](folder / "teacher")
     prompts = write_prompts(folder, PROMPTS)
-    fields = ("noise", "trajectory", "final_latents", "out", "cond", "preview")
+    fields = ("noise", "trajectory", "final_latents", "out", "cond", "noised", "preview")
     config = tiny_capture_config(
         folder / "store", teacher, prompts, steps=STEPS, guidance=GUIDANCE, batch_size=6, fields=fields,
         val_fraction=0.0,

@@ -4,6 +4,8 @@ import pytest
 
 import teacher_cache.runner as runner
 from shared.store import StoreReader
+from shared.store.manifest import ManifestFiles
+from shared.store.paths import StoreLocation
 from teacher_cache.cli import main
 from teacher_cache.runner import run
 from tests.capture_helpers import cli_args, tiny_capture_config, write_prompts
@@ -24,8 +26,11 @@ def test_direct_distillation_fields_only(tmp_path, teacher):
         write_prompts(tmp_path, PROMPTS),
         fields=("noise", "cond", "final_latents"),
     )
-    run(config)
+    summary = run(config)
     reader = StoreReader(config.out)
+    rows = list(range(reader.manifest.num_rows))
+    # the summary's "MB of arrays": every committed array's uncompressed bytes, counted from the store
+    assert summary.bytes_written == sum(reader.read(name, rows).nbytes for name in reader.fields) > 0
     assert set(reader.fields) == {
         "noise",
         "final_latents",
@@ -59,11 +64,17 @@ def test_rows_with_nan_outputs_are_reported_and_not_committed(tmp_path, teacher,
     assert capsys.readouterr().err.count("NaN/Inf in the teacher's output") == 2
 
 
-def test_cli_prints_a_closing_summary_and_resumes(tmp_path, teacher, capsys):
+def test_cli_prints_a_closing_summary_resumes_and_compacts_past_the_threshold(tmp_path, teacher, capsys):
     config = tiny_capture_config(tmp_path / "store", teacher, write_prompts(tmp_path, PROMPTS))
-    argv = cli_args(config)
-    assert main(argv) == 0
-    assert "4 samples written, 0 already in the store, 0 rejected" in capsys.readouterr().out
-    assert main(argv) == 0
+    argv = cli_args(config)  # 4 jobs in batches of 2: two commits, two manifest files
+    assert main([*argv, "--compact-after", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "4 samples written, 0 already in the store, 0 rejected" in out and "folded" not in out
+    assert main([*argv, "--compact-after", "2"]) == 0
     out = capsys.readouterr().out
     assert "0 samples written, 4 already in the store" in out and "4 samples" in out and "MB on disk" in out
+    assert "folded 2 manifest files into one (--compact-after 2)" in out
+    files = ManifestFiles(StoreLocation.open(config.out), [])
+    files.refresh()
+    assert [name.split("/")[0] for name in files.live_names()] == ["compacted"]
+    assert sorted(StoreReader(config.out).manifest.column("prompt").to_pylist()) == sorted(PROMPTS)

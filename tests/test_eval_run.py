@@ -75,6 +75,8 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
         )
         assert teacher_k["latent_mse"] < 1e-10 and teacher_k["psnr_db"] > 60  # DDIM at S = the cache
         assert student_k["latent_mse"] < 1e-10 and student_k["psnr_db"] > 60  # a perfect pair
+        # a CFG teacher calls the denoiser twice per step; the progressive student ("ddim") once
+        assert (teacher_k["evaluations"], student_k["evaluations"]) == (2 * STEPS, STEPS)
         one_step = by_column[(set_name, "student@1")]
         assert one_step["latent_mse"] > 1e-4 and one_step["psnr_db"] < student_k["psnr_db"]
         assert {
@@ -94,6 +96,30 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
     )  # teacher@S | teacher@1 | student@1 | teacher@4 | student@4, 4x enlarged
 
 
+def test_teacher_steps_skip_the_teacher_columns_left_out_and_nothing_else(stores):
+    """--teacher-steps 1 with --steps 1,4: teacher@4 is not sampled; every other column is the same
+    as with teacher@4 (the student samples from the same cached noise either way)."""
+    root, cache, _ = stores
+    common = dict(
+        cache=cache, student=str(root / "student"), steps=(1, STEPS), grid_prompts=0, timing_calls=0
+    )
+    every = run(EvalConfig(out=str(root / "every"), **common))
+    some = run(EvalConfig(out=str(root / "some"), teacher_steps=(1,), **common))
+    columns = {(r["set"], r["column"]): r for r in every["records"]}
+    kept = {(r["set"], r["column"]): r for r in some["records"]}
+    assert set(columns) - set(kept) == {("val", f"teacher@{STEPS}"), ("unseen", f"teacher@{STEPS}")}
+    for key, record in kept.items():
+        assert record.keys() == columns[key].keys(), key
+        for name, value in record.items():
+            assert value == (
+                pytest.approx(columns[key][name], rel=1e-6)
+                if isinstance(value, float)
+                else columns[key][name]
+            )
+    assert any("latent_mse" in record for record in kept.values())
+    assert some["targets"] == []  # the 4-step targets compare with teacher@4, which was not sampled
+
+
 def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
     root, cache, _ = stores
     out = tmp_path / "never"
@@ -102,6 +128,7 @@ def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path, capsys):
         ["--cache", cache, "--student", str(tmp_path)],  # no distill.json
         ["--cache", cache, "--student", str(root / "student"), "--steps", "0,2"],
         ["--cache", cache, "--student", str(root / "student"), "--teacher-spacing", "leading-ish"],
+        ["--cache", cache, "--student", str(root / "student"), "--steps", "1,2", "--teacher-steps", "4"],
         ["--cache", cache, "--student", str(root / "student"), "--unseen-cache", str(tmp_path / "nope")],
     ]
     for args in cases:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import s3fs
 
 from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, verify_store
@@ -21,7 +22,8 @@ from shared.store.gc import find_garbage
 from shared.store.manifest import ManifestFiles, publish_compacted
 from shared.store.paths import StoreLocation
 from teacher_cache.cli import main
-from tests.small_store import assert_small_reads_back, small_ids
+from tests.small_store import FIELDS as SMALL_FIELDS
+from tests.small_store import assert_small_reads_back, small_ids, write_small
 from tests.store_fixtures import (
     FIELDS,
     FINGERPRINT,
@@ -266,3 +268,27 @@ def test_readers_see_every_row_once_while_a_writer_and_two_compactors_run_on_s3(
     url = s3.new_bucket() + "/store"
     opens, compactions = read_while_others_compact(url, tmp_path, 12, 2)
     assert opens >= 3 and compactions >= 2, (opens, compactions)
+
+
+def test_on_s3_refresh_sees_other_processes_files_and_compaction_folds_and_removes(s3):
+    """s3fs keeps directory listings; a writer's refresh must list again (a file published with another
+    s3fs instance stands in for another machine's commit). Then compaction on S3, rows once."""
+    url = s3.new_bucket() + "/store"
+    write_small(url, range(6), batch_size=2)
+    files = ManifestFiles(StoreLocation.open(url), list(SMALL_FIELDS))
+    files.refresh()
+    elsewhere = s3fs.S3FileSystem(skip_instance_cache=True)
+    root = url.removeprefix("s3://")
+    name = sorted(elsewhere.ls(f"{root}/manifest"))[-1].rsplit("/", 1)[1]
+    writer, row, crc = name.removesuffix(".parquet").rsplit("-", 2)
+    copied = f"{writer}x-{row}-{crc}.parquet"  # same bytes, so the same CRC-32C, under another writer's name
+    elsewhere.pipe_file(f"{root}/manifest/{copied}", elsewhere.cat_file(f"{root}/manifest/{name}"))
+    files.refresh()
+    assert copied in files.live_names()
+    elsewhere.rm_file(f"{root}/manifest/{copied}")
+
+    report = compact_store(url, grace_seconds=0)
+    assert report.folded == 3 and report.rows == 6
+    assert len(compact_store(url, grace_seconds=0).removed) == 3
+    assert len(elsewhere.ls(f"{root}/manifest/compacted")) == 1
+    assert_small_reads_back(StoreReader(url), range(6))

@@ -114,13 +114,14 @@ def test_a_lora_student_on_a_pruned_init_loads_onto_that_base(store, pruned_dir,
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
 
-def test_a_w_conditioned_init_keeps_its_w_embedding(store, tmp_path):
-    lcm = tmp_path / "lcm"
-    training_loop.train(tiny_train_config(store, lcm, method="lcm", train_steps=2))
+@pytest.mark.parametrize("first", ["lcm", "guidance"])  # guidance: Meng et al.'s stage 2 is this chain
+def test_a_w_conditioned_init_keeps_its_w_embedding(store, tmp_path, first):
+    lcm = tmp_path / first
+    training_loop.train(tiny_train_config(store, lcm, method=first, train_steps=2))
     out = tmp_path / "progressive"
     training_loop.train(tiny_train_config(store, out, method="progressive", init=str(lcm), lr=0.0))
     start, end = unet_weights(lcm), unet_weights(out)
-    assert start["time_embedding.cond_proj.weight"].abs().sum() > 0  # lcm trained its w projection
+    assert start["time_embedding.cond_proj.weight"].abs().sum() > 0  # the first run trained its w projection
     assert torch.equal(start["time_embedding.cond_proj.weight"], end["time_embedding.cond_proj.weight"])
     lcm_w = json.loads((lcm / "distill.json").read_text())["sampling"]["guidance_w"]
     assert json.loads((out / "distill.json").read_text())["sampling"]["guidance_w"] == lcm_w

@@ -51,6 +51,7 @@ ARRAYS_KEY = b"distillcache.arrays"  # a commit's file: {field: digest of the wr
 WRITER_ARRAYS_KEY = b"distillcache.writer_arrays"  # a compacted file: {writer: {field: digest}}
 REPLACES_KEY = b"distillcache.replaces"  # a compacted file: names of the files it replaces
 RELIST_ATTEMPTS = 5
+PREFETCH_FILES = 256  # commit files whose bytes are read at once (concurrently on an object store)
 LOW_CARDINALITY = ["prompt", "negative_prompt", "split", "writer"]  # read through a dictionary
 MANIFEST_NAME = re.compile(r"(?P<stem>[A-Za-z0-9_][A-Za-z0-9_.\-]*)-(?P<crc>[0-9a-f]{8})\.parquet")
 REQUIRED_COLUMNS = {
@@ -182,17 +183,22 @@ class ManifestFile:
     replaces: frozenset[str]
 
 
+NOT_READ = object()  # read_manifest_file's `data` when the caller has not read the file's bytes
+
+
 def read_manifest_file(
-    location: StoreLocation, name: str, needed: list[str], all_columns: bool = True
+    location: StoreLocation, name: str, needed: list[str], all_columns: bool = True, data=NOT_READ
 ) -> ManifestFile:
     """One manifest file (`name` relative to manifest/), checked: its bytes against the CRC-32C in its
     name, page checksums, the columns needed, the names it holds; all its columns, or only sample_id,
-    writer, row and the checksums. Raises VanishedFile if it is gone."""
+    writer, row and the checksums. Raises VanishedFile if it is gone. `data`: its bytes (None: gone)
+    when the caller read them already."""
     where = f"{location.url}/{MANIFEST}/{name}"
     damaged = f"; the store is damaged: restore {MANIFEST}/{name} from a good copy of the store"
     if not is_manifest_name(name):
         raise DistillCacheError(f"{where} is not named <writer>-<row>-<CRC-32C>.parquet{damaged}")
-    data = location.read_bytes_if_exists(f"{MANIFEST}/{name}")
+    if data is NOT_READ:
+        data = location.read_bytes_if_exists(f"{MANIFEST}/{name}")
     if data is None:
         raise VanishedFile(name)
     if f"{crc32c.crc32c(data):08x}" != MANIFEST_NAME.fullmatch(name.rsplit("/", 1)[-1])["crc"]:
@@ -318,13 +324,26 @@ class ManifestFiles:
 
     def _read_new(self, tables: list[pa.Table]) -> None:
         compacted = sorted((name for name in self._listed if name.startswith(COMPACTED_PREFIX)), reverse=True)
-        leaves = [name for name in self._listed if not name.startswith(COMPACTED_PREFIX)]
-        for name in [*compacted, *leaves]:  # newest compaction first: it replaces the older ones
-            if name in self._tables or name in self._replaced_by:
-                continue
-            read = read_manifest_file(self.location, name, self.needed, self.all_columns)
-            self._add(name, read)
-            tables.append(read.table)
+        for name in compacted:  # newest compaction first: it replaces the older ones
+            if name not in self._tables and name not in self._replaced_by:
+                self._read_one(name, tables)
+        leaves = [
+            name
+            for name in self._listed
+            if not name.startswith(COMPACTED_PREFIX)
+            and name not in self._tables
+            and name not in self._replaced_by
+        ]
+        for start in range(0, len(leaves), PREFETCH_FILES):  # commit files replace nothing: read together
+            some = leaves[start : start + PREFETCH_FILES]
+            data = self.location.read_many_if_exist([f"{MANIFEST}/{name}" for name in some])
+            for name in some:
+                self._read_one(name, tables, data[f"{MANIFEST}/{name}"])
+
+    def _read_one(self, name: str, tables: list[pa.Table], data=NOT_READ) -> None:
+        read = read_manifest_file(self.location, name, self.needed, self.all_columns, data)
+        self._add(name, read)
+        tables.append(read.table)
 
     def _add(self, name: str, read: ManifestFile) -> None:
         for writer, digests in read.writer_digests.items():

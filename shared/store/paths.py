@@ -38,6 +38,10 @@ def is_access_error(error: BaseException) -> bool:
     return isinstance(error, (OSError, TimeoutError)) or module in ACCESS_ERROR_MODULES
 
 
+def raise_error(error: BaseException):
+    raise error
+
+
 @dataclass(frozen=True)
 class StoreLocation:
     url: str
@@ -93,6 +97,25 @@ class StoreLocation:
                 return None
 
         return self.call(f"read {relative}", read)
+
+    def read_many_if_exist(self, relatives: list[str]) -> dict[str, bytes | None]:
+        """{relative: its bytes, or None when it does not exist}; on an object store the reads run
+        concurrently (fsspec's batched `cat`), one request per file but not one after another."""
+        if self.is_local or len(relatives) < 2:
+            return {relative: self.read_bytes_if_exists(relative) for relative in relatives}
+        for relative in relatives:
+            self.check_path(relative)
+        paths = {self.path(relative): relative for relative in relatives}
+        found = self.call(f"read {len(paths)} files", self.fs.cat, list(paths), False, "return")
+        result = {}
+        for path, relative in paths.items():
+            data = found.get(path, found.get(self.fs._strip_protocol(path), FileNotFoundError(path)))
+            if isinstance(data, FileNotFoundError):
+                data = None
+            elif isinstance(data, BaseException):
+                self.call(f"read {relative}", raise_error, data)
+            result[relative] = data
+        return result
 
     def remove(self, relative: str) -> None:
         """Remove one file (not a folder); a file already gone is not an error."""

@@ -1,7 +1,7 @@
 """The students `student-train compare` trains: each method's default recipe, plus the 1-step recipe.
 
-A recipe is `student-train run` flags (TrainConfig fields) and an update budget. The budgets are
-small on purpose (minutes each on 2 CPU cores for the embedded teacher's 2016-row cache); pass
+A recipe is `student-train run` flags (TrainConfig fields) and an update budget: 600 updates each
+(25-55 min each on one CPU thread for the embedded teacher's 2016-row cache, docs/methods.md); pass
 `--train-steps N` to give every recipe the same N. Chosen on the embedded teacher (docs/methods.md
 "compare"): batch 16, cosine lr, 1 CPU thread.
 

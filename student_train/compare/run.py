@@ -117,6 +117,7 @@ def train_and_eval(config: CompareConfig, recipe, full_steps: int) -> dict:
         out=str(student_dir / "eval"),
         unseen_cache=config.unseen_cache,
         steps=steps,
+        teacher_steps=tuple(config.steps),  # at S (guidance) the reference is the cached teacher@S
         limit=config.limit,
         grid_prompts=2,
         judge=config.judge,
@@ -153,7 +154,7 @@ def run(config: CompareConfig) -> dict:
 
         torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
     reader = open_store(config.cache)
-    eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
+    _, eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
     full_steps = int(reader.settings["num_inference_steps"])
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

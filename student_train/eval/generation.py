@@ -101,9 +101,11 @@ def generate(
     steps: tuple[int, ...],
     batch_size: int,
     teacher_spacing: str,
+    teacher_steps: tuple[int, ...] | None = None,
 ) -> Columns:
     """teacher@S (cached), then teacher@K and student@K for every K in `steps`, batch by batch from the
-    cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS)."""
+    cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS); teacher@K
+    only for K in `teacher_steps` (None: every K)."""
     from student_train.eval.image_metrics import mse
     from student_train.eval.teacher_baseline import (
         map_tensors,
@@ -135,7 +137,9 @@ def generate(
         sample_ids = [str(manifest.column("sample_id")[r]) for r in rows]
 
         def add(label: str, model: str, k: int, sampler: str, latents: torch.Tensor, final=final) -> None:
-            evaluations = k * (2 if sampler in ("cache", teacher_sampler, "cfg") and cfg else 1)
+            # CFG: the teacher's columns and a "cfg" student call the denoiser twice per step; a few-step
+            # student (direct, progressive: "ddim"; lcm) samples without CFG
+            evaluations = k * (2 if cfg and (model == "teacher" or sampler == "cfg") else 1)
             kind = {"model": model, "steps": k, "sampler": sampler, "evaluations": evaluations}
             columns.add(label, kind, decode(models.vae, latents), mse(latents, final))
 
@@ -147,11 +151,11 @@ def generate(
         add(reference, "teacher", full_steps, "cache", final)
         for k in steps:
             with autocast:
-                teacher = with_cfg(models.teacher, k)
+                if teacher_steps is None or k in teacher_steps:
+                    add(f"teacher@{k}", "teacher", k, teacher_sampler, with_cfg(models.teacher, k))
                 if student_sampler == "cfg":
                     student = with_cfg(models.student, k)
                 else:
                     student = student_latents(models, train_settings, noise, cond, sample_ids, k)
-            add(f"teacher@{k}", "teacher", k, teacher_sampler, teacher)
             add(f"student@{k}", "student", k, student_sampler, student)
     return columns

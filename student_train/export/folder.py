@@ -27,6 +27,7 @@ DDPM schedulers that need them, `sigmas=` for flow ones, {} when the scheduler's
 trained ones; for tcd also `eta=distill["recommended"]["eta"]`.
 """
 
+import inspect
 import json
 from pathlib import Path
 
@@ -80,16 +81,21 @@ def recommended_sampling(student, config, settings: dict) -> tuple[int, float, f
     return recommended_steps(config, settings), 1.0 if guidance_w is None else guidance_w + 1.0, guidance_w
 
 
+def takes_eta(scheduler) -> bool:
+    return "eta" in inspect.signature(scheduler.step).parameters
+
+
 def distill_record(student, config, reader, train_summary: dict, scheduler) -> dict:
     """distill.json; `scheduler` is the exported one (it decides the recommended schedule_kwargs)."""
     settings = reader.settings
     num_steps, guidance_scale, guidance_w = recommended_sampling(student, config, settings)
     steps = {
         str(k): json_timesteps(pipeline_timesteps(config.method, k, settings))
-        for k in sorted({*EXPORTED_STEP_COUNTS, num_steps})
+        for k in sorted({*(k for k in EXPORTED_STEP_COUNTS if k <= len(settings["timesteps"])), num_steps})
     }
-    # TCD's gamma, which stock pipelines pass to TCDScheduler.step as `eta`
-    eta = {"eta": config.tcd_gamma} if config.method == "tcd" else {}
+    # TCD's gamma, which stock pipelines pass to TCDScheduler.step as `eta` (a flow store's tcd student
+    # samples with FlowMatchEulerDiscreteScheduler at gamma 0, and StableDiffusion3Pipeline takes no eta)
+    eta = {"eta": config.tcd_gamma} if config.method == "tcd" and takes_eta(scheduler) else {}
     return {
         "format_version": FORMAT_VERSION,
         "method": config.method,

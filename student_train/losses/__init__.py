@@ -16,6 +16,7 @@ from shared.schedule import NoiseSchedule
 from student_train.losses import blockkd, direct, guidance, lcm, progressive, reflow, tcd
 from student_train.losses.distance import Distance
 from student_train.sampling import cached_grid, student_scheduler, student_timesteps
+from student_train.sampling.schedulers import is_flow_scheduler
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,20 @@ def build_tcd(config, settings: dict, schedule: NoiseSchedule):
     )
 
 
+def has_w_input(config, settings: dict) -> bool:
+    """Whether the student can take w: a full (or pruned) UNet gets diffusers' guidance embedding
+    (`time_cond_proj_dim`); a LoRA adapter and SD3's transformer have none."""
+    return config.student != "lora" and settings.get("denoiser", "unet") == "unet"
+
+
 def build_guidance(config, settings: dict, schedule: NoiseSchedule):
     w_min, w_max = w_range(config)
-    if config.student == "lora" and w_min != w_max:
+    if not has_w_input(config, settings) and w_min != w_max:
+        which = "a LoRA student" if config.student == "lora" else f"this store's {settings['denoiser']}"
         raise DistillCacheError(
-            f"a LoRA student has no w input, so it learns one w: give --w-min = --w-max (e.g. "
-            f"{float(settings['guidance_scale']) - 1:g}, the store's guidance - 1), or use --student full"
+            f"{which} has no w input, so it learns one w: give --w-min = --w-max (e.g. "
+            f"{float(settings['guidance_scale']) - 1:g}, the store's guidance - 1)"
+            + (", or use --student full" if config.student == "lora" else "")
         )
     return guidance.GuidanceLoss(
         schedule,
@@ -150,6 +159,22 @@ METHODS = {
         build_blockkd,
     ),
 }
+
+
+def check_family(config, settings: dict) -> None:
+    """The methods a store's family cannot serve, refused in one line before anything is read
+    (docs/families.md). Every other method x family follows the same path (shared.schedule)."""
+    denoiser = settings.get("denoiser", "unet")
+    if config.method == "blockkd" and denoiser != "unet":
+        raise DistillCacheError(
+            f"--method blockkd distils a UNet's blocks (BK-SDM); this store's denoiser is a {denoiser}: "
+            "use another --method (direct, lcm, progressive, guidance, tcd, reflow)"
+        )
+    if config.method == "tcd" and is_flow_scheduler(settings["scheduler"]["class"]) and config.tcd_gamma != 0:
+        raise DistillCacheError(
+            f"--tcd-gamma {config.tcd_gamma:g} on a flow-matching store: diffusers has no flow TCD scheduler, and "
+            "FlowMatchEulerDiscreteScheduler samples TCD at gamma 0 only: pass --tcd-gamma 0 (or --method lcm: gamma 1)"
+        )
 
 
 def get_method(name: str) -> Method:

@@ -34,7 +34,7 @@ from student_train.config import MIXED_PRECISION, OPTIMIZERS, WEIGHT_DTYPES, Tra
 from student_train.data.batches import TrainingData, check_fields, select_rows
 from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
-from student_train.losses import get_method, w_range
+from student_train.losses import check_family, get_method, w_range
 from student_train.students import Origin, build_student, check_student_settings
 from student_train.students.denoiser import load_denoiser
 from student_train.students.init import check_init, load_init
@@ -133,9 +133,10 @@ def train(config: TrainConfig, data=None) -> Path:
     validate_settings(config)
     method = get_method(config.method)
     reader = open_store(config.cache, config.verify_reads, config.cache_dir)
+    settings = reader.settings
+    check_family(config, settings)
     if data is None:
         check_fields(reader, method.name, method.fields(config))
-    settings = reader.settings
     check_init(config, reader)
     resume_from = resume_point(config, out)
     start_step = checkpoint_step(resume_from)

@@ -85,7 +85,7 @@ FAMILIES = {
         True,
         {
             "vae_source": str(DEFAULT_TEACHER_DIR),
-            "denoiser_steps": 4000,
+            "denoiser_steps": 1500,
             "denoiser_batch_size": 128,
             "denoiser_lr": 1e-3,
             "architecture": FlowTeacherArchitecture(),
