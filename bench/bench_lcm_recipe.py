@@ -46,7 +46,7 @@ RECIPE_CACHE = ["--fields", "noised,cond", "--images", "digits", "--seeds-per-pr
                 "--noised-points-per-sample", "1"]  # fmt: skip
 POINTS_CACHE = ["--fields", "trajectory,out,cond,noised", "--images", "digits", "--seeds-per-prompt", "4",
                 "--noised-points-per-sample", "4"]  # fmt: skip
-UNSEEN_SEEDS = 4
+UNSEEN_SEEDS = 2  # as `make cache` writes runs/cache_unseen: 56 prompts x 2 seeds
 # The issue's comparison: LoRA r 64, lr 1e-4, batch 16, 500 updates, pseudo-Huber, w in [2, 6], 1 thread.
 TRAIN = ["--method", "lcm", "--student", "lora", "--train-steps", "500", "--batch-size", "16", "--lr", "1e-4",
          "--loss", "huber", "--w-min", "2", "--w-max", "6", "--threads", "1", "--log-every", "50"]  # fmt: skip
@@ -193,13 +193,25 @@ def evaluate(cache: Path, student: Path) -> dict:
 
 
 def quality() -> dict:
+    """The cost part's cached and online students (cached_memory_seed0 is skipped: `auto` reads this
+    small store into memory too, so it has cached_seed0's weights), and each side's range over seeds."""
     figures = {
         folder.name: evaluate(ROOT / "cache", folder)
-        for folder in sorted(ROOT.glob("*_seed*"))
+        for side in ("cached", "online")
+        for folder in sorted(ROOT.glob(f"{side}_seed*"))
         if (folder / "distill.json").exists()
     }
+    ranges = {
+        side: {
+            figure: [min(values), max(values)]
+            for figure in ("adherence@1", "adherence@2", "adherence@4", "fd@4")
+            for values in [[f[figure] for name, f in figures.items() if name.startswith(f"{side}_")]]
+            if values
+        }
+        for side in ("cached", "online")
+    }
     print_quality(figures)
-    return save({"quality": figures})
+    return save({"quality": figures, "quality_ranges": ranges})
 
 
 def points() -> dict:

@@ -45,7 +45,7 @@ def parameter_counts() -> dict[str, dict[str, int]]:
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from bench.sd15_shaped_teacher import sd15_text_encoder, sd15_vae
-    from student_train.students.student import LORA_TARGET_MODULES
+    from student_train.students.student import lora_target_modules
 
     counts = {}
     with torch.device("meta"):
@@ -58,7 +58,7 @@ def parameter_counts() -> dict[str, dict[str, int]]:
             unet = UNet2DConditionModel(**config)
             base = count(unet)
             unet.requires_grad_(False)
-            unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=LORA_TARGET_MODULES))
+            unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=lora_target_modules(unet)))
             counts[family] = {"unet": base, "lora_r64": count(unet, True), "text_encoders": text, "vae": vae}
     return counts
 

@@ -133,7 +133,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
         shown = meta.get("default_text", None if spec.default is None else shown_default(spec.default))
         if shown is not None:
             help_text = f"{help_text} (default: {shown.replace('%', '%%')})".lstrip()
-        default = as_text(spec.default) if "parse" in meta else spec.default  # `parse` reads text
+        # `parse` reads text; a None default stays None (config_from_args does not parse it)
+        default = as_text(spec.default) if "parse" in meta and spec.default is not None else spec.default
         parser.add_argument(flag, dest=spec.name, default=default, help=help_text, **given)
 
 
@@ -142,7 +143,8 @@ def config_from_args(config_class: type, args: argparse.Namespace):
     values = {}
     for spec in dataclasses.fields(config_class):
         value = getattr(args, spec.name)
-        values[spec.name] = spec.metadata["parse"](value) if "parse" in spec.metadata else value
+        parse = spec.metadata.get("parse") if value is not None else None
+        values[spec.name] = parse(value) if parse else value
     return config_class(**values)
 
 

@@ -116,7 +116,11 @@ def commit_finite(
     ]
     arrays = {name: array[keep] for name, array in batch.arrays.items()}
     writer.commit(rows, arrays)
-    return Tally(len(keep), considered - len(keep), sum(array.nbytes for array in arrays.values()))
+    return Tally(
+        written=len(keep),
+        rejected=considered - len(keep),
+        bytes_written=sum(array.nbytes for array in arrays.values()),
+    )
 
 
 @contextmanager

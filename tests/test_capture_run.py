@@ -26,8 +26,11 @@ def test_direct_distillation_fields_only(tmp_path, teacher):
         write_prompts(tmp_path, PROMPTS),
         fields=("noise", "cond", "final_latents"),
     )
-    run(config)
+    summary = run(config)
     reader = StoreReader(config.out)
+    rows = list(range(reader.manifest.num_rows))
+    # the summary's "MB of arrays": every committed array's uncompressed bytes, counted from the store
+    assert summary.bytes_written == sum(reader.read(name, rows).nbytes for name in reader.fields) > 0
     assert set(reader.fields) == {
         "noise",
         "final_latents",

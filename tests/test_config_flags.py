@@ -35,6 +35,7 @@ class Example:
     sizes: tuple[int, ...] = option((1, 2), "sizes")
     indices: tuple[int, ...] | None = option(None, "indices", type=comma_separated(int, "step indices"))
     counts: tuple[int, ...] = option((1, 2, 4), "counts, e.g. 1,2,4", parse=positive_counts)
+    some_counts: tuple[int, ...] | None = option(None, "counts or none", parse=positive_counts)
     dtype: str = option("auto", "compute dtype, 100% honest", choices=("auto", "float32"))
 
 
@@ -114,6 +115,9 @@ def test_tuple_fields_are_comma_lists_where_empty_or_none_is_empty(capsys):
 
 def test_parse_reads_the_text_when_the_dataclass_is_built():
     assert build("--out", "o", "--counts", "4,1,1").counts == (1, 4)
+    # a None default is not parsed (its text 'None' is no count)
+    assert build("--out", "o").some_counts is None
+    assert build("--out", "o", "--some-counts", "2").some_counts == (2,)
     args = parser_for(Example).parse_args(["--out", "o", "--counts", "0,2"])  # argparse takes any text
     assert args.counts == "0,2"
     with pytest.raises(DistillCacheError, match="--counts '0,2': give positive counts"):

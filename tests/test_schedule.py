@@ -86,13 +86,13 @@ def test_the_family_and_length_come_from_any_scheduler_config():
 def test_an_unknown_prediction_type_is_named():
     schedule = NoiseSchedule.from_scheduler_config(dict(tiny_ddim_scheduler().config))
     x = torch.zeros(1, 4, 2, 2)
-    with pytest.raises(ValueError, match="'v_pred'"):
+    with pytest.raises(ValueError, match="'v_pred'; valid: epsilon, v_prediction"):
         schedule.to_x0_eps(x, x, torch.tensor([10.0]), "v_pred")
 
 
 def test_alpha_at_the_grid_ends():
     """t = 0 is the first trained timestep (alphas_cumprod[0]); t < 0 the final alpha after it."""
-    ddim = tiny_ddim_scheduler()
+    ddim = DDIMScheduler.from_config(tiny_ddim_scheduler().config, set_alpha_to_one=True)  # final alpha 1
     schedule = NoiseSchedule.from_scheduler_config(dict(ddim.config))
     alpha, _ = schedule.alpha_sigma(torch.tensor([0.0, -1.0, 1.0]))
     expected = [ddim.alphas_cumprod[0].sqrt().item(), ddim.final_alpha_cumprod.sqrt().item()]
@@ -100,11 +100,22 @@ def test_alpha_at_the_grid_ends():
     assert alpha[2].item() == pytest.approx(ddim.alphas_cumprod[1].sqrt().item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("num_steps", [50, 4])
+@pytest.mark.parametrize("num_steps", [50, 4, 3])
 def test_solver_grid_is_the_grid_lcm_scheduler_samples_on(num_steps):
     timesteps, ends = solver_grid(1000, num_steps)
     lcm = LCMScheduler(original_inference_steps=num_steps)
     lcm.set_timesteps(num_steps)
     assert sorted(timesteps) == sorted(int(t) for t in lcm.timesteps)
     skip = 1000 // num_steps
-    assert ends == [max(t - skip, 0) for t in timesteps] and ends[0] == 0 and timesteps[-1] == 999
+    assert (
+        ends == [max(t - skip, 0) for t in timesteps]
+        and ends[0] == 0
+        and timesteps[-1] == num_steps * skip - 1
+    )
+
+
+def test_a_config_without_num_train_timesteps_is_diffusers_default_1000():
+    schedule = NoiseSchedule.from_scheduler_config({"beta_schedule": "scaled_linear"})
+    last = DDIMScheduler(beta_schedule="scaled_linear").alphas_cumprod[999].sqrt().item()
+    assert schedule.num_train_timesteps == 1000
+    assert schedule.alpha_sigma(torch.tensor([5000.0]))[0].item() == pytest.approx(last, rel=1e-6)

@@ -28,6 +28,7 @@ from tests.student_store_fixture import (  # noqa: F401 (autouse)
 )
 
 STUDENT_KINDS = ("full", "lora")
+KIND_SETTINGS = {"full": {}, "lora": dict(base_dtype="bf16"), "pruned": dict(prune="small")}
 
 
 def teacher_denoiser():
@@ -125,10 +126,10 @@ BF16_RUNS = {"progressive": dict(batch_size=24, num_student_steps=5)}
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # bf16 is emulated on CPUs without bf16 arithmetic (AVX2): slow
-@pytest.mark.parametrize("kind", STUDENT_KINDS)
+@pytest.mark.parametrize("kind", list(KIND_SETTINGS))
 @pytest.mark.parametrize("method", list(METHODS))
 def test_bf16_trains_every_method_and_student_kind(tiny_feature_store, tmp_path, method, kind):
-    low = dict(mixed_precision="bf16", base_dtype="bf16" if kind == "lora" else "fp32")
+    low = dict(mixed_precision="bf16", **KIND_SETTINGS[kind])  # a LoRA base in bf16 too
     out = tmp_path / "bf16"
     config = tiny_train_config(
         tiny_feature_store,
