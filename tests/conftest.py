@@ -31,3 +31,13 @@ def tiny_feature_store(tmp_path_factory) -> str:
     from tests.student_store_fixture import shared_capture, write_capture_store
 
     return write_capture_store(shared_capture(features=True), tmp_path_factory.mktemp("store") / "cache")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate fixes its setup (mixed precision, the processes) once per process: after every test,
+    let the next training run set it up anew (a bf16 run after a float32 one would otherwise fail)."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -50,16 +50,6 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate fixes its setup (mixed precision, the processes) once per process: after each test,
-    let the next training run set it up anew (import it into a test module to apply it there)."""
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @dataclass
 class TeacherCapture:
     teacher_dir: Path

@@ -20,7 +20,6 @@ from student_train.students.denoiser import load_denoiser
 from student_train.training.optimizer import build_optimizer
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
     capture_batch,
-    fresh_accelerate_state,
     method_settings,
     one_torch_thread,
     shared_capture,

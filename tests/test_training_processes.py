@@ -25,7 +25,6 @@ from student_train.students.denoiser import load_denoiser
 from student_train.training.checkpoints import check_global_batch, checkpoint_dirs, resume_point
 from student_train.training.data_order import DataOrder
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
-    fresh_accelerate_state,
     method_settings,
     one_torch_thread,
     shared_capture,
