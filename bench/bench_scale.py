@@ -16,13 +16,16 @@ compacted): before it, an open reads every manifest file one GET after another, 
 
 Timed, each the median of up to REPEATS runs in this process (one run once a run takes > 5 s):
 - open: `StoreReader(url)` (store.json, the manifest read and checked, each sample once);
-- resume check: `committed_sample_ids(url)`, what `teacher-cache run` reads before its first batch;
+- resume check: what `teacher-cache run` does before its first batch: `committed_sample_ids(url)` (the
+  manifest's ids as sorted 128-bit numbers, shared/store/committed_ids.py), then `contains_many` over a
+  job list of every committed id plus NEW_JOBS new ones, shuffled (the pending jobs must be exactly those);
 - compaction: `compact_store(url)` once, then again with no grace period to remove the files it replaced
   (a store's steady state: the measurements "after" read one manifest file).
 Wall seconds, and this process's CPU seconds (the moto server's own work is in another process).
 """
 
 import os
+import random
 import shutil
 import statistics
 import time
@@ -42,7 +45,8 @@ from shared.store.writer import committed_sample_ids
 ROWS = tuple(int(rows) for rows in os.environ.get("BENCH_SCALE_ROWS", "10000,100000,1000000").split(","))
 COMMIT_ROWS = 64
 WRITE_ROWS = 50_000  # rows per StoreWriter commit while building
-REPEATS = 3
+REPEATS = int(os.environ.get("BENCH_SCALE_REPEATS", "5"))
+NEW_JOBS = 1000  # jobs of the resume check that the store does not hold
 # Before compaction, an S3 open reads every file one GET after another (tens of ms each from moto on
 # this machine): above this many rows only the compacted store is measured on S3, uploaded compacted.
 S3_BEFORE_MAX_ROWS = int(os.environ.get("BENCH_SCALE_S3_BEFORE_MAX_ROWS", "100000"))
@@ -50,10 +54,11 @@ FIELDS = {"latents": FieldSpec("float16", (4,)), "label": FieldSpec("int32", ())
 FOLDER = Path("runs/bench/scale")
 
 
-def build(url: str, rows: int) -> None:
-    """A store of `rows` rows whose manifest is one file per COMMIT_ROWS rows."""
+def build(url: str, rows: int) -> list[str]:
+    """A store of `rows` rows whose manifest is one file per COMMIT_ROWS rows; returns its sample ids."""
     writer = bench_writer(url, FIELDS, val_fraction=0.05)
     rng = np.random.default_rng(0)
+    sample_ids = []
     for start in range(0, rows, WRITE_ROWS):
         count = min(WRITE_ROWS, rows - start)
         batch = [
@@ -66,7 +71,16 @@ def build(url: str, rows: int) -> None:
             "label": np.arange(start, start + count, dtype=np.int32),
         }
         writer.commit(batch, arrays)
+        sample_ids += [row["sample_id"] for row in batch]
     split_into_commit_files(StoreLocation.open(url), writer.writer_id)
+    return sample_ids
+
+
+def job_list(sample_ids: list[str]) -> list[str]:
+    """A resumed run's jobs: every committed id and NEW_JOBS ids not in the store, shuffled."""
+    jobs = [*sample_ids, *(uuid.UUID(int=index).hex for index in range(NEW_JOBS))]
+    random.Random(0).shuffle(jobs)
+    return jobs
 
 
 def split_into_commit_files(location: StoreLocation, writer_id: str) -> None:
@@ -100,7 +114,7 @@ def timed(call, cpu: bool = False) -> dict:
     return figures
 
 
-def measure(url: str, rows: int, before: bool = True) -> dict:
+def measure(url: str, rows: int, jobs: list[str], before: bool = True) -> dict:
     """Open and resume-check times before compaction (if `before`), the compaction, and after it; a
     store measured with before=False must be compacted already."""
 
@@ -108,7 +122,8 @@ def measure(url: str, rows: int, before: bool = True) -> dict:
         assert len(StoreReader(url)) == rows
 
     def resume_check():
-        assert len(committed_sample_ids(url)) == rows
+        done = committed_sample_ids(url).contains_many(jobs)
+        assert len(done) - int(done.sum()) == NEW_JOBS
 
     figures = {"manifest_files": count_manifest_files(url)}
     if before:
@@ -172,18 +187,18 @@ def main() -> dict:
             folder = FOLDER / f"rows-{rows}"
             shutil.rmtree(folder, ignore_errors=True)
             started = time.perf_counter()
-            build(str(folder), rows)
+            jobs = job_list(build(str(folder), rows))
             print(f"built {rows:,} rows in {time.perf_counter() - started:.0f} s", flush=True)
             s3_before = rows <= S3_BEFORE_MAX_ROWS
             if s3_before:  # the store as written, 64 rows a file
                 url = new_bucket() + "/store"
                 upload(folder, url)
-            results[f"disk:{rows}"] = measure(str(folder), rows)
+            results[f"disk:{rows}"] = measure(str(folder), rows, jobs)
             print(f"disk {rows:,}: {results[f'disk:{rows}']}", flush=True)
             if not s3_before:  # the compacted store
                 url = new_bucket() + "/store"
                 upload(folder, url)
-            results[f"s3:{rows}"] = measure(url, rows, before=s3_before)
+            results[f"s3:{rows}"] = measure(url, rows, jobs, before=s3_before)
             print(f"s3 {rows:,}: {results[f's3:{rows}']}", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
     print_table(results)

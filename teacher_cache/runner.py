@@ -182,8 +182,8 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
             f"fields {','.join(config.fields)} -> {config.out}",
             flush=True,
         )
-    already_committed = committed_sample_ids(config.out)
-    pending = [sample for sample in mine if sample.sample_id not in already_committed]
+    done = committed_sample_ids(config.out).contains_many([sample.sample_id for sample in mine])  # vectorised
+    pending = [sample for sample, committed in zip(mine, done.tolist()) if not committed]
     # this process's own order (other writers of the store start elsewhere), re-checked before each
     # batch against what is committed and what other writers claim to be computing
     queue = JobQueue(pending, config.batch_size, seed=int.from_bytes(os.urandom(8), "big"))

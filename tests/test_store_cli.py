@@ -6,6 +6,10 @@
 import json
 import shutil
 
+import pytest
+
+from shared.errors import DistillCacheError
+from shared.store import StoreReader
 from teacher_cache.cli import main
 from tests.store_fixtures import FIELDS, FINGERPRINT, SETTINGS, TEACHER, write_samples
 
@@ -79,6 +83,25 @@ def test_a_store_whose_manifest_folder_is_gone_is_an_error_not_an_empty_store(tm
         assert main([command, str(tmp_path / "store")]) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and "manifest/ is missing" in error
+
+
+def test_a_store_with_manifests_named_the_older_way_says_so_in_one_line(tmp_path, capsys):
+    """An older development version named commit files <writer>-<row>.parquet and wrote no
+    manifest/.present (e.g. w32467-a757019401-000000000000.parquet): say that, not 'manifest/ is missing'."""
+    write_samples(tmp_path / "store", range(6), batch_size=2)
+    manifest = tmp_path / "store" / "manifest"
+    for path in manifest.glob("*.parquet"):
+        path.rename(path.with_name(path.name.rsplit("-", 1)[0] + ".parquet"))  # drop the -<crc32c>
+    for marker in (True, False):
+        if not marker:
+            (manifest / ".present").unlink()
+        for command in ("info", "verify"):
+            assert main([command, str(tmp_path / "store")]) == 2
+            error = capsys.readouterr().err
+            assert error.count("\n") == 1 and "manifest/ holds 3 files not named" in error
+            assert "older distillcache development version" in error and "missing" not in error
+    with pytest.raises(DistillCacheError, match="holds 3 files not named"):
+        StoreReader(tmp_path / "store")
 
 
 def test_info_and_verify_report_rows_committed_twice(tmp_path, capsys):

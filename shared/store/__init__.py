@@ -7,11 +7,13 @@
     fingerprint.py  teacher digests                writer.py     StoreWriter
     reader.py       StoreReader                    verify.py     verify_store
     batches.py      random (sample, step) training examples from whole chunks
+    committed_ids.py  CommittedIds: the resume check, many jobs at once
 
 See DESIGN.md ("The store") for the layout and docs/contracts.md for the API. Importing the package
 does not import torch (its tools start in a second); `example_batches` is imported on first use.
 """
 
+from shared.store.committed_ids import CommittedIds
 from shared.store.fingerprint import fingerprint_digest, state_dict_digest
 from shared.store.format import FORMAT_VERSION
 from shared.store.ids import sample_id_for, split_for
@@ -30,6 +32,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CommittedIds",
     "FORMAT_VERSION",
     "FieldSpec",
     "StoreReader",

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from shared.errors import DistillCacheError
 from shared.store.checksum import checksum_column
+from shared.store.committed_ids import CommittedIds
 from shared.store.ids import split_for
 from shared.store.manifest_rows import sorted_rows, split_duplicates, without_repeats
 from shared.store.paths import StoreLocation
@@ -259,6 +260,19 @@ def is_manifest_name(name: str) -> bool:
     return MANIFEST_NAME.fullmatch(base) is not None
 
 
+def refuse_older_names(location: StoreLocation, names: list[str]) -> None:
+    """Refuse, in one line, commit files named as an older development version of distillcache named
+    them (`<writer>-<row>.parquet`, without the CRC-32C that this version checks before parsing)."""
+    older = [name for name in names if not is_manifest_name(name)]
+    if older:
+        raise DistillCacheError(
+            f"{location.url}/{MANIFEST}/ holds {len(older)} file{'s' * (len(older) != 1)} not named "
+            f"<writer>-<row>-<CRC-32C>.parquet (e.g. {min(older)}): the store was written by an older distillcache development version, whose "
+            "manifests this version cannot check; capture it again into a new folder (teacher-cache run --out "
+            "NEW with the same prompts), or read it with the version that wrote it"
+        )
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Committed rows: `table` (each sample once, sorted by sample_id), `duplicates` (the rows of
@@ -291,13 +305,14 @@ class ManifestFiles:
         self._replaces: dict[str, frozenset[str]] = {}  # compacted file read -> the names it replaces
         self._replaced_by: dict[str, str] = {}  # name -> a compacted file read that replaces it
         self._listed: list[str] = []  # the names of the last listing (commit files, then compacted)
-        self._sample_ids: set[str] = set()
+        self._sample_ids = CommittedIds()
         self._ids_pending: list[pa.Table] = []  # tables read whose ids are not in _sample_ids yet
         self._array_digests: dict[str, dict[str, str]] = {}  # writer -> {field: digest}
 
     def refresh(self) -> list[pa.Table]:
         """Read the files published since the last look; returns their tables."""
         if not self.location.exists(MANIFEST_MARKER):
+            refuse_older_names(self.location, self.location.list_names(MANIFEST, ".parquet", fresh=True))
             raise DistillCacheError(
                 f"{self.location.url}/{MANIFEST}/ is missing: the record of the store's committed rows is gone; "
                 "restore it from a good copy of the store"
@@ -334,6 +349,7 @@ class ManifestFiles:
             and name not in self._tables
             and name not in self._replaced_by
         ]
+        refuse_older_names(self.location, leaves)
         for start in range(0, len(leaves), PREFETCH_FILES):  # commit files replace nothing: read together
             some = leaves[start : start + PREFETCH_FILES]
             data = self.location.read_many_if_exist([f"{MANIFEST}/{name}" for name in some])
@@ -370,11 +386,10 @@ class ManifestFiles:
         """{writer: {field: digest}} for every writer read so far."""
         return {writer: dict(fields) for writer, fields in self._array_digests.items()}
 
-    def sample_ids(self) -> set[str]:
-        """Every sample_id read so far: the set this instance keeps up to date (do not change it). Built
-        on first use (a reader does not need it): about 0.5 s of CPU for 10^6 rows."""
-        for table in self._ids_pending:
-            self._sample_ids.update(table.column("sample_id").to_pylist())
+    def sample_ids(self) -> CommittedIds:
+        """Every sample_id read so far: the set this instance keeps up to date (shared.store.committed_ids;
+        only a writer adds its own commits to it). Built on first use (a reader does not need it)."""
+        self._sample_ids.add_tables(self._ids_pending)
         self._ids_pending = []
         return self._sample_ids
 

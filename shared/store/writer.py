@@ -2,7 +2,8 @@
 
     writer = StoreWriter("runs/cache", fingerprint=fp, teacher={"source": ..., "revision": None}, settings=settings,
                          fields={"trajectory": FieldSpec("float16", (51, 4, 64, 64)), ...})
-    todo = [job for job in jobs if job.sample_id not in writer.committed_ids]   # resume
+    done = writer.committed_ids.contains_many([job.sample_id for job in jobs])    # resume, vectorised
+    todo = [job for job, committed in zip(jobs, done) if not committed]
     writer.commit(rows, {"trajectory": tensor_of_shape_(B, 51, 4, 64, 64), ...})
 
 A commit: (1) validate everything (nothing is written before), (2) create store.json if this is the
@@ -28,6 +29,7 @@ import numpy as np
 from shared.errors import DistillCacheError, first_line
 from shared.store import arrays as zarr_arrays
 from shared.store.checksum import row_checksums
+from shared.store.committed_ids import CommittedIds
 from shared.store.dtypes import to_storage
 from shared.store.format import StoreMetadata, read_metadata, refuse_mismatch, write_metadata
 from shared.store.manifest import (
@@ -52,12 +54,13 @@ def new_writer_id() -> str:
     return f"w{os.getpid()}-{uuid.uuid4().hex[:10]}"
 
 
-def committed_sample_ids(url: str | os.PathLike) -> set[str]:
+def committed_sample_ids(url: str | os.PathLike) -> CommittedIds:
     """sample_ids already committed to the store at `url` (empty when there is no store yet): what a
-    writer checks before its first capture, when it does not know its fields yet."""
+    writer checks before its first capture, when it does not know its fields yet. A set; check many
+    jobs at once with `.contains_many(ids)` (vectorised: shared/store/committed_ids.py)."""
     location = StoreLocation.open(url)
     if read_metadata(location) is None:
-        return set()
+        return CommittedIds()
     files = ManifestFiles(location, [], all_columns=False)
     files.refresh()
     return files.sample_ids()
@@ -95,15 +98,17 @@ class StoreWriter:
         self._array_digests: dict[str, str] = {}
 
     @property
-    def committed_ids(self) -> set[str]:
-        """sample_ids committed by any writer of this store; each call reads only the manifest files
-        published since the last one, so a writer can ask before every batch."""
+    def committed_ids(self) -> CommittedIds:
+        """sample_ids committed by any writer of this store (this one's included as soon as each commit
+        is published); each call reads only the manifest files published since the last one, so a
+        writer can ask before every batch. The same set object, kept up to date: do not change it."""
         with self._committed_here_lock:
-            committed_here = set(self._committed_here)
-        if not self._store_json_written and read_metadata(self.location) is None:
-            return committed_here
-        self._manifest_files.refresh()
-        return self._manifest_files.sample_ids() | committed_here
+            committed_here, self._committed_here = self._committed_here, set()
+        if self._store_json_written or read_metadata(self.location) is not None:
+            self._manifest_files.refresh()
+        committed = self._manifest_files.sample_ids()
+        committed.add(committed_here)
+        return committed
 
     def commit(self, rows: list[dict], arrays: Mapping[str, np.ndarray | torch.Tensor]) -> None:
         """Make `rows` visible together with their arrays, or (on any failure) not at all."""
