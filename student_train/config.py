@@ -136,10 +136,11 @@ class TrainConfig:
         choices=LOADERS,
     )
     cache_dir: str = option(
-        "",
+        "auto",
         "a remote --cache (s3://, ...): keep a local copy of each shard read in this folder, so that later "
-        "epochs (and later runs) read local disk (shared/store/read_cache.py)",
-        default_text="none: read the store every time",
+        "epochs (and later runs) read local disk (shared/store/read_cache.py); auto: "
+        "$XDG_CACHE_HOME/distillcache/shards (~/.cache/...) when the store, uncompressed, takes at most half "
+        "the free space there, else no copies; none: read the store every time",
     )
     read_ahead: int = option(
         4,

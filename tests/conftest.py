@@ -17,6 +17,13 @@ pytest_plugins = ["tests.s3_server"]  # the local S3 server fixture, for any tes
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_user_cache_folder(tmp_path_factory):
+    """student-train's --cache-dir auto copies a remote store's shards under $XDG_CACHE_HOME: during the
+    tests, into a folder of the session's own (subprocesses inherit it), never the user's ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache-home"))
+
+
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory) -> str:
     """The shared tiny teacher capture (tests/student_store_fixture.py) as a store, once per module."""

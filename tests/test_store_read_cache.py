@@ -48,3 +48,41 @@ def test_a_local_store_is_read_directly(tmp_path):
     reader = StoreReader(tmp_path / "store", cache_dir=tmp_path / "cache")
     assert reader.cache is None and not (tmp_path / "cache").exists()
     assert_small_reads_back(reader, range(3))
+
+
+def test_auto_keeps_copies_in_the_user_cache_folder_when_the_store_fits(s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    url = s3.new_bucket() + "/store"
+    write_small(url, range(6), batch_size=3)
+    reader = StoreReader(url, cache_dir="auto")
+    assert reader.cache is not None and reader.cache.root.startswith(
+        str(tmp_path / "xdg" / "distillcache" / "shards")
+    )
+    assert str(tmp_path / "xdg") in reader.cache_note and "--cache-dir none" in reader.cache_note
+    assert_small_reads_back(reader, range(6))
+    assert len(cached_shards(tmp_path / "xdg")) == 2 * len(FIELDS)  # 2 commits: 2 shards per field
+
+    assert StoreReader(url, cache_dir="none").cache is None
+
+
+def test_auto_keeps_no_copies_of_a_store_too_big_for_the_disk_nor_of_a_local_one(tmp_path, monkeypatch):
+    import shutil
+
+    from shared.store.paths import StoreLocation
+    from shared.store.read_cache import choose_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    remote = StoreLocation.open("s3://some-bucket/store")  # nothing is read: only the URL counts
+    free = shutil.disk_usage(tmp_path).free
+    folder, note = choose_cache_dir(remote, "auto", store_bytes=int(0.4 * free))
+    assert folder == str(tmp_path / "xdg" / "distillcache" / "shards") and folder in note
+    folder, note = choose_cache_dir(remote, "auto", store_bytes=int(0.6 * free))
+    assert folder is None and note.startswith("not keeping local copies of s3://some-bucket/store")
+    assert choose_cache_dir(remote, str(tmp_path / "mine"), store_bytes=10**18) == (
+        str(tmp_path / "mine"),
+        "",
+    )
+    assert choose_cache_dir(remote, "none", store_bytes=1) == (None, "")
+    for local in (StoreLocation.open(tmp_path / "store"), StoreLocation.open("memory://store")):
+        assert choose_cache_dir(local, "auto", store_bytes=1) == (None, "")
+    assert not (tmp_path / "xdg").exists()  # deciding creates nothing

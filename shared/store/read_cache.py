@@ -1,6 +1,7 @@
 """A local read-through copy of a remote store's shards: after the first epoch, training reads local disk.
 
     reader = StoreReader("s3://bucket/cache", cache_dir="/scratch/distillcache")   # student-train run --cache-dir
+    reader = StoreReader("s3://bucket/cache", cache_dir="auto")   # the default: ~/.cache/distillcache/shards if it fits
     reader.read("trajectory", rows)      # a shard's first read downloads it whole; later reads are local
 
 What is kept: shard files (`groups/<writer>/<field>/c/...`), whole, the first time any byte of one is
@@ -15,6 +16,12 @@ and the reader then empties this store's cache and reads again from the store (o
 Downloads run PARALLEL_DOWNLOADS at a time on their own threads, one per shard however many reads ask
 for it at once; together with the training loader's read-ahead (`--read-ahead`), that keeps enough
 requests in flight to hide an object store's latency.
+
+`cache_dir="auto"` (student-train run's default) keeps copies in `$XDG_CACHE_HOME/distillcache/shards`
+(`~/.cache/...`) for a remote store whose rows, uncompressed, take at most half the free space there,
+and reads without copies otherwise (`reader.cache_note` says which): a second epoch from an object
+store then runs at local-disk speed without a flag, and a store too big for the disk is never
+copied onto it.
 
 Why our own: zarr's experimental CacheStore keeps byte-range reads (every read of a sharded array) in
 memory only, and fsspec's simplecache is synchronous (Zarr would run it through a thread wrapper)
@@ -37,6 +44,42 @@ from shared.store.confined import ConfinedLocalStore, check_key
 from shared.store.paths import StoreLocation
 
 PARALLEL_DOWNLOADS = 16
+AUTO = "auto"  # cache_dir: a per-user folder, when the store is remote and fits (choose_cache_dir)
+NONE = "none"  # cache_dir: no local copies
+AUTO_SHARE_OF_FREE = 0.5  # AUTO keeps copies only if the whole store, uncompressed, takes at most this
+# share of the free space there
+
+
+def default_cache_root() -> str:
+    """`$XDG_CACHE_HOME/distillcache/shards` (`~/.cache/...` when unset): where AUTO keeps copies."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "distillcache", "shards")
+
+
+def choose_cache_dir(location: StoreLocation, cache_dir, store_bytes: int) -> tuple[str | None, str]:
+    """(the folder to keep local copies in, or None; one line saying so, or "") for a `cache_dir` of
+    AUTO, NONE / "" / None, or a folder. AUTO: a remote store (not a local folder, not memory://)
+    whose `store_bytes` (its rows' uncompressed bytes, more than its shards take) fit in
+    AUTO_SHARE_OF_FREE of the free space of default_cache_root()'s disk; else no copies."""
+    if location.is_local or location.url.startswith("memory://") or cache_dir in (None, "", NONE):
+        return None, ""
+    if os.fspath(cache_dir) != AUTO:
+        return os.fspath(cache_dir), ""
+    root = default_cache_root()
+    existing = root
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if store_bytes <= AUTO_SHARE_OF_FREE * free:
+        return root, (
+            f"reading {location.url} through local copies of its shards in {root} (later epochs and runs read "
+            "them; --cache-dir none: no copies; --cache-dir DIR: another folder)"
+        )
+    return None, (
+        f"not keeping local copies of {location.url}'s shards: up to {store_bytes / 1e9:.1f} GB, more than "
+        f"half of the {free / 1e9:.1f} GB free in {existing}; every epoch reads the store (give --cache-dir DIR "
+        "on a disk with room)"
+    )
 
 
 def is_shard_key(key: str) -> bool:
@@ -118,9 +161,12 @@ class ReadThroughStore(WrapperStore):
     async def get(self, key, prototype=None, byte_range=None):
         if not is_shard_key(key):
             return await self._store.get(key, prototype, byte_range)
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(self.cache.downloads, self.cache.fetch, key):
-            return None
+        if not os.path.exists(
+            self.cache.local_path(key)
+        ):  # here already (every read after the first): no hop
+            loop = asyncio.get_running_loop()
+            if not await loop.run_in_executor(self.cache.downloads, self.cache.fetch, key):
+                return None
         return await self.cache.local.get(key, prototype, byte_range)
 
     async def get_partial_values(self, prototype, key_ranges):

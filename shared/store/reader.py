@@ -19,7 +19,8 @@ is missing reads as the fill value, which the checksum catches; one that cannot 
 same one-line error. `verify=False` skips the check, for a store verified already.
 
 `cache_dir` (a remote store only): shards are copied to a local folder on first read and read from
-there afterwards (shared/store/read_cache.py), so a second epoch runs at local-disk speed.
+there afterwards (shared/store/read_cache.py), so a second epoch runs at local-disk speed; "auto": a
+per-user folder when the store fits (`reader.cache_note` says what was chosen).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from shared.store.dtypes import from_storage, storage_dtype
 from shared.store.format import read_metadata
 from shared.store.manifest import read_manifest
 from shared.store.paths import StoreLocation, is_access_error
-from shared.store.read_cache import ShardCache
+from shared.store.read_cache import ShardCache, choose_cache_dir
 from shared.store.schema import FieldSpec
 
 
@@ -89,7 +90,9 @@ class StoreReader:
         self._rows = self.manifest.column("row").to_numpy().astype(np.int64)
         self._zarr_store = self.location.zarr_store(read_only=True)
         self.cache = None  # the local copies of a remote store's shards (cache_dir)
-        if cache_dir and not self.location.is_local:
+        uncompressed = len(self.manifest) * sum(spec.sample_nbytes for spec in self.fields.values())
+        cache_dir, self.cache_note = choose_cache_dir(self.location, cache_dir, uncompressed)
+        if cache_dir:
             self.cache = ShardCache(self.location, cache_dir)
             self._zarr_store = self.cache.zarr_store(self._zarr_store)
         self._arrays: dict[tuple[str, str], object] = {}

@@ -226,6 +226,8 @@ def train(config: TrainConfig, data=None) -> Path:
             + f" -> {out}",
             flush=True,
         )
+        if reader.cache_note:  # --cache-dir auto: whether a remote store's shards are copied locally
+            print(f"student-train: {reader.cache_note}", flush=True)
 
     # 5. The loop: one optimizer update per step, grad_accum micro-batches each.
     started, window = time.time(), []
