@@ -3,6 +3,7 @@ local disk and on moto's S3 server (bench/moto_s3.py).
 
     .venv/bin/python -m bench scale                       # make bench BENCH=scale
     BENCH_SCALE_ROWS=10000,100000 .venv/bin/python -m bench scale
+    BENCH_SCALE_ROWS=1000000 BENCH_SCALE_AFTER_ONLY=1 .venv/bin/python -m bench scale   # compacted only
 
 Each store holds ROWS rows of two small fields, and its manifest is one file per COMMIT_ROWS-row commit
 (as `teacher-cache run --batch-size 64` leaves it). To build 10^6 rows in a minute, the arrays are
@@ -18,14 +19,15 @@ Timed, each the median of up to REPEATS runs in this process (one run once a run
 - open: `StoreReader(url)` (store.json, the manifest read and checked, each sample once);
 - resume check: what `teacher-cache run` does before its first batch: `committed_sample_ids(url)` (the
   manifest's ids as sorted 128-bit numbers, shared/store/committed_ids.py), then `contains_many` over a
-  job list of every committed id plus NEW_JOBS new ones, shuffled (the pending jobs must be exactly those);
+  job list of every committed id plus NEW_JOBS new ones (the pending jobs must be exactly those);
+- resume check with a Python set (disk, after compaction): the same check made as before CommittedIds
+  (the manifest's ids as a Python set, each job looked up in it), for a side-by-side figure;
 - compaction: `compact_store(url)` once, then again with no grace period to remove the files it replaced
   (a store's steady state: the measurements "after" read one manifest file).
 Wall seconds, and this process's CPU seconds (the moto server's own work is in another process).
 """
 
 import os
-import random
 import shutil
 import statistics
 import time
@@ -50,12 +52,15 @@ NEW_JOBS = 1000  # jobs of the resume check that the store does not hold
 # Before compaction, an S3 open reads every file one GET after another (tens of ms each from moto on
 # this machine): above this many rows only the compacted store is measured on S3, uploaded compacted.
 S3_BEFORE_MAX_ROWS = int(os.environ.get("BENCH_SCALE_S3_BEFORE_MAX_ROWS", "100000"))
+# BENCH_SCALE_AFTER_ONLY=1: measure compacted stores only (built and compacted at once: minutes less)
+AFTER_ONLY = os.environ.get("BENCH_SCALE_AFTER_ONLY", "") == "1"
 FIELDS = {"latents": FieldSpec("float16", (4,)), "label": FieldSpec("int32", ())}
 FOLDER = Path("runs/bench/scale")
 
 
-def build(url: str, rows: int) -> list[str]:
-    """A store of `rows` rows whose manifest is one file per COMMIT_ROWS rows; returns its sample ids."""
+def build(url: str, rows: int, commit_files: bool = True) -> list[str]:
+    """A store of `rows` rows whose manifest is one file per COMMIT_ROWS rows (else compacted into
+    one); returns its sample ids."""
     writer = bench_writer(url, FIELDS, val_fraction=0.05)
     rng = np.random.default_rng(0)
     sample_ids = []
@@ -72,14 +77,20 @@ def build(url: str, rows: int) -> list[str]:
         }
         writer.commit(batch, arrays)
         sample_ids += [row["sample_id"] for row in batch]
-    split_into_commit_files(StoreLocation.open(url), writer.writer_id)
+    if commit_files:
+        split_into_commit_files(StoreLocation.open(url), writer.writer_id)
+    else:
+        compact_store(url)
+        compact_store(url, grace_seconds=0)
     return sample_ids
 
 
 def job_list(sample_ids: list[str]) -> list[str]:
-    """A resumed run's jobs: every committed id and NEW_JOBS ids not in the store, shuffled."""
-    jobs = [*sample_ids, *(uuid.UUID(int=index).hex for index in range(NEW_JOBS))]
-    random.Random(0).shuffle(jobs)
+    """A resumed run's jobs: every committed id (random hex, in the order made, as `teacher-cache run`
+    makes its job list) and NEW_JOBS ids not in the store, spread among them."""
+    jobs = list(sample_ids)
+    for index in range(NEW_JOBS):
+        jobs.insert(index * len(jobs) // NEW_JOBS, uuid.UUID(int=index).hex)
     return jobs
 
 
@@ -114,9 +125,12 @@ def timed(call, cpu: bool = False) -> dict:
     return figures
 
 
-def measure(url: str, rows: int, jobs: list[str], before: bool = True) -> dict:
-    """Open and resume-check times before compaction (if `before`), the compaction, and after it; a
-    store measured with before=False must be compacted already."""
+def measure(
+    url: str, rows: int, jobs: list[str], before: bool = True, after_python_set: bool = False
+) -> dict:
+    """Open and resume-check times before compaction (if `before`), the compaction, and after it (and
+    the resume check made with a Python set of the ids, as before CommittedIds, if `after_python_set`);
+    a store measured with before=False must be compacted already."""
 
     def open_store():
         assert len(StoreReader(url)) == rows
@@ -139,7 +153,16 @@ def measure(url: str, rows: int, jobs: list[str], before: bool = True) -> dict:
         removed = compact_store(url, grace_seconds=0).removed
         figures["remove_replaced_seconds"] = time.perf_counter() - started
         assert len(removed) == figures["manifest_files"]
+
+    def resume_check_python_set():  # the same check as made before CommittedIds, for comparison
+        files = ManifestFiles(StoreLocation.open(url), [], all_columns=False)
+        files.refresh()
+        committed = set(files.all_rows().column("sample_id").to_pylist())
+        assert sum(job not in committed for job in jobs) == NEW_JOBS
+
     figures["after"] = {"open": timed(open_store, cpu=True), "resume_check": timed(resume_check, cpu=True)}
+    if after_python_set:
+        figures["after"]["resume_check_python_set"] = timed(resume_check_python_set, cpu=True)
     return figures
 
 
@@ -157,23 +180,25 @@ def print_table(results: dict) -> None:
     print("wall seconds (this process's CPU seconds)")
     print(
         "| where | rows | manifest files | open before | open after | resume check before | resume check after "
-        "| compact |"
+        "| resume check after, Python set | compact |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, run in results.items():
         where, rows = key.split(":")
         before, after = run.get("before"), run["after"]
 
         def seconds(state, what):  # wall (CPU) seconds
             return (
-                f"{state[what]['seconds']:.2f} s ({state[what]['cpu_seconds']:.2f})" if state else "not run"
+                f"{state[what]['seconds']:.2f} s ({state[what]['cpu_seconds']:.2f})"
+                if state and what in state
+                else "not run"
             )
 
         compact = f"{run['compact_seconds']:.1f} s" if "compact_seconds" in run else "not run"
         print(
             f"| {where} | {int(rows):,} | {run['manifest_files']:,} | {seconds(before, 'open')} "
             f"| {seconds(after, 'open')} | {seconds(before, 'resume_check')} "
-            f"| {seconds(after, 'resume_check')} | {compact} |"
+            f"| {seconds(after, 'resume_check')} | {seconds(after, 'resume_check_python_set')} | {compact} |"
         )
 
 
@@ -187,13 +212,13 @@ def main() -> dict:
             folder = FOLDER / f"rows-{rows}"
             shutil.rmtree(folder, ignore_errors=True)
             started = time.perf_counter()
-            jobs = job_list(build(str(folder), rows))
+            jobs = job_list(build(str(folder), rows, commit_files=not AFTER_ONLY))
             print(f"built {rows:,} rows in {time.perf_counter() - started:.0f} s", flush=True)
-            s3_before = rows <= S3_BEFORE_MAX_ROWS
+            s3_before = rows <= S3_BEFORE_MAX_ROWS and not AFTER_ONLY
             if s3_before:  # the store as written, 64 rows a file
                 url = new_bucket() + "/store"
                 upload(folder, url)
-            results[f"disk:{rows}"] = measure(str(folder), rows, jobs)
+            results[f"disk:{rows}"] = measure(str(folder), rows, jobs, not AFTER_ONLY, after_python_set=True)
             print(f"disk {rows:,}: {results[f'disk:{rows}']}", flush=True)
             if not s3_before:  # the compacted store
                 url = new_bucket() + "/store"

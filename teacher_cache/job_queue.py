@@ -2,7 +2,7 @@
 every batch, so that writers started together do not compute the same samples.
 
     queue = JobQueue(pending_samples, batch_size=8, seed=random_seed)
-    while batch := queue.next_batch(writer.committed_ids, claims.others()):   # committed: new manifests only
+    while batch := queue.next_batch(writer.committed_ids, claims.others()):   # committed: a CommittedIds
         claims.claim([sample.sample_id for sample in batch])                   # shared.store.claims
         ...capture and commit batch...
 
@@ -18,6 +18,7 @@ rows that another writer committed while this one computed them are dropped befo
 
 import random
 from collections import deque
+from collections.abc import Set
 
 
 class JobQueue:
@@ -33,7 +34,7 @@ class JobQueue:
             self.groups.setdefault(sample.job.guidance_scale, deque()).append(sample)
             self.deferred.setdefault(sample.job.guidance_scale, deque())
 
-    def next_batch(self, committed: set[str], claimed: set[str] = frozenset()) -> list:
+    def next_batch(self, committed: Set[str], claimed: Set[str] = frozenset()) -> list:
         """Up to batch_size jobs of one guidance scale that nobody has committed, unclaimed ones first;
         [] when none is left."""
         for scale, group in self.groups.items():
@@ -56,6 +57,6 @@ class JobQueue:
         return []
 
 
-def without_committed(samples: list, committed: set[str]) -> list:
+def without_committed(samples: list, committed: Set[str]) -> list:
     """The samples nobody has committed yet (checked again after the batch was computed)."""
     return [sample for sample in samples if sample.sample_id not in committed]

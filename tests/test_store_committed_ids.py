@@ -21,12 +21,14 @@ from tests.store_fixtures import sample_row, write_samples
 HOLES = [3, 11, 12, 19]
 
 
-@pytest.fixture(params=["arrays", "python set"])
+@pytest.fixture(params=["arrays, queries grouped", "arrays", "python set"])
 def fold_path(request, monkeypatch):
-    """'arrays': every id goes to the sorted arrays, as at 10^6 rows; 'python set': the defaults, as for
-    a few ids."""
-    if request.param == "arrays":
+    """'arrays, queries grouped': every id goes to the sorted arrays and queries are grouped by their
+    top bits first, as at 10^6 rows; 'arrays': the same arrays, queries as given (a few ids); 'python
+    set': the defaults for a few ids."""
+    if request.param != "python set":
         monkeypatch.setattr(committed_module, "FOLD_TABLES_ABOVE", 0)
+    if request.param == "arrays, queries grouped":
         monkeypatch.setattr(committed_module, "SORT_QUERIES_ABOVE", 0)
     return request.param
 
@@ -77,6 +79,7 @@ def test_contains_many_agrees_with_a_python_set_on_tricky_ids(fold_path):
     committed_now, later = ids[::2], ids[1::2]
     committed = CommittedIds()
     committed.add_tables([pa.table({"sample_id": committed_now})])
+    assert (len(committed._high) > 0) == (fold_path != "python set")
     queries = [*ids, "abcdef" + "0" * 26, "0" * 32, f"{7:016x}{0:016x}", ""]
     reference = set(committed_now)
     assert committed.contains_many(queries).tolist() == [query in reference for query in queries]
