@@ -1,7 +1,7 @@
 """`student-train eval` end to end on a tiny teacher: val split + unseen store, metrics.json, grid.png.
 
 The teacher here samples with DDIM at S = 4 steps and guidance 1, so the teacher baseline at K = S
-with the teacher's own timestep spacing reproduces the cache, and a student that is an untrained copy of the teacher sampling the cached
+with the teacher's own timestep spacing reproduces the cache (and eval reuses the cache instead), and a student that is an untrained copy of the teacher sampling the cached
 grid (progressive at K = S) is a perfect pair: PSNR is infinite up to float noise.
 """
 
@@ -11,13 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from shared.store import StoreReader
 from student_train.cli import main as student_train_main
 from student_train.config import TrainConfig
+from student_train.eval import teacher_baseline
 from student_train.eval.run import EvalConfig, run
+from student_train.eval.teacher_baseline import (
+    read_conditioning,
+    sample_with_cfg,
+    samples_as_the_cache,
+    teacher_scheduler,
+)
 from student_train.export import export_student
 from student_train.students import build_student
 from student_train.students.denoiser import load_denoiser
@@ -59,7 +67,7 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
             student=str(root / "student"),
             out=str(root / "out"),
             steps=(1, STEPS),
-            teacher_spacing="store",  # the teacher's own DDIM spacing: teacher@S is the cache
+            teacher_spacing="trailing",  # teacher@S is sampled: trailing DDIM is not the cache's sampler
         )
     )
 
@@ -73,7 +81,7 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
             by_column[(set_name, f"teacher@{STEPS}")],
             by_column[(set_name, f"student@{STEPS}")],
         )
-        assert teacher_k["latent_mse"] < 1e-10 and teacher_k["psnr_db"] > 60  # DDIM at S = the cache
+        assert teacher_k["latent_mse"] > 1e-6  # trailing DDIM at S: not the cache's leading timesteps
         assert student_k["latent_mse"] < 1e-10 and student_k["psnr_db"] > 60  # a perfect pair
         # a CFG teacher calls the denoiser twice per step; the progressive student ("ddim") once
         assert (teacher_k["evaluations"], student_k["evaluations"]) == (2 * STEPS, STEPS)
@@ -94,6 +102,45 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
     assert (
         grid.shape[1] > 5 * 16 * 4
     )  # teacher@S | teacher@1 | student@1 | teacher@4 | student@4, 4x enlarged
+
+
+def test_teacher_at_s_is_the_reference_when_its_sampler_made_the_cache(stores, monkeypatch):
+    """At --teacher-spacing store, teacher@S is the teacher's own DDIM at its own timesteps: what made
+    the cache (checked here directly), so eval reuses the cached reference and samples the teacher only
+    at the other K; at trailing spacing teacher@S is another sampler, and sampled."""
+    root, cache, reader = stores
+    rows = reader.indices("val")
+    teacher = load_denoiser(reader.teacher["source"])
+    inputs = [read_conditioning(reader, rows, half) for half in ("cond", "uncond")]
+    guidance = torch.tensor([float(reader.manifest.column("guidance_scale")[r].as_py()) for r in rows])
+    final = reader.read("final_latents", rows)
+    for spacing, reproduces in (("store", True), ("trailing", False)):
+        scheduler = teacher_scheduler(reader.settings, spacing)
+        latents = sample_with_cfg(teacher, scheduler, reader.read("noise", rows), *inputs, guidance, STEPS)
+        assert torch.allclose(latents, final, atol=1e-5) == reproduces, spacing
+        assert samples_as_the_cache(reader.settings, spacing) == reproduces, spacing
+
+    sampled_steps = []  # K of every teacher sampling call (the progressive student samples without CFG)
+
+    def counting(*args, **kwargs):
+        sampled_steps.append(args[-1])
+        return sample_with_cfg(*args, **kwargs)  # the original, imported above
+
+    monkeypatch.setattr(teacher_baseline, "sample_with_cfg", counting)
+    common = dict(
+        cache=cache, student=str(root / "student"), steps=(1, STEPS), grid_prompts=0, timing_calls=0
+    )
+    columns = {}
+    for spacing in ("store", "trailing"):
+        sampled_steps.clear()
+        metrics = run(EvalConfig(out=str(root / f"reuse_{spacing}"), teacher_spacing=spacing, **common))
+        columns[spacing] = {(r["set"], r["column"]) for r in metrics["records"]}
+        calls = sorted(sampled_steps)
+        assert calls == ([1, 1] if spacing == "store" else [1, 1, STEPS, STEPS]), spacing  # one batch per set
+    for set_name in ("val", "unseen"):
+        assert (set_name, f"teacher@{STEPS} cache") in columns["store"]
+        assert (set_name, f"teacher@{STEPS}") not in columns["store"]
+        assert (set_name, f"teacher@{STEPS}") in columns["trailing"]
 
 
 def test_teacher_steps_skip_the_teacher_columns_left_out_and_nothing_else(stores):
