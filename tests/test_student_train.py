@@ -17,18 +17,7 @@ from tests.student_store_fixture import (  # noqa: F401 (autouse)
     one_torch_thread,
     shared_capture,
     tiny_train_config,
-    write_capture_store,
 )
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
-
-
-@pytest.fixture(scope="module")
-def feature_store(tmp_path_factory) -> str:
-    return write_capture_store(shared_capture(features=True), tmp_path_factory.mktemp("store") / "features")
 
 
 def logged_losses(out) -> list[float]:
