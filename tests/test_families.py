@@ -371,8 +371,10 @@ def test_every_family_method_and_student(tmp_path, monkeypatch, family, method, 
 
 
 def test_eval_on_an_sd3_store_runs_the_teacher_on_its_flow_schedule(tmp_path):
-    """teacher@S recomputed with the store's FlowMatchEulerDiscreteScheduler (shift 3) and CFG is the
-    cached output; the student (the teacher's transformer, exported untrained) samples every K."""
+    """teacher@K runs the store's FlowMatchEulerDiscreteScheduler (shift 3) with CFG; at K = S that is the
+    sampler that made the cache (tests/test_losses_flow.py recomputes it), so the cached reference
+    stands for teacher@S, not sampled again; the student (the teacher's transformer, exported
+    untrained) samples every K."""
     from shared.store import StoreReader
     from student_train.config import TrainConfig
     from student_train.eval.run import EvalConfig, run
@@ -390,7 +392,7 @@ def test_eval_on_an_sd3_store_runs_the_teacher_on_its_flow_schedule(tmp_path):
                    steps=(1, STEPS), teacher_spacing="store", judge=False)
     )  # fmt: skip
     by_column = {r["column"]: r for r in metrics["records"] if r["set"] == "unseen"}
-    assert by_column[f"teacher@{STEPS}"]["sampler"] == "euler"
-    assert by_column[f"teacher@{STEPS}"]["latent_mse"] < 1e-10  # the cached trajectory's own schedule
-    assert by_column["teacher@1"]["latent_mse"] > 1e-3
+    assert f"teacher@{STEPS}" not in by_column and by_column[f"teacher@{STEPS} cache"]["sampler"] == "cache"
+    assert by_column["teacher@1"]["sampler"] == "euler" and by_column["teacher@1"]["latent_mse"] > 1e-3
+    assert by_column[f"student@{STEPS}"]["latent_mse"] > 0  # the direct student's own 2-step sampler
     assert all(np.isfinite(r["latent_mse"]) for r in by_column.values() if "latent_mse" in r)
