@@ -5,7 +5,6 @@ with the teacher's own timestep spacing reproduces the cache (and eval reuses th
 grid (progressive at K = S) is a perfect pair: PSNR is infinite up to float noise.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -29,7 +28,12 @@ from student_train.eval.teacher_baseline import (
 from student_train.export import export_student
 from student_train.students import build_student
 from student_train.students.denoiser import load_denoiser
-from tests.student_store_fixture import TeacherCapture, capture_tiny_teacher, write_capture_store
+from tests.student_store_fixture import (
+    TeacherCapture,
+    capture_tiny_teacher,
+    write_capture_store,
+    write_train_and_unseen_stores,
+)
 
 ROW_KEYS = ("sample_id", "prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps")
 
@@ -41,13 +45,7 @@ def stores(tmp_path_factory):
     """A training store with val rows, its unseen-prompt store (same teacher) and a teacher-copy student."""
     root = tmp_path_factory.mktemp("eval")
     capture = capture_tiny_teacher(root, num_prompts=6, steps=STEPS, guidance=1.0)
-    capture = dataclasses.replace(capture, settings={**capture.settings, "val_fraction": 0.5})
-    train, unseen = dataclasses.replace(capture), dataclasses.replace(capture)
-    train.rows, unseen.rows = capture.rows[:4], capture.rows[4:]
-    train.arrays = {name: value[:4] for name, value in capture.arrays.items()}
-    unseen.arrays = {name: value[4:] for name, value in capture.arrays.items()}
-    cache = write_capture_store(train, root / "cache")
-    write_capture_store(unseen, root / "cache_unseen")
+    cache = write_train_and_unseen_stores(capture, root)
 
     reader = StoreReader(cache)
     config = TrainConfig(

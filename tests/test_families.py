@@ -16,7 +16,6 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 
 import student_train.training.loop as training_loop
@@ -33,6 +32,7 @@ from student_train.sampling import load_student_scheduler, trained_schedule_kwar
 from student_train.students import LORA_TARGET_MODULES, Student, build_student
 from student_train.students.denoiser import load_denoiser, nest_conditioning
 from tests.family_stores import GUIDANCE, PIPELINE_CLASSES, family_capture
+from tests.phase_two_watch import watch_phase_two
 from tests.student_store_fixture import one_torch_thread, tiny_train_config  # noqa: F401 (autouse)
 
 METHODS = ("direct", "lcm", "progressive", "guidance", "tcd", "reflow")  # blockkd: UNet only (refused on SD3)
@@ -260,23 +260,8 @@ def test_lora_adapts_the_modules_of_diffusers_scripts(family, denoiser_class):
 
 
 def test_sd3_student_never_loads_a_text_encoder_or_runs_the_teacher(tmp_path, monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("phase two must not load a text encoder, VAE or pipeline")
-
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(forbidden))
-    monkeypatch.setattr(diffusers.AutoencoderKL, "from_pretrained", classmethod(forbidden))
-    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", classmethod(forbidden))
-    loaded, forwards = [], []
-    load = training_loop.load_denoiser
-    monkeypatch.setattr(
-        training_loop, "load_denoiser", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1]
-    )
-    forward = diffusers.SD3Transformer2DModel.forward
-    monkeypatch.setattr(
-        diffusers.SD3Transformer2DModel,
-        "forward",
-        lambda self, *a, **k: forwards.append(id(self)) or forward(self, *a, **k),
-    )
+    family_capture("sd3")  # phase one (it runs the pipeline) before the watch, however the tests are ordered
+    loaded, forwards = watch_phase_two(monkeypatch, diffusers.SD3Transformer2DModel)
     train("sd3", tmp_path / "lcm", method="lcm", student="full", train_steps=3)
     assert len(loaded) == 1 and type(loaded[0]).__name__ == "SD3Transformer2DModel"
     # Per update one forward of the student (the loaded transformer itself: SD3 has no w-embedding to
