@@ -52,6 +52,7 @@ def test_a_local_store_is_read_directly(tmp_path):
     assert_small_reads_back(reader, range(3))
 
 
+@pytest.mark.slow
 def test_auto_keeps_copies_in_the_user_cache_folder_when_the_store_fits(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     url = s3.new_bucket() + "/store"
