@@ -267,9 +267,10 @@ def refuse_older_names(location: StoreLocation, names: list[str]) -> None:
     if older:
         raise DistillCacheError(
             f"{location.url}/{MANIFEST}/ holds {len(older)} file{'s' * (len(older) != 1)} not named "
-            f"<writer>-<row>-<CRC-32C>.parquet (e.g. {min(older)}): the store was written by an older distillcache development version, whose "
-            "manifests this version cannot check; capture it again into a new folder (teacher-cache run --out "
-            "NEW with the same prompts), or read it with the version that wrote it"
+            f"<writer>-<row>-<CRC-32C>.parquet (e.g. {min(older)}): the store was written by an older "
+            "distillcache development version, whose manifests this version cannot check; capture it again "
+            "into a new folder (teacher-cache run --out NEW with the same prompts), or read it with the "
+            "version that wrote it"
         )
 
 

@@ -161,9 +161,8 @@ class ReadThroughStore(WrapperStore):
     async def get(self, key, prototype=None, byte_range=None):
         if not is_shard_key(key):
             return await self._store.get(key, prototype, byte_range)
-        if not os.path.exists(
-            self.cache.local_path(key)
-        ):  # here already (every read after the first): no hop
+        # a shard copied already (every read after the first) is read here, not through the download pool
+        if not os.path.exists(self.cache.local_path(key)):
             loop = asyncio.get_running_loop()
             if not await loop.run_in_executor(self.cache.downloads, self.cache.fetch, key):
                 return None
