@@ -160,19 +160,3 @@ def test_the_methods_read_their_points(method, flag, kind, tmp_path):
     expected = NOISED_FIELDS if kind == "noised" else TRAJECTORY_FIELDS
     assert set(get_method(method).fields(config)) == set(expected)
     assert get_method(method).build(config, capture.settings, schedule).points == kind
-
-
-def test_tcd_samples_at_the_stock_tcd_scheduler_timesteps():
-    """Trained on noised points (LCM's solver grid), tcd samples where the stock TCDScheduler steps
-    by itself: 999, 759, 499, 259 at 4 of the fixture's 10 steps, i.e. `pipe(num_inference_steps=K)`."""
-    from diffusers import TCDScheduler
-
-    from student_train.sampling import student_timesteps
-
-    settings = shared_capture().settings
-    stock = TCDScheduler.from_config(settings["scheduler"]["config"], original_inference_steps=10)
-    for k in (1, 2, 4):
-        stock.set_timesteps(k)
-        assert student_timesteps("tcd", k, settings) == [float(t) for t in stock.timesteps]
-    assert student_timesteps("tcd", 4, settings) == student_timesteps("lcm", 4, settings)
-    assert student_timesteps("tcd", 2, settings) == [999.0, 499.0]

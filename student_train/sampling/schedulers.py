@@ -56,7 +56,7 @@ def student_scheduler(
         return LCMScheduler.from_config(
             config, original_inference_steps=num_grid_steps, timestep_scaling=timestep_scaling
         )
-    if method == "tcd":  # its own timesteps (LCM's solver grid); eta (gamma) is a pipeline argument
+    if method == "tcd":  # custom timesteps on the cached grid; eta (gamma) is a pipeline argument
         return TCDScheduler.from_config(config, original_inference_steps=num_grid_steps)
     if method == "direct":  # trailing: the first step starts at t = T - 1, from pure noise
         return DDIMScheduler.from_config(config, timestep_spacing="trailing")

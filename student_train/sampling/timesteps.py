@@ -5,13 +5,12 @@
 
 direct       diffusers' DDIMScheduler on the teacher's schedule, "trailing" spacing (starts at t = T-1)
 blockkd      the teacher's own scheduler (the student samples as the teacher does, with CFG)
-lcm, tcd     stock LCMScheduler / TCDScheduler(original_inference_steps=S).set_timesteps(K): K points
-             of LCM's solver grid of S (50 of 1000: 999, 759, 499, 259 for K = 4; both schedulers give
-             the same), the grid noised points are drawn from and what `pipe(num_inference_steps=K)`
-             samples at; flow-matching stores: every (S / K)-th point of the cached grid
-             (LCMScheduler's index rule)
-guidance     every (S / K)-th point of the cached S-step grid, LCMScheduler's index rule (at K = S
-             the teacher's own timesteps)
+lcm          stock LCMScheduler(original_inference_steps=S).set_timesteps(K): K points of LCM's solver
+             grid of S (50 of 1000: 999, 759, 499, 259 for K = 4), the grid noised points are drawn
+             from and what `pipe(num_inference_steps=K)` samples at; flow-matching stores: every
+             (S / K)-th point of the cached grid (LCMScheduler's index rule)
+tcd,         every (S / K)-th point of the cached S-step grid, LCMScheduler's index rule (at K = S
+guidance     the teacher's own timesteps)
 progressive  every 2^R-th point of the cached grid, R = the last round (see losses/progressive.py)
 reflow       the exported flow scheduler's own K timesteps (it takes no custom ones:
              `pipeline_timesteps` is None)
@@ -40,7 +39,7 @@ def student_timesteps(method: str, num_steps: int, settings: dict) -> list[float
     scheduler = settings["scheduler"]
     num_grid_steps = len(settings["timesteps"])
     if method in ("direct", "reflow", "blockkd") or (
-        method in ("lcm", "tcd") and not scheduler["class"].startswith("FlowMatch")
+        method == "lcm" and not scheduler["class"].startswith("FlowMatch")
     ):
         from student_train.sampling.schedulers import student_scheduler
 
