@@ -37,6 +37,7 @@ DENOISER_NAMES = ("unet", "transformer")
 TEACHER_EVAL_FILE = "teacher_eval.json"
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_PACKAGE = "teacher_cache.embedded"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout this module runs from
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,21 @@ def teacher_origin(teacher: str, revision: str | None) -> dict:
     if resolved.parent == embedded_teachers_dir():
         return {"source": EMBEDDED_PREFIX + resolved.name, "revision": revision}
     return {"source": str(resolved), "revision": revision}
+
+
+def portable_path(value: str) -> str:
+    """A path as a committed record (teacher_training.json, teacher_eval.json) holds it, the same on
+    every machine, never absolute: a folder of the embedded package -> `embedded:<name>`; a folder in
+    the repository -> relative to its root; a folder elsewhere -> its name only (where it lay is the
+    machine's, not the recipe's); "", an `embedded:` name, a Hub id or a path that does not exist ->
+    as given if relative, else its name."""
+    if not value:
+        return value
+    source = teacher_origin(value, None)["source"]  # embedded:<name> | absolute path | as given
+    path = Path(source)
+    if not path.is_absolute():
+        return source
+    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else path.name
 
 
 def recommended_guidance(teacher: str) -> float | None:

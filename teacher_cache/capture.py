@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from shared.errors import DistillCacheError
-from shared.module_outputs import first_tensor
+from shared.module_outputs import first_tensor, module_output
 
 TIMESTEP_ARGUMENT = "timestep"
 
@@ -203,7 +203,7 @@ class CaptureHooks:
     def _feature_hook(self, name: str):
         def on_feature(module, args, output) -> None:
             if self.active and self.step in self.feature_steps and self.calls_this_step == 0:
-                cond, _ = self._halves(first_tensor(output).detach())
+                cond, _ = self._halves(module_output(module, output).detach())
                 self.feature_outputs[name].append(cond.to(self.feature_dtype, copy=True))
 
         return on_feature

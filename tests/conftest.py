@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> str:
+def store(tmp_path_factory) -> str:
     """The shared tiny teacher capture (tests/student_store_fixture.py) as a store, once per module."""
     from tests.student_store_fixture import shared_capture, write_capture_store
 
@@ -26,7 +26,7 @@ def tiny_store(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_feature_store(tmp_path_factory) -> str:
+def feature_store(tmp_path_factory) -> str:
     """The same capture with the block outputs blockkd reads (features.*), as a store, once per module."""
     from tests.student_store_fixture import shared_capture, write_capture_store
 

@@ -12,6 +12,7 @@ with noise made from each row's seed, so no part of phase one is needed. The noi
 solver grid of `steps` points, x_t = alpha x0 + sigma eps, the UNet's cond / uncond outputs there.
 """
 
+import dataclasses
 import functools
 import tempfile
 from dataclasses import dataclass
@@ -234,6 +235,18 @@ def write_capture_store(
     )
     writer.commit(capture.rows, keep)
     return str(url)
+
+
+def write_train_and_unseen_stores(capture: TeacherCapture, root: Path, train_rows: int = 4) -> str:
+    """The stores eval and compare read: `root/cache` holds the first `train_rows` rows (half of them
+    in the val split) and `root/cache_unseen` the rest, the unseen prompts of the same teacher."""
+    capture = dataclasses.replace(capture, settings={**capture.settings, "val_fraction": 0.5})
+    train, unseen = dataclasses.replace(capture), dataclasses.replace(capture)
+    train.rows, unseen.rows = capture.rows[:train_rows], capture.rows[train_rows:]
+    train.arrays = {name: value[:train_rows] for name, value in capture.arrays.items()}
+    unseen.arrays = {name: value[train_rows:] for name, value in capture.arrays.items()}
+    write_capture_store(unseen, root / "cache_unseen")
+    return write_capture_store(train, root / "cache")
 
 
 def method_settings(method: str, student: str) -> dict:

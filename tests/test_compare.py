@@ -2,7 +2,6 @@
 compare.md / grid.png are written, the cache's cost counts the teacher's passes, and a rerun reuses
 the finished students and evals."""
 
-import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ from PIL import Image
 import student_train.compare.run as compare_run
 from student_train.cli import main as student_train_main
 from student_train.compare.run import CompareConfig, run
-from tests.student_store_fixture import capture_tiny_teacher, one_torch_thread, write_capture_store  # noqa: F401
+from tests.student_store_fixture import capture_tiny_teacher, one_torch_thread, write_train_and_unseen_stores  # noqa: F401
 
 STEPS = 4  # the tiny teacher's step count
 RECIPES = ("guidance", "reflow")  # guidance is also evaluated at S; reflow samples with its own scheduler
@@ -23,13 +22,7 @@ def stores(tmp_path_factory):
     """A training store with val rows and its unseen-prompt store (same teacher)."""
     root = tmp_path_factory.mktemp("compare")
     capture = capture_tiny_teacher(root, num_prompts=6, steps=STEPS, guidance=3.0)
-    capture = dataclasses.replace(capture, settings={**capture.settings, "val_fraction": 0.5})
-    train, unseen = dataclasses.replace(capture), dataclasses.replace(capture)
-    train.rows, unseen.rows = capture.rows[:4], capture.rows[4:]
-    train.arrays = {name: value[:4] for name, value in capture.arrays.items()}
-    unseen.arrays = {name: value[4:] for name, value in capture.arrays.items()}
-    cache = write_capture_store(train, root / "cache")
-    write_capture_store(unseen, root / "cache_unseen")
+    cache = write_train_and_unseen_stores(capture, root)
     return root, cache
 
 

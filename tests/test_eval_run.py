@@ -1,27 +1,39 @@
 """`student-train eval` end to end on a tiny teacher: val split + unseen store, metrics.json, grid.png.
 
 The teacher here samples with DDIM at S = 4 steps and guidance 1, so the teacher baseline at K = S
-with the teacher's own timestep spacing reproduces the cache, and a student that is an untrained copy of the teacher sampling the cached
+with the teacher's own timestep spacing reproduces the cache (and eval reuses the cache instead), and a student that is an untrained copy of the teacher sampling the cached
 grid (progressive at K = S) is a perfect pair: PSNR is infinite up to float noise.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from shared.store import StoreReader
 from student_train.cli import main as student_train_main
 from student_train.config import TrainConfig
+from student_train.eval import teacher_baseline
 from student_train.eval.run import EvalConfig, run
+from student_train.eval.teacher_baseline import (
+    read_conditioning,
+    sample_with_cfg,
+    samples_as_the_cache,
+    teacher_scheduler,
+)
 from student_train.export import export_student
 from student_train.students import build_student
 from student_train.students.denoiser import load_denoiser
-from tests.student_store_fixture import TeacherCapture, capture_tiny_teacher, write_capture_store
+from tests.student_store_fixture import (
+    TeacherCapture,
+    capture_tiny_teacher,
+    write_capture_store,
+    write_train_and_unseen_stores,
+)
 
 ROW_KEYS = ("sample_id", "prompt", "negative_prompt", "seed", "guidance_scale", "num_inference_steps")
 
@@ -33,13 +45,7 @@ def stores(tmp_path_factory):
     """A training store with val rows, its unseen-prompt store (same teacher) and a teacher-copy student."""
     root = tmp_path_factory.mktemp("eval")
     capture = capture_tiny_teacher(root, num_prompts=6, steps=STEPS, guidance=1.0)
-    capture = dataclasses.replace(capture, settings={**capture.settings, "val_fraction": 0.5})
-    train, unseen = dataclasses.replace(capture), dataclasses.replace(capture)
-    train.rows, unseen.rows = capture.rows[:4], capture.rows[4:]
-    train.arrays = {name: value[:4] for name, value in capture.arrays.items()}
-    unseen.arrays = {name: value[4:] for name, value in capture.arrays.items()}
-    cache = write_capture_store(train, root / "cache")
-    write_capture_store(unseen, root / "cache_unseen")
+    cache = write_train_and_unseen_stores(capture, root)
 
     reader = StoreReader(cache)
     config = TrainConfig(
@@ -59,7 +65,7 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
             student=str(root / "student"),
             out=str(root / "out"),
             steps=(1, STEPS),
-            teacher_spacing="store",  # the teacher's own DDIM spacing: teacher@S is the cache
+            teacher_spacing="trailing",  # teacher@S is sampled: trailing DDIM is not the cache's sampler
         )
     )
 
@@ -73,7 +79,7 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
             by_column[(set_name, f"teacher@{STEPS}")],
             by_column[(set_name, f"student@{STEPS}")],
         )
-        assert teacher_k["latent_mse"] < 1e-10 and teacher_k["psnr_db"] > 60  # DDIM at S = the cache
+        assert teacher_k["latent_mse"] > 1e-6  # trailing DDIM at S: not the cache's leading timesteps
         assert student_k["latent_mse"] < 1e-10 and student_k["psnr_db"] > 60  # a perfect pair
         # a CFG teacher calls the denoiser twice per step; the progressive student ("ddim") once
         assert (teacher_k["evaluations"], student_k["evaluations"]) == (2 * STEPS, STEPS)
@@ -94,6 +100,40 @@ def test_eval_writes_metrics_and_grid_and_a_teacher_copy_is_a_perfect_pair(store
     assert (
         grid.shape[1] > 5 * 16 * 4
     )  # teacher@S | teacher@1 | student@1 | teacher@4 | student@4, 4x enlarged
+
+
+def test_teacher_at_s_is_the_reference_when_its_sampler_made_the_cache(stores, monkeypatch):
+    """At --teacher-spacing store, teacher@S is the teacher's own DDIM at its own timesteps: what made
+    the cache (checked here directly), so eval reuses the cached reference and samples the teacher only
+    at the other K; at trailing spacing teacher@S is another sampler, and sampled."""
+    root, cache, reader = stores
+    rows = reader.indices("val")
+    teacher = load_denoiser(reader.teacher["source"])
+    inputs = [read_conditioning(reader, rows, half) for half in ("cond", "uncond")]
+    guidance = torch.tensor([float(reader.manifest.column("guidance_scale")[r].as_py()) for r in rows])
+    final = reader.read("final_latents", rows)
+    for spacing, reproduces in (("store", True), ("trailing", False)):
+        scheduler = teacher_scheduler(reader.settings, spacing)
+        latents = sample_with_cfg(teacher, scheduler, reader.read("noise", rows), *inputs, guidance, STEPS)
+        assert torch.allclose(latents, final, atol=1e-5) == reproduces, spacing
+        assert samples_as_the_cache(reader.settings, spacing) == reproduces, spacing
+
+    sampled_steps = []  # K of every teacher sampling call (the progressive student samples without CFG)
+
+    def counting(*args, **kwargs):
+        sampled_steps.append(args[-1])
+        return sample_with_cfg(*args, **kwargs)  # the original, imported above
+
+    monkeypatch.setattr(teacher_baseline, "sample_with_cfg", counting)
+    metrics = run(
+        EvalConfig(cache=cache, student=str(root / "student"), out=str(root / "reuse"), steps=(1, STEPS),
+                   teacher_spacing="store", grid_prompts=0, timing_calls=0, judge=False)
+    )  # fmt: skip
+    assert sorted(sampled_steps) == [1, 1]  # one batch per set, at K = 1 only (trailing: see the first test)
+    columns = {(r["set"], r["column"]) for r in metrics["records"]}
+    for set_name in ("val", "unseen"):
+        assert (set_name, f"teacher@{STEPS} cache") in columns
+        assert (set_name, f"teacher@{STEPS}") not in columns
 
 
 def test_teacher_steps_skip_the_teacher_columns_left_out_and_nothing_else(stores):

@@ -1,8 +1,9 @@
 """The teacher-at-K-steps baseline is diffusers' own CFG sampling, without the text encoder."""
 
 import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, PNDMScheduler
 
-from student_train.eval.teacher_baseline import sample_with_cfg, teacher_scheduler
+from student_train.eval.teacher_baseline import sample_with_cfg, samples_as_the_cache, teacher_scheduler
 from student_train.losses.guided import guided_output
 from student_train.students.denoiser import concat_halves
 from tests.tiny_models import LATENT_SHAPE, tiny_ddim_scheduler, tiny_sd_pipeline
@@ -57,3 +58,25 @@ def test_trailing_spacing_starts_every_step_count_from_pure_noise():
     own = teacher_scheduler(settings, "store")
     own.set_timesteps(1)
     assert own.timesteps.tolist() == [1]  # what "leading" gives at K = 1: the strawman trailing avoids
+
+
+def test_teacher_at_s_is_the_cache_only_for_the_caches_own_scheduler_and_timesteps():
+    def store_settings(scheduler, steps: int, class_name: str | None = None) -> dict:
+        scheduler.set_timesteps(steps)
+        return {
+            "scheduler": {"class": class_name or type(scheduler).__name__, "config": dict(scheduler.config)},
+            "num_inference_steps": steps,
+            "timesteps": [float(t) for t in scheduler.timesteps],
+        }
+
+    leading = store_settings(tiny_ddim_scheduler(), 50)  # SD's "leading": 981, 961, ..., 1
+    assert samples_as_the_cache(leading, "store") and not samples_as_the_cache(leading, "trailing")
+    trailing = store_settings(
+        DDIMScheduler.from_config(tiny_ddim_scheduler().config, timestep_spacing="trailing"), 50
+    )
+    assert samples_as_the_cache(trailing, "trailing")  # trailing DDIM at S = a trailing teacher's cache
+    pndm = store_settings(PNDMScheduler.from_config(tiny_ddim_scheduler().config), 50)
+    assert not samples_as_the_cache(pndm, "store")  # eval's DDIM is not the PNDM that made the cache
+    flow = store_settings(FlowMatchEulerDiscreteScheduler(shift=3.0), 28)
+    assert samples_as_the_cache(flow, "store") and samples_as_the_cache(flow, "trailing")
+    assert not samples_as_the_cache({**flow, "timesteps": flow["timesteps"][:-1] + [1.0]}, "store")

@@ -1,5 +1,6 @@
 """The embedded flow teacher (`make teacher FAMILY=sd3`): its recipe against the stock
-StableDiffusion3Pipeline, a tiny end-to-end run, and the committed folder.
+StableDiffusion3Pipeline, a tiny end-to-end run (whose teacher_training.json holds no path of this
+machine), and the committed folder.
 
 Run: pytest tests/test_flow_teacher.py   (CPU, seconds; the recipe runs on a tiny architecture)
 """
@@ -7,6 +8,7 @@ Run: pytest tests/test_flow_teacher.py   (CPU, seconds; the recipe runs on a tin
 import copy
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -15,11 +17,17 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from safetensors.torch import load_file
 
 from shared.digits import make_images
+from shared.teacher import REPO_ROOT, portable_path
 from teacher_cache.embedded import DEFAULT_TEACHER_DIR, FLOW_TEACHER_DIR
 from teacher_cache.embedded.architecture import FlowTeacherArchitecture, TeacherArchitecture, build_vae
 from teacher_cache.embedded.flow_recipe import FlowRecipe
 from teacher_cache.embedded.padding_attention import SD3_PADDING_TOKENS
-from teacher_cache.embedded.train_teacher import run, teacher_settings, tokenize
+from teacher_cache.embedded.train_teacher import (
+    PATH_SETTINGS,
+    run,
+    teacher_settings,
+    tokenize,
+)
 from teacher_cache.embedded.word_tokenizer import build_word_tokenizer
 from tests.student_store_fixture import one_torch_thread  # noqa: F401 (autouse)
 
@@ -91,10 +99,19 @@ def test_make_teacher_sd3_writes_a_folder_the_stock_pipeline_loads(tmp_path):
     settings = teacher_settings(
         "sd3", out=str(tmp_path / "flow"), pool_size=64, denoiser_steps=3, denoiser_batch_size=8,
         warmup_steps=1, save_every=0, log_every=1, device="cpu", architecture=TINY_FLOW,
+        vae_source=str(DEFAULT_TEACHER_DIR),  # an absolute path, as a user may give it
     )  # fmt: skip
     out = run(settings)
     record = json.loads((out / "teacher_training.json").read_text())
     assert len(record["denoiser_loss_history"]) == 3 and record["settings"]["family"] == "sd3"
+    # no path of this machine in the record: the embedded VAE by its logical name, the out folder by its name
+    assert (
+        record["settings"]["vae_source"] == "embedded:default_teacher" and record["settings"]["out"] == "flow"
+    )
+    assert not [value for value in json_strings(record) if os.path.isabs(value) or str(tmp_path) in value]
+    assert (
+        json.loads((out / "vae" / "config.json").read_text())["_name_or_path"] == "embedded:default_teacher"
+    )
     pipe = StableDiffusion3Pipeline.from_pretrained(out, text_encoder_3=None, tokenizer_3=None)
     assert pipe.scheduler.config.shift == TINY_FLOW.shift
     # the default teacher's VAE, reused: same weights, latents normalised to mean 0, std 1 (SD3's convention)
@@ -112,12 +129,46 @@ def test_make_teacher_sd3_writes_a_folder_the_stock_pipeline_loads(tmp_path):
     assert image.shape == (1, 32, 32, 3)
 
 
+def json_strings(value) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [*value] + [s for v in value.values() for s in json_strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in json_strings(v)]
+    return []
+
+
+def test_path_settings_are_recorded_without_this_machines_paths(tmp_path):
+    assert portable_path("") == ""
+    assert portable_path(str(FLOW_TEACHER_DIR)) == "embedded:flow_teacher"
+    assert portable_path("embedded:default_teacher") == "embedded:default_teacher"
+    assert portable_path(str(REPO_ROOT / "tests")) == "tests"  # a folder in the repository: relative to it
+    assert portable_path(str(tmp_path)) == tmp_path.name  # elsewhere: its name only
+    assert portable_path("org/some-vae") == "org/some-vae"  # a Hub id
+    assert portable_path("/no/such/folder") == "folder"
+
+
+@pytest.mark.parametrize("teacher", [DEFAULT_TEACHER_DIR, FLOW_TEACHER_DIR])
+def test_committed_teachers_record_no_absolute_path(teacher):
+    records = [
+        json.loads((teacher / name).read_text()) for name in ("teacher_training.json", "teacher_eval.json")
+    ]
+    assert not [value for record in records for value in json_strings(record) if os.path.isabs(value)]
+    record = records[0]
+    settings = record["settings"]
+    assert all(settings[name] == portable_path(settings[name]) for name in PATH_SETTINGS if name in settings)
+    configs = [json.loads(path.read_text()) for path in teacher.glob("*/config.json")]
+    assert configs and not [c["_name_or_path"] for c in configs if os.path.isabs(c.get("_name_or_path", ""))]
+
+
 def test_family_defaults_and_flags():
     from teacher_cache.embedded.train_teacher import parse_settings
 
     settings = parse_settings(["--family", "sd3", "--denoiser-steps", "7"])
     assert settings.family == "sd3" and settings.denoiser_steps == 7
-    assert settings.vae_source == str(DEFAULT_TEACHER_DIR) and isinstance(
+    assert settings.vae_source == "embedded:default_teacher" and isinstance(
         settings.architecture, FlowTeacherArchitecture
     )
     assert (

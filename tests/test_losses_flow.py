@@ -14,6 +14,13 @@ from shared.schedule import NoiseSchedule
 from shared.store import StoreReader
 from student_train.data.batches import TrainingData
 from student_train.data.randomness import SampleRandom
+from student_train.eval.teacher_baseline import (
+    SPACINGS,
+    read_conditioning,
+    sample_with_cfg,
+    samples_as_the_cache,
+    teacher_scheduler,
+)
 from student_train.losses.distance import Distance
 from student_train.losses.guided import guided_solver_step
 from student_train.losses.lcm import LcmLoss
@@ -64,6 +71,27 @@ def test_sampler_with_the_guided_teacher_reproduces_the_cached_output(flow):
             guided, schedule, batch.fields["noise"], batch.cond, settings["timesteps"], "flow_prediction"
         )
     torch.testing.assert_close(latents, batch.fields["final_latents"], rtol=1e-4, atol=1e-4)
+
+
+def test_eval_teacher_at_s_is_the_cache_so_eval_reuses_it(flow):
+    """eval's teacher@K sampler (FlowMatchEulerDiscreteScheduler of the store, either spacing) at K = S
+    recomputes the cached final latents: eval takes the cache instead of sampling it again."""
+    reader, settings, _, batch = flow
+    transformer = load_denoiser(str(family_capture("sd3").teacher_dir), "transformer")
+    rows = list(range(len(batch.sample_ids)))
+    uncond = read_conditioning(reader, rows, "uncond")
+    for spacing in SPACINGS:
+        latents = sample_with_cfg(
+            transformer,
+            teacher_scheduler(settings, spacing),
+            batch.fields["noise"],
+            batch.cond,
+            uncond,
+            settings["guidance_scale"],
+            settings["num_inference_steps"],
+        )
+        torch.testing.assert_close(latents, batch.fields["final_latents"], rtol=1e-4, atol=1e-4)
+        assert samples_as_the_cache(settings, spacing)
 
 
 def euler_step(x_t, t, s, velocity):

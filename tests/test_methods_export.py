@@ -26,15 +26,9 @@ from tests.student_store_fixture import (  # noqa: F401 (autouse)
     one_torch_thread,
     shared_capture,
     tiny_train_config,
-    write_capture_store,
 )
 
 ROWS = [0, 1]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
 
 
 def train_tiny(store, out, **overrides) -> dict:

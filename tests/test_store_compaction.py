@@ -257,6 +257,7 @@ def read_while_others_compact(url: str, tmp_path: Path, samples: int, batch_size
     return opens, compactions
 
 
+@pytest.mark.slow  # real processes / moto
 def test_readers_see_every_row_once_while_a_writer_and_two_compactors_run(tmp_path):
     started = time.monotonic()
     opens, compactions = read_while_others_compact(str(tmp_path / "store"), tmp_path, 24, 2)
@@ -270,6 +271,7 @@ def test_readers_see_every_row_once_while_a_writer_and_two_compactors_run_on_s3(
     assert opens >= 3 and compactions >= 2, (opens, compactions)
 
 
+@pytest.mark.slow  # real processes / moto
 def test_on_s3_refresh_sees_other_processes_files_and_compaction_folds_and_removes(s3):
     """s3fs keeps directory listings; a writer's refresh must list again (a file published with another
     s3fs instance stands in for another machine's commit). Then compaction on S3, rows once."""

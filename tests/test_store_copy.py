@@ -110,6 +110,7 @@ def test_copy_refuses_to_write_over_another_store_or_other_files(tmp_path, capsy
     assert "the destination itself" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # real processes / moto
 def test_a_copy_killed_mid_way_resumes_and_commits_every_row_once(tmp_path):
     source = tmp_path / "source"
     write_small(source, range(40), batch_size=8)
@@ -183,6 +184,7 @@ def test_merge_refuses_stores_of_other_settings_before_writing(tmp_path, capsys)
     assert not merged.exists()
 
 
+@pytest.mark.slow  # real processes / moto
 def test_copy_between_disk_and_s3_and_back(s3, tmp_path):
     source = tmp_path / "source"
     write_small(source, range(9), batch_size=4)
@@ -197,6 +199,7 @@ def test_copy_between_disk_and_s3_and_back(s3, tmp_path):
         copy_stores([remote], remote)
 
 
+@pytest.mark.slow  # real processes / moto
 def test_a_reader_of_the_merged_store_sees_each_row_once_while_the_merge_runs(tmp_path):
     alice, bob = tmp_path / "alice", tmp_path / "bob"
     write_small(alice, range(0, 30), batch_size=10)

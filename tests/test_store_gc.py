@@ -90,6 +90,7 @@ def test_gc_lists_then_removes_only_what_no_commit_needs(tmp_path, monkeypatch, 
     assert_reads_back(StoreReader(store), range(10))
 
 
+@pytest.mark.slow  # a real writer process
 def test_gc_beside_a_running_writer_leaves_its_commit_in_flight_alone(tmp_path):
     store = tmp_path / "store"
     write_samples(store, range(4), batch_size=2)

@@ -21,6 +21,8 @@ from tests.store_fixtures import assert_reads_back
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # real writer processes, SIGKILL
+
 
 def start_writer(url, first: int, stop: int, *options: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "tests.store_writer_process", str(url), str(first), str(stop), *options]

@@ -4,6 +4,7 @@ copy is caught by the row checksum and read again from the store; a local store 
 
 from pathlib import Path
 
+import pytest
 import s3fs
 
 from shared.store import StoreReader
@@ -14,6 +15,7 @@ def cached_shards(cache_dir: Path) -> list[Path]:
     return sorted(path for path in cache_dir.rglob("*") if path.is_file() and "/c/" in path.as_posix())
 
 
+@pytest.mark.slow  # moto's server
 def test_second_reader_reads_local_copies_and_a_damaged_copy_is_read_again(s3, tmp_path):
     url = s3.new_bucket() + "/store"
     write_small(url, range(10), batch_size=4)  # 3 commits: 3 shards per field

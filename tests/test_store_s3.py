@@ -5,12 +5,15 @@ unreachable endpoint.
     .venv/bin/python -m pytest tests/test_store_s3.py -q
 """
 
+import pytest
 import s3fs
 
 from shared.store import StoreReader, verify_store
 from teacher_cache.cli import main
 from tests.s3_server import free_port  # the `s3` fixture comes from there too (conftest.py)
 from tests.store_fixtures import assert_reads_back, write_samples
+
+pytestmark = pytest.mark.slow  # every test here talks to moto's server
 
 
 def one_line_error(capsys) -> str:

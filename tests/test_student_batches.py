@@ -17,11 +17,6 @@ from tests.student_store_fixture import one_torch_thread, shared_capture, write_
 FIELDS = ("trajectory", "out_cond", "out_uncond")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
-
-
 def schedule(data: TrainingData, micro_steps: range, batch_size: int = 4) -> list[torch.Tensor]:
     return [rows_for_micro_step(len(data), batch_size, 7, m) for m in micro_steps]
 

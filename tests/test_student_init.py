@@ -15,21 +15,15 @@ from tests.student_store_fixture import (  # noqa: F401 (autouse)
     one_torch_thread,
     shared_capture,
     tiny_train_config,
-    write_capture_store,
 )
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return write_capture_store(shared_capture(features=True), tmp_path_factory.mktemp("store") / "cache")
-
-
-@pytest.fixture(scope="module")
-def pruned_dir(store, tmp_path_factory):
+def pruned_dir(feature_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "blockkd_small"
     training_loop.train(
         tiny_train_config(
-            store, out, method="blockkd", student="pruned", prune="small", train_steps=3, loss="l2"
+            feature_store, out, method="blockkd", student="pruned", prune="small", train_steps=3, loss="l2"
         )
     )
     return out
@@ -63,9 +57,9 @@ def test_blockkd_exports_a_pruned_unet_that_samples_as_the_teacher(pruned_dir):
     )  # it trained
 
 
-def test_init_chains_direct_onto_the_pruned_student(store, pruned_dir, tmp_path):
+def test_init_chains_direct_onto_the_pruned_student(feature_store, pruned_dir, tmp_path):
     out = tmp_path / "direct"
-    training_loop.train(tiny_train_config(store, out, method="direct", init=str(pruned_dir), lr=0.0))
+    training_loop.train(tiny_train_config(feature_store, out, method="direct", init=str(pruned_dir), lr=0.0))
     assert UNet2DConditionModel.from_pretrained(out, subfolder="unet").config.mid_block_type is None
     start, end = unet_weights(pruned_dir), unet_weights(out)  # lr 0: the run starts from the init's weights
     assert start.keys() == end.keys() and all(torch.equal(start[k], end[k]) for k in start)
@@ -75,18 +69,20 @@ def test_init_chains_direct_onto_the_pruned_student(store, pruned_dir, tmp_path)
         (str(pruned_dir.resolve()), "blockkd", "pruned", "small")
     ]
     again = tmp_path / "again"  # a third run: the chain grows, oldest first
-    training_loop.train(tiny_train_config(store, again, method="progressive", init=str(out), train_steps=1))
+    training_loop.train(
+        tiny_train_config(feature_store, again, method="progressive", init=str(out), train_steps=1)
+    )
     lineage = json.loads((again / "distill.json").read_text())["lineage"]
     assert [run["method"] for run in lineage] == ["blockkd", "direct"]
 
 
-def test_a_lora_student_is_fused_onto_its_base(store, tmp_path):
+def test_a_lora_student_is_fused_onto_its_base(feature_store, tmp_path):
     lora = tmp_path / "lora"
     training_loop.train(
-        tiny_train_config(store, lora, method="direct", student="lora", train_steps=2, lr=0.05)
+        tiny_train_config(feature_store, lora, method="direct", student="lora", train_steps=2, lr=0.05)
     )
     full = tmp_path / "full"
-    training_loop.train(tiny_train_config(store, full, method="direct", init=str(lora), lr=0.0))
+    training_loop.train(tiny_train_config(feature_store, full, method="direct", init=str(lora), lr=0.0))
 
     pipe = StableDiffusionPipeline.from_pretrained(shared_capture(features=True).teacher_dir)
     pipe.load_lora_weights(lora)  # diffusers' own loading and fusing
@@ -104,10 +100,12 @@ def test_a_lora_student_is_fused_onto_its_base(store, tmp_path):
     )
 
 
-def test_a_lora_student_on_a_pruned_init_loads_onto_that_base(store, pruned_dir, tmp_path):
+def test_a_lora_student_on_a_pruned_init_loads_onto_that_base(feature_store, pruned_dir, tmp_path):
     out = tmp_path / "lora_on_pruned"
     training_loop.train(
-        tiny_train_config(store, out, method="direct", student="lora", init=str(pruned_dir), train_steps=1)
+        tiny_train_config(
+            feature_store, out, method="direct", student="lora", init=str(pruned_dir), train_steps=1
+        )
     )
     model, distill = load_exported_student(out)
     assert model.mid_block is None and distill["lineage"][-1]["dir"] == str(pruned_dir.resolve())
@@ -115,11 +113,11 @@ def test_a_lora_student_on_a_pruned_init_loads_onto_that_base(store, pruned_dir,
 
 
 @pytest.mark.parametrize("first", ["lcm", "guidance"])  # guidance: Meng et al.'s stage 2 is this chain
-def test_a_w_conditioned_init_keeps_its_w_embedding(store, tmp_path, first):
+def test_a_w_conditioned_init_keeps_its_w_embedding(feature_store, tmp_path, first):
     lcm = tmp_path / first
-    training_loop.train(tiny_train_config(store, lcm, method=first, train_steps=2))
+    training_loop.train(tiny_train_config(feature_store, lcm, method=first, train_steps=2))
     out = tmp_path / "progressive"
-    training_loop.train(tiny_train_config(store, out, method="progressive", init=str(lcm), lr=0.0))
+    training_loop.train(tiny_train_config(feature_store, out, method="progressive", init=str(lcm), lr=0.0))
     start, end = unet_weights(lcm), unet_weights(out)
     assert start["time_embedding.cond_proj.weight"].abs().sum() > 0  # the first run trained its w projection
     assert torch.equal(start["time_embedding.cond_proj.weight"], end["time_embedding.cond_proj.weight"])
@@ -128,17 +126,17 @@ def test_a_w_conditioned_init_keeps_its_w_embedding(store, tmp_path, first):
     assert UNet2DConditionModel.from_pretrained(out, subfolder="unet").config.time_cond_proj_dim == 256
 
 
-def test_bad_inits_are_refused_before_anything_is_written(store, pruned_dir, tmp_path):
+def test_bad_inits_are_refused_before_anything_is_written(feature_store, pruned_dir, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(
         DistillCacheError, match=r"already fixes the architecture \(small\); train it with --student full"
     ):
-        training_loop.train(tiny_train_config(store, out, student="pruned", init=str(pruned_dir)))
+        training_loop.train(tiny_train_config(feature_store, out, student="pruned", init=str(pruned_dir)))
     distill = json.loads((pruned_dir / "distill.json").read_text())
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     distill["store"]["fingerprint"] = {**distill["store"]["fingerprint"], "weights_hash": "another teacher"}
     (foreign / "distill.json").write_text(json.dumps(distill))
     with pytest.raises(DistillCacheError, match="distilled from another teacher"):
-        training_loop.train(tiny_train_config(store, out, init=str(foreign)))
+        training_loop.train(tiny_train_config(feature_store, out, init=str(foreign)))
     assert not out.exists()

@@ -7,28 +7,17 @@ import math
 import diffusers
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 
 import student_train.training.loop as training_loop
 from student_train.config import TrainConfig
 from student_train.training.optimizer import lr_factor
+from tests.phase_two_watch import watch_phase_two
 from tests.student_store_fixture import (  # noqa: F401 (autouse)
     one_torch_thread,
     shared_capture,
     tiny_train_config,
-    write_capture_store,
 )
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return write_capture_store(shared_capture(), tmp_path_factory.mktemp("store") / "cache")
-
-
-@pytest.fixture(scope="module")
-def feature_store(tmp_path_factory) -> str:
-    return write_capture_store(shared_capture(features=True), tmp_path_factory.mktemp("store") / "features")
 
 
 def logged_losses(out) -> list[float]:
@@ -66,23 +55,7 @@ def test_full_student_trains_and_exports(store, tmp_path, method):
 
 
 def test_only_the_denoiser_is_loaded_and_the_teacher_never_runs(store, tmp_path, monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("phase two must not load a text encoder, VAE or pipeline")
-
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(forbidden))
-    monkeypatch.setattr(diffusers.AutoencoderKL, "from_pretrained", classmethod(forbidden))
-    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", classmethod(forbidden))
-    loaded, forwards = [], []
-    load_denoiser = training_loop.load_denoiser
-    monkeypatch.setattr(
-        training_loop, "load_denoiser", lambda *a, **k: loaded.append(load_denoiser(*a, **k)) or loaded[-1]
-    )
-    forward = diffusers.UNet2DConditionModel.forward
-    monkeypatch.setattr(
-        diffusers.UNet2DConditionModel,
-        "forward",
-        lambda self, *a, **k: forwards.append(id(self)) or forward(self, *a, **k),
-    )
+    loaded, forwards = watch_phase_two(monkeypatch, diffusers.UNet2DConditionModel)
     training_loop.train(
         tiny_train_config(store, tmp_path / "lcm", method="lcm", student="full", train_steps=3)
     )

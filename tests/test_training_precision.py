@@ -135,11 +135,11 @@ BF16_RUNS = {
     # half an hour of CPU, more than CI's test budget; the LoRA base's bf16 path also has fast tests)
     [(m, list(KIND_SETTINGS)[i % len(KIND_SETTINGS)]) for i, m in enumerate(METHODS)],
 )
-def test_bf16_trains_every_method_and_student_kind(tiny_feature_store, tmp_path, method, kind):
+def test_bf16_trains_every_method_and_student_kind(feature_store, tmp_path, method, kind):
     low = dict(mixed_precision="bf16", **KIND_SETTINGS[kind])  # a LoRA base in bf16 too
     out = tmp_path / "bf16"
     config = tiny_train_config(
-        tiny_feature_store,
+        feature_store,
         out,
         method=method,
         student=kind,
@@ -163,10 +163,10 @@ def test_bf16_trains_every_method_and_student_kind(tiny_feature_store, tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", STUDENT_KINDS)
-def test_save_dtype_bf16_exports_bf16_weights_that_load(tiny_store, tmp_path, kind):
+def test_save_dtype_bf16_exports_bf16_weights_that_load(store, tmp_path, kind):
     out = tmp_path / "saved"
     config = tiny_train_config(
-        tiny_store, out, method="progressive", student=kind, train_steps=2, save_dtype="bf16"
+        store, out, method="progressive", student=kind, train_steps=2, save_dtype="bf16"
     )
     training_loop.train(config)
     name = (

@@ -93,10 +93,10 @@ class RecordingReader:
 
 
 @pytest.mark.parametrize("loader", ["memory", "stream"])
-def test_each_process_reads_only_its_own_rows(tiny_store, loader):
+def test_each_process_reads_only_its_own_rows(store, loader):
     shares = []
     for rank in (0, 1):
-        reader = RecordingReader(StoreReader(tiny_store))
+        reader = RecordingReader(StoreReader(store))
         order = DataOrder(6, 0, 3, 1, 2, rank)  # one update of global batch 6: the whole split
         data = TrainingData(reader, ("noise",), loader=loader, needed=order.rows_read(0, 1))
         for positions in order.schedule(0, 1):
@@ -106,12 +106,12 @@ def test_each_process_reads_only_its_own_rows(tiny_store, loader):
     assert not shares[0] & shares[1] and shares[0] | shares[1] == set(range(6))
 
 
-def test_a_resume_at_another_global_batch_is_refused(tiny_store, tmp_path):
-    training_loop.train(tiny_train_config(tiny_store, tmp_path / "run", train_steps=2, checkpoint_every=1))
-    same_run = tiny_train_config(tiny_store, tmp_path / "run", train_steps=2, resume=True)
+def test_a_resume_at_another_global_batch_is_refused(store, tmp_path):
+    training_loop.train(tiny_train_config(store, tmp_path / "run", train_steps=2, checkpoint_every=1))
+    same_run = tiny_train_config(store, tmp_path / "run", train_steps=2, resume=True)
     folder = resume_point(same_run, tmp_path / "run")
     check_global_batch(folder, same_run, 1)  # 3 x 1 x 1, as saved
-    check_global_batch(folder, tiny_train_config(tiny_store, "unused", batch_size=1, grad_accum=3), 1)
+    check_global_batch(folder, tiny_train_config(store, "unused", batch_size=1, grad_accum=3), 1)
     with pytest.raises(DistillCacheError, match=r"global batch of 3 \(--batch-size 3 x --grad-accum 1 x 1 "):
         check_global_batch(folder, same_run, 2)  # 3 x 1 x 2 processes
 
@@ -130,7 +130,7 @@ def exported(out: Path, student: str) -> dict[str, torch.Tensor]:
 
 def initial_weights(config, method: str) -> dict[str, torch.Tensor]:
     """The student's weights before training, under the names its export uses (the teacher of
-    tiny_feature_store, whose capture also serves tiny_store's: both are the tiny teacher)."""
+    feature_store, whose capture also serves store's: both are the tiny teacher)."""
     student = build_student(
         config.student,
         load_denoiser(str(shared_capture(features=True).teacher_dir)),
@@ -162,12 +162,12 @@ def assert_same_training(reference, other, method: str, tolerance: float = 5e-3)
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_at_the_same_global_batch_every_method(tiny_feature_store, tmp_path):
+def test_two_processes_train_as_one_at_the_same_global_batch_every_method(feature_store, tmp_path):
     cases = [(method, kind) for method in METHODS for kind in STUDENT_KINDS]
     settings = dict(train_steps=3, lr=1e-3)
     two = [
         tiny_train_config(
-            tiny_feature_store,
+            feature_store,
             tmp_path / f"two-{m}-{k}",
             method=m,
             student=k,
@@ -181,7 +181,7 @@ def test_two_processes_train_as_one_at_the_same_global_batch_every_method(tiny_f
     assert result.returncode == 0, result.stderr[-3000:]
     for (method, kind), launched in zip(cases, two):
         single = tiny_train_config(
-            tiny_feature_store,
+            feature_store,
             tmp_path / f"one-{method}-{kind}",
             method=method,
             student=kind,
@@ -195,11 +195,11 @@ def test_two_processes_train_as_one_at_the_same_global_batch_every_method(tiny_f
 
 @pytest.mark.slow
 def test_killed_two_process_run_resumes_bit_identical_and_on_one_process_at_the_same_global_batch(
-    tiny_store, tmp_path
+    store, tmp_path
 ):
     settings = dict(method="lcm", student="full", train_steps=5, checkpoint_every=2, batch_size=2)
-    whole = tiny_train_config(tiny_store, tmp_path / "whole", **settings)
-    flags = ["run", "--cache", tiny_store, "--out", whole.out, "--method", "lcm", "--student", "full"]
+    whole = tiny_train_config(store, tmp_path / "whole", **settings)
+    flags = ["run", "--cache", store, "--out", whole.out, "--method", "lcm", "--student", "full"]
     flags += ["--train-steps", "5", "--checkpoint-every", "2", "--batch-size", "2", "--lr", "1e-3"]
     flags += ["--lora-rank", "4", "--lora-alpha", "4", "--num-student-steps", "2"]
     flags += ["--w-min", "0.5", "--w-max", "2.0", "--log-every", "1"]
@@ -207,13 +207,13 @@ def test_killed_two_process_run_resumes_bit_identical_and_on_one_process_at_the_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 x 1 x 2 processes" in result.stdout
 
-    killed = tiny_train_config(tiny_store, tmp_path / "killed", **settings)
+    killed = tiny_train_config(store, tmp_path / "killed", **settings)
     result = launch_training([killed], kill_after_step=3)  # SIGKILL after update 3; last checkpoint: 2
     assert result.returncode != 0
     assert [folder.name for folder in checkpoint_dirs(tmp_path / "killed")] == ["step_0000002"]
     shutil.copytree(tmp_path / "killed", tmp_path / "one_process")
 
-    result = launch_training([tiny_train_config(tiny_store, tmp_path / "killed", resume=True, **settings)])
+    result = launch_training([tiny_train_config(store, tmp_path / "killed", resume=True, **settings)])
     assert result.returncode == 0, result.stderr[-3000:]
     whole_weights, resumed = exported(whole.out, "full"), exported(killed.out, "full")
     assert whole_weights.keys() == resumed.keys()
@@ -221,8 +221,8 @@ def test_killed_two_process_run_resumes_bit_identical_and_on_one_process_at_the_
 
     # One process, same global batch (2 x grad_accum 2): the same run, to float rounding.
     on_one = dict(settings, grad_accum=2)
-    training_loop.train(tiny_train_config(tiny_store, tmp_path / "one_process", resume=True, **on_one))
-    assert_same_training(whole, tiny_train_config(tiny_store, tmp_path / "one_process", **on_one), "lcm")
+    training_loop.train(tiny_train_config(store, tmp_path / "one_process", resume=True, **on_one))
+    assert_same_training(whole, tiny_train_config(store, tmp_path / "one_process", **on_one), "lcm")
     # One process at batch 2 x 1: another global batch, refused before anything is written.
     with pytest.raises(DistillCacheError, match="global batch of 4"):
-        training_loop.train(tiny_train_config(tiny_store, tmp_path / "killed", resume=True, **settings))
+        training_loop.train(tiny_train_config(store, tmp_path / "killed", resume=True, **settings))

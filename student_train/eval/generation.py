@@ -1,7 +1,9 @@
 """The columns of `student-train eval`, from the cached initial noise and conditioning of each row:
 
     teacher@S   the teacher's cached many-step output `final_latents` (the reference, not recomputed)
-    teacher@K   the teacher's denoiser, DDIM (flow: Euler) at K steps, CFG at the row's guidance (teacher_baseline.py)
+    teacher@K   the teacher's denoiser, DDIM (flow: Euler) at K steps, CFG at the row's guidance (teacher_baseline.py);
+                not sampled at K = S when that sampler is the one that made the cache (`samples_as_the_cache`:
+                flow stores, DDPM stores at --teacher-spacing store): teacher@S is then the reference itself
     student@K   the student, its method's few-step sampler (sampling.py); a "cfg" student (blockkd)
                 exactly as teacher@K with its own denoiser in the teacher's place
 
@@ -105,12 +107,13 @@ def generate(
 ) -> Columns:
     """teacher@S (cached), then teacher@K and student@K for every K in `steps`, batch by batch from the
     cached noise; `teacher_spacing` sets teacher@K's DDIM timesteps (teacher_baseline.SPACINGS); teacher@K
-    only for K in `teacher_steps` (None: every K)."""
+    only for K in `teacher_steps` (None: every K), and never at K = S if it would recompute the cache."""
     from student_train.eval.image_metrics import mse
     from student_train.eval.teacher_baseline import (
         map_tensors,
         read_conditioning,
         sample_with_cfg,
+        samples_as_the_cache,
         teacher_sampler_name,
         teacher_scheduler,
     )
@@ -126,6 +129,12 @@ def generate(
     )
     cfg = bool(reader.settings.get("cfg", True))
     teacher_sampler = teacher_sampler_name(reader.settings)
+    sampled_teacher_steps = [
+        k
+        for k in steps
+        if (teacher_steps is None or k in teacher_steps)
+        and not (k == full_steps and samples_as_the_cache(reader.settings, teacher_spacing))
+    ]
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for start in range(0, len(eval_set.rows), batch_size):
         rows = eval_set.rows[start : start + batch_size]
@@ -151,7 +160,7 @@ def generate(
         add(reference, "teacher", full_steps, "cache", final)
         for k in steps:
             with autocast:
-                if teacher_steps is None or k in teacher_steps:
+                if k in sampled_teacher_steps:
                     add(f"teacher@{k}", "teacher", k, teacher_sampler, with_cfg(models.teacher, k))
                 if student_sampler == "cfg":
                     student = with_cfg(models.student, k)

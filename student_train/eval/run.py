@@ -68,7 +68,7 @@ class EvalConfig:
     teacher_steps: tuple[int, ...] | None = option(
         None,
         "the K of --steps at which teacher@K is sampled (it costs 2 passes per step: e.g. 1,4 with --steps "
-        "1,4,50 for a guidance student, whose reference at S is the cached teacher@S)",
+        "1,4,50 for a guidance student; at K = S it is never sampled when its sampler made the cache)",
         parse=parse_steps,
         default_text="every K of --steps",
     )

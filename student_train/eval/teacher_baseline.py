@@ -47,6 +47,22 @@ def teacher_scheduler(settings: dict, spacing: str = "store") -> SchedulerMixin:
     return DDIMScheduler.from_config(config, **overrides)
 
 
+def samples_as_the_cache(settings: dict, spacing: str) -> bool:
+    """Whether teacher@S (S = the store's step count) at this spacing is the sampler that made the cache:
+    the store's own scheduler class (DDIMScheduler, FlowMatchEulerDiscreteScheduler) at the very
+    timesteps the pipeline passed. Then teacher@S would recompute the cached `final_latents` (the
+    reference), so eval reuses them instead of sampling it again. DDPM stores with spacing "trailing"
+    on a "leading" teacher, or a teacher whose own scheduler is another class (PNDM, Euler, ...), give
+    another sampler, whose teacher@S is sampled."""
+    scheduler = teacher_scheduler(settings, spacing)
+    if type(scheduler).__name__ != settings["scheduler"].get("class"):
+        return False
+    scheduler.set_timesteps(int(settings["num_inference_steps"]))
+    cached = torch.tensor(settings["timesteps"], dtype=torch.float64)
+    ours = scheduler.timesteps.to(torch.float64)
+    return ours.shape == cached.shape and torch.allclose(ours, cached, rtol=0, atol=1e-3)
+
+
 def teacher_sampler_name(settings: dict) -> str:
     """How eval names teacher@K's sampler: ddim (DDPM family) or euler (flow family)."""
     return "euler" if settings["scheduler"].get("class", "").startswith("FlowMatch") else "ddim"

@@ -14,7 +14,7 @@ construction (tiny's last down block, which lost its downsampler).
 
 import torch
 
-from shared.module_outputs import first_tensor
+from shared.module_outputs import module_output
 from student_train.students.denoiser import unwrap
 from student_train.students.pruning import teacher_module_name
 
@@ -46,7 +46,7 @@ class BlockOutputs(dict):
 
     def keep(self, teacher_name: str):
         def hook(module, args, output) -> None:
-            self[teacher_name] = first_tensor(output)
+            self[teacher_name] = module_output(module, output)
 
         return hook
 

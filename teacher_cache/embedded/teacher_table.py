@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 from shared.digits import all_prompts, make_images
 from shared.judge import load_judge
 from shared.teacher import load_teacher as load_pipeline
+from shared.teacher import portable_path
 from teacher_cache.embedded import DEFAULT_TEACHER_DIR
 
 GUIDANCE_SWEEP = (1.0, 2.5, 5.0, 7.5)
@@ -206,7 +207,8 @@ def run(settings: TableSettings) -> list[dict]:
         "reference_steps": reference_steps,
         "rows": rows,
         "real": real_row,
-        "settings": asdict(settings),
+        "settings": asdict(settings)
+        | {"teacher": portable_path(settings.teacher), "out_dir": portable_path(settings.out_dir)},
     }
     (Path(settings.teacher) / "teacher_eval.json").write_text(json.dumps(record, indent=2) + "\n")
     return rows

@@ -14,7 +14,8 @@ combination) with the word-level tokenizer:
      AdamW with warmup + cosine, EMA weights saved.
 The result is a `StableDiffusionPipeline` (sd) or a `StableDiffusion3Pipeline` without T5 (sd3)
 written with `save_pretrained`, plus `teacher_training.json` holding these settings, the loss curves
-and the wall and CPU time.
+and the wall and CPU time. Its path settings (`out`, `vae_source`) are recorded the same on every
+machine, never as absolute paths (`portable_path`).
 """
 
 import argparse
@@ -34,11 +35,14 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPTokenizer
 
 from shared.digits import make_images
+from shared.teacher import EMBEDDED_PREFIX, portable_path, resolve_teacher_source
 from teacher_cache.embedded import DEFAULT_TEACHER_DIR, FLOW_TEACHER_DIR
 from teacher_cache.embedded.architecture import FlowTeacherArchitecture, TeacherArchitecture, build_vae
 from teacher_cache.embedded.flow_recipe import FlowRecipe
 from teacher_cache.embedded.sd_recipe import SdRecipe
 from teacher_cache.embedded.word_tokenizer import build_word_tokenizer
+
+PATH_SETTINGS = ("out", "vae_source")  # recorded with portable_path
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,9 @@ class TeacherSettings:
     out: str = ""  # "": the family's folder in teacher_cache/embedded/
     seed: int = 0
     pool_size: int = 24000  # training images, drawn once from shared.digits (split "train")
-    vae_source: str = ""  # "": train a VAE (stage 1); else a teacher folder whose vae/ is reused
+    vae_source: str = (
+        ""  # "": train a VAE (stage 1); else a teacher (embedded:<name>, folder) whose vae/ is reused
+    )
     vae_steps: int = 600
     vae_batch_size: int = 64
     vae_lr: float = 2e-3
@@ -84,7 +90,7 @@ FAMILIES = {
         FlowRecipe,
         True,
         {
-            "vae_source": str(DEFAULT_TEACHER_DIR),
+            "vae_source": EMBEDDED_PREFIX + DEFAULT_TEACHER_DIR.name,
             "denoiser_steps": 1500,
             "denoiser_batch_size": 128,
             "denoiser_lr": 1e-3,
@@ -241,7 +247,9 @@ def prepare_vae(settings: TeacherSettings, images: torch.Tensor) -> tuple[Autoen
     """Stage 1: the VAE of `settings.vae_source`, or a new one trained on `images`; and its loss curve."""
     torch.manual_seed(settings.seed)
     if settings.vae_source:
-        vae = AutoencoderKL.from_pretrained(settings.vae_source, subfolder="vae").eval()
+        vae = AutoencoderKL.from_pretrained(resolve_teacher_source(settings.vae_source), subfolder="vae")
+        vae.register_to_config(_name_or_path=portable_path(settings.vae_source))  # saved in vae/config.json
+        vae.eval()
         return vae.to(settings.device), []
     vae = build_vae(settings.architecture)
     return vae, train_vae(settings, vae, images)
@@ -257,6 +265,12 @@ def normalise_latents(
     scaling = 1.0 / float((sampled - shift).std())
     vae.register_to_config(scaling_factor=scaling, **({"shift_factor": shift} if centre else {}))
     return (latent_mean - shift) * scaling, latent_std * scaling
+
+
+def recorded_settings(settings: TeacherSettings) -> dict:
+    """`settings` as teacher_training.json holds them: the path settings through portable_path."""
+    record = asdict(settings)
+    return record | {name: portable_path(record[name]) for name in PATH_SETTINGS}
 
 
 def run(settings: TeacherSettings) -> Path:
@@ -291,7 +305,7 @@ def run(settings: TeacherSettings) -> Path:
     history = train_denoiser(settings, recipe, latent_mean, latent_std, input_ids, empty_ids, save=save)
     save(recipe)
     record = {
-        "settings": asdict(settings),
+        "settings": recorded_settings(settings),
         "vae_loss_history": vae_history,
         "denoiser_loss_history": history,
         "seconds": round(time.time() - started),
