@@ -74,12 +74,13 @@ class TrainConfig:
     )
     time_cond_proj_dim: int = option(256, "lcm / tcd / guidance full students' w-embedding; 0: none")
     timestep_scaling: float = option(10.0, "lcm boundary conditions")
-    points: str = option(
-        "noised",
-        "lcm: where consistency pairs start: noised (clean latents noised to LCM's solver grid, the "
-        "store's noised group: what the LCM scripts train on and few-step sampling visits), trajectory "
-        "(the teacher's cached CFG trajectories), mix (a coin per sample)",
+    points: str | None = option(
+        None,
+        "lcm, tcd, guidance: where the points with the teacher's cached outputs come from: noised (clean "
+        "latents noised to LCM's solver grid, the store's noised group: what the LCM scripts train on and "
+        "few-step sampling visits), trajectory (the teacher's cached CFG trajectories), mix (a coin per sample)",
         choices=POINTS,
+        default_text="noised for lcm and tcd, trajectory for guidance",
     )
     weighting: str = option("truncated_snr", "progressive: truncated_snr | snr_plus_one")
     tcd_gamma: float = option(

@@ -14,6 +14,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 import student_train.training.loop as training_loop
+from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
 from student_train.data.randomness import SampleRandom
 from student_train.eval.generation import student_latents
@@ -155,6 +156,27 @@ def test_tcd_student_samples_with_stock_tcd_scheduler(students, student, num_ste
             )
         torch.testing.assert_close(eval_latents(out, distill, num_steps), latents, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(latents, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_eta_samples_a_tcd_student_at_another_gamma(students):
+    """`student-train eval --eta 0.9` samples the tcd student as the stock pipeline does with eta=0.9
+    (not at the exported 0.4); a student whose sampler takes no eta refuses the flag."""
+    from student_train.eval.run import with_eta
+
+    out, distill = students["tcd_lora"]
+    ids = capture_batch(shared_capture(), ROWS).sample_ids
+    stock = {
+        eta: stock_latents(
+            stock_pipeline(out, distill), distill, 2, eta=eta, generator=SampleRandom(0, 2, ids).generators
+        )
+        for eta in (0.4, 0.9)
+    }
+    got = eval_latents(out, with_eta(distill, 0.9, str(out)), 2)
+    torch.testing.assert_close(got, stock[0.9], rtol=1e-4, atol=1e-4)
+    assert (stock[0.9] - stock[0.4]).abs().max() > 1e-3  # the two gammas sample differently
+    assert distill["recommended"]["eta"] == 0.4  # the folder's own distill.json is left as it was
+    with pytest.raises(DistillCacheError, match="--eta is TCD's gamma"):
+        with_eta(students["guidance"][1], 0.9, "guidance")
 
 
 @pytest.mark.parametrize("num_steps", [1, 2])

@@ -87,6 +87,12 @@ class EvalConfig:
         20,
         "denoiser calls timed per model for the student / teacher time per call (alternating, median); 0: skip",
     )
+    eta: float | None = option(
+        None,
+        "tcd students: the gamma (TCDScheduler's eta, a pipeline argument) to sample with; training does not "
+        "depend on it, so one student can be evaluated at several",
+        default_text="the student's distill.json recommended eta (--tcd-gamma)",
+    )
     device: str = option("auto", "auto = cuda if available, else cpu")
     dtype: str = option("auto", "auto = float16 on cuda, float32 on cpu")
     threads: int = option(
@@ -151,6 +157,21 @@ def describe_cost(cost: dict) -> str:
     return line
 
 
+def with_eta(distill: dict, eta: float | None, student: str) -> dict:
+    """The student's distill.json with `--eta` as its recommended eta (a copy); refused for a student
+    whose sampler takes no eta (only TCDScheduler's gamma is a sampling setting of the student)."""
+    if eta is None:
+        return distill
+    if distill.get("method") != "tcd":
+        raise DistillCacheError(
+            f"--eta is TCD's gamma; --student {student} is a {distill.get('method')} student, whose sampler "
+            "takes no eta: drop --eta"
+        )
+    if not 0.0 <= eta <= 1.0:
+        raise DistillCacheError(f"--eta {eta:g}: TCD's gamma is in [0, 1]")
+    return {**distill, "recommended": {**distill["recommended"], "eta": eta}}
+
+
 def run(config: EvalConfig) -> dict:
     """Evaluate, write OUT/metrics.json and OUT/grid.png, print the table; returns the metrics."""
     from student_train.eval.grid import write_grid
@@ -162,7 +183,7 @@ def run(config: EvalConfig) -> dict:
 
         torch.set_num_threads(config.threads)  # the process's setting: run() is the entry point
     training, eval_sets = open_eval_sets(config.cache, config.unseen_cache, config.limit)
-    distill = read_distill(config.student)
+    distill = with_eta(read_distill(config.student), config.eta, config.student)
     check_same_teacher(distill, training, config.cache)
     prompts = [str(s.reader.manifest.column("prompt")[r]) for s in eval_sets for r in s.rows]
     models = load_models(

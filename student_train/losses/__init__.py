@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
+from student_train.data.points import POINT_FIELDS
 from student_train.losses import blockkd, direct, guidance, lcm, progressive, reflow, tcd
 from student_train.losses.distance import Distance
 from student_train.sampling import cached_grid, student_scheduler, student_timesteps
@@ -44,6 +45,22 @@ def w_range(config) -> tuple[float, float]:
     )
 
 
+# Where the methods that read the teacher's cached outputs take their points when --points is not
+# given: lcm and tcd from noised points (docs/training.md "the lcm recipe"; tcd: docs/methods.md),
+# guidance from the cached trajectories (where its stock sampler steps; measured there).
+DEFAULT_POINTS = {"lcm": "noised", "tcd": "noised", "guidance": "trajectory"}
+
+
+def points_kind(config) -> str:
+    """This run's --points: the flag, else the method's default."""
+    return config.points or DEFAULT_POINTS[config.method]
+
+
+def point_fields(config) -> tuple[str, ...]:
+    """The store fields a method reading `--points` needs with these settings (besides cond.*)."""
+    return POINT_FIELDS[points_kind(config)]
+
+
 def build_direct(config, settings: dict, schedule: NoiseSchedule):
     return direct.DirectLoss(
         schedule,
@@ -62,7 +79,7 @@ def build_lcm(config, settings: dict, schedule: NoiseSchedule):
         Distance(config.loss, config.huber_c),
         *w_range(config),
         timestep_scaling=config.timestep_scaling,
-        points=config.points,
+        points=points_kind(config),
     )
 
 
@@ -73,6 +90,7 @@ def build_tcd(config, settings: dict, schedule: NoiseSchedule):
         settings["prediction_type"],
         Distance(config.loss, config.huber_c),
         *w_range(config),
+        points=points_kind(config),
     )
 
 
@@ -98,6 +116,7 @@ def build_guidance(config, settings: dict, schedule: NoiseSchedule):
         Distance(config.loss, config.huber_c),
         w_min,
         w_max,
+        points=points_kind(config),
     )
 
 
@@ -147,10 +166,10 @@ def always(fields: tuple[str, ...]) -> Callable:
 
 METHODS = {
     "direct": Method("direct", always(direct.FIELDS), False, build_direct),
-    "lcm": Method("lcm", lcm.fields, True, build_lcm),
+    "lcm": Method("lcm", point_fields, True, build_lcm),
     "progressive": Method("progressive", always(progressive.FIELDS), False, build_progressive),
-    "guidance": Method("guidance", always(guidance.FIELDS), True, build_guidance),
-    "tcd": Method("tcd", always(tcd.FIELDS), True, build_tcd),
+    "guidance": Method("guidance", point_fields, True, build_guidance),
+    "tcd": Method("tcd", point_fields, True, build_tcd),
     "reflow": Method("reflow", always(reflow.FIELDS), False, build_reflow),
     "blockkd": Method(
         "blockkd",

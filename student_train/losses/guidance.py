@@ -13,8 +13,10 @@ reference's `mean_loss_weight_type="snr"` (SNR-weighted x error = eps error), fo
 type (both sides through `to_x0_eps`). A stock StableDiffusionPipeline runs the student with one
 pass per step: a UNet with `time_cond_proj_dim` turns its CFG off and embeds `guidance_scale - 1`.
 
-Differs from the reference: its points are real images noised to random continuous times; here
-they are the cached trajectory points (`data/points.py`), which lie on paths of the store's guidance.
+The points are `--points` (data/points.py), by default the cached trajectory points, which lie on
+paths of the store's guidance at the times the student samples at; `--points noised` takes the
+store's noised points instead (clean latents noised to LCM's solver grid), closer to the reference,
+whose points are real images noised to random continuous times.
 A LoRA student has no w input: it learns one w (--w-min = --w-max) and samples at guidance scale 1.
 Stage 2 (progressive distillation of this student, keeping w) is `--init` + `--method progressive`.
 """
@@ -22,11 +24,9 @@ Stage 2 (progressive distillation of this student, keeping w) is `--init` + `--m
 import torch
 
 from shared.schedule import NoiseSchedule
-from student_train.data.points import TRAJECTORY_FIELDS, trajectory_points
+from student_train.data.points import teacher_points
 from student_train.losses.distance import Distance
 from student_train.losses.guided import guided_output
-
-FIELDS = TRAJECTORY_FIELDS
 
 
 class GuidanceLoss:
@@ -38,15 +38,17 @@ class GuidanceLoss:
         distance: Distance,
         w_min: float = 0.0,
         w_max: float = 4.0,
+        points: str = "trajectory",
     ):
         self.schedule = schedule
-        self.grid = torch.tensor(grid)  # (S + 1,): the time of each trajectory point, then the end
+        self.grid = torch.tensor(grid)  # (S + 1,): the time of each cached trajectory point, then the end
         self.prediction_type = prediction_type
         self.distance = distance
         self.w_min, self.w_max = w_min, w_max
+        self.points = points
 
     def __call__(self, student, batch, random, step: int) -> torch.Tensor:
-        points = trajectory_points(batch, random, self.grid)
+        points = teacher_points(self.points, batch, random, self.grid)
         w = random.uniform(self.w_min, self.w_max)  # (B,)
         guided = guided_output(points.out_uncond, points.out_cond, w + 1.0)  # the teacher's two passes
         output = student.denoise(points.x_t, points.t, batch.cond, w if student.w_conditioned else None)

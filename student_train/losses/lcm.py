@@ -13,20 +13,29 @@ solver step to s; the loss is
 with f_target the EMA copy (full students) or the student itself under no_grad (LoRA). NB trajectory
 points lie on paths the teacher made at the store's guidance, not on noised data: for w far from it
 they are off the w-guided ODE; noised points hold for any w.
+
+`solver_pair` (a sample's point, its w and the solver step's end) is also tcd's (losses/tcd.py, a
+subclass): the two methods differ only in the consistency function applied to the pair.
 """
+
+from dataclasses import dataclass
 
 import torch
 
 from shared.schedule import NoiseSchedule
-from student_train.data.points import POINT_FIELDS, teacher_points
+from student_train.data.points import teacher_points
 from student_train.losses.distance import Distance
 from student_train.losses.guided import guided_solver_step
 from student_train.sampling.consistency import consistency_output
 
 
-def fields(config) -> tuple[str, ...]:
-    """The store fields lcm reads with these settings (besides cond.*)."""
-    return POINT_FIELDS[config.points]
+@dataclass
+class SolverPair:
+    x_t: torch.Tensor  # (B, C, H, W) the cached point
+    t: torch.Tensor  # (B,)
+    x_s: torch.Tensor  # (B, C, H, W) one guided DDIM step from it, with the teacher's cached outputs
+    s: torch.Tensor  # (B,)
+    student_w: torch.Tensor | None  # (B,) the w guiding the step, for a w-conditioned student; else None
 
 
 class LcmLoss:
@@ -49,28 +58,39 @@ class LcmLoss:
         self.timestep_scaling = timestep_scaling
         self.points = points
 
-    def __call__(self, student, batch, random, step: int) -> torch.Tensor:
+    def solver_pair(self, student, batch, random) -> SolverPair:
+        """Per sample: a `--points` point (x_t, t), w ~ U[w_min, w_max] (drawn in that order), and the
+        guided DDIM solver step t -> s from the point's cached cond / uncond outputs."""
         points = teacher_points(self.points, batch, random, self.grid)
-        x_t, t, s = points.x_t, points.t, points.s
         w = random.uniform(self.w_min, self.w_max)  # (B,)
         x_s = guided_solver_step(
-            self.schedule, self.prediction_type, x_t, t, s, points.out_cond, points.out_uncond, w
+            self.schedule,
+            self.prediction_type,
+            points.x_t,
+            points.t,
+            points.s,
+            points.out_cond,
+            points.out_uncond,
+            w,
         )
-        student_w = w if student.w_conditioned else None
+        return SolverPair(points.x_t, points.t, x_s, points.s, w if student.w_conditioned else None)
+
+    def __call__(self, student, batch, random, step: int) -> torch.Tensor:
+        pair = self.solver_pair(student, batch, random)
         online = consistency_output(
             self.schedule,
-            student.denoise(x_t, t, batch.cond, student_w),
-            x_t,
-            t,
+            student.denoise(pair.x_t, pair.t, batch.cond, pair.student_w),
+            pair.x_t,
+            pair.t,
             self.prediction_type,
             self.timestep_scaling,
         )
         with torch.no_grad():
             target = consistency_output(
                 self.schedule,
-                student.target_denoise(x_s, s, batch.cond, student_w),
-                x_s,
-                s,
+                student.target_denoise(pair.x_s, pair.s, batch.cond, pair.student_w),
+                pair.x_s,
+                pair.s,
                 self.prediction_type,
                 self.timestep_scaling,
             )
