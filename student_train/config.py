@@ -59,7 +59,7 @@ class TrainConfig:
     lr_warmup_steps: int = option(0, "linear warm-up of the learning rate over N updates")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm")
-    loss: str = option("huber", "l2 | huber (pseudo-Huber)")
+    loss: str | None = option(None, "l2 | huber (pseudo-Huber); default huber, l2 for blockkd (BK-SDM)")
     huber_c: float = option(0.001, "pseudo-Huber c (LCM scripts: 0.001)")
     ema_decay: float = option(0.95, "full students' EMA (the LCM target)")
     lora_rank: int = option(64, "LoRA rank r (LCM-LoRA: 64)")

@@ -189,3 +189,24 @@ def test_a_student_without_any_cached_block_is_refused():
     )
     with pytest.raises(DistillCacheError, match="none of the store's features"):
         loss.block_pairs(student_of(capture))
+
+
+@pytest.mark.parametrize(
+    "method, given, expected",
+    [
+        ("blockkd", None, "l2"),
+        ("lcm", None, "huber"),
+        ("direct", None, "huber"),
+        ("blockkd", "huber", "huber"),
+    ],
+)
+def test_the_distance_defaults_to_bk_sdm_squared_error_for_blockkd_only(method, given, expected):
+    """BK-SDM's three terms are squared errors; the LCM-LoRA recipe's pseudo-Huber is every other
+    method's default; --loss always wins. Checked on a value: l2 of a difference of 2 is 4."""
+    from student_train.config import TrainConfig
+    from student_train.losses import distance
+
+    chosen = distance(TrainConfig(cache="store", out="out", method=method, loss=given))
+    value = chosen(torch.full((1, 3), 2.0), torch.zeros(1, 3)).item()
+    assert chosen.kind == expected
+    assert value == (4.0 if expected == "l2" else pytest.approx((4 + 1e-6) ** 0.5 - 1e-3))

@@ -152,7 +152,9 @@ def assert_same_training(reference, other, method: str, tolerance: float = 5e-3)
     """Same losses at every update, and weights that differ by float rounding only: the distance
     between the two is under `tolerance` of how far training moved the reference's weights (a
     different batch, loss reduction or gradient average moves them by a large fraction of that)."""
-    assert logged_losses(other.out) == pytest.approx(logged_losses(reference.out), rel=1e-4)
+    # rel 1e-3: blockkd's squared error of a student still close to its teacher is ~1e-5, where the
+    # rounding of a 2-way gradient average shows at 1e-4; another batch would differ by O(1)
+    assert logged_losses(other.out) == pytest.approx(logged_losses(reference.out), rel=1e-3)
     ours, theirs = exported(reference.out, reference.student), exported(other.out, other.student)
     start = initial_weights(reference, method)
     assert ours.keys() == theirs.keys() and ours.keys() <= start.keys()

@@ -48,6 +48,16 @@ def w_range(config) -> tuple[float, float]:
 # Where the methods that read the teacher's cached outputs take their points when --points is not
 # given: lcm and tcd from noised points (docs/training.md "the lcm recipe"; tcd: docs/methods.md),
 # guidance from the cached trajectories (where its stock sampler steps; measured there).
+# The distance when --loss is not given: pseudo-Huber (the LCM-LoRA recipe) for every method but
+# blockkd, whose reference (BK-SDM) uses the squared error for its three terms.
+DEFAULT_LOSS = {"blockkd": "l2"}
+
+
+def distance(config) -> Distance:
+    """This run's distance: --loss, else the method's default, with --huber-c."""
+    return Distance(config.loss or DEFAULT_LOSS.get(config.method, "huber"), config.huber_c)
+
+
 DEFAULT_POINTS = {"lcm": "noised", "tcd": "noised", "guidance": "trajectory"}
 
 
@@ -66,7 +76,7 @@ def build_direct(config, settings: dict, schedule: NoiseSchedule):
         schedule,
         student_timesteps("direct", config.num_student_steps, settings),
         settings["prediction_type"],
-        Distance(config.loss, config.huber_c),
+        distance(config),
         checkpoint_steps=config.gradient_checkpointing,
     )
 
@@ -76,7 +86,7 @@ def build_lcm(config, settings: dict, schedule: NoiseSchedule):
         schedule,
         cached_grid(settings, schedule),
         settings["prediction_type"],
-        Distance(config.loss, config.huber_c),
+        distance(config),
         *w_range(config),
         timestep_scaling=config.timestep_scaling,
         points=points_kind(config),
@@ -88,7 +98,7 @@ def build_tcd(config, settings: dict, schedule: NoiseSchedule):
         schedule,
         cached_grid(settings, schedule),
         settings["prediction_type"],
-        Distance(config.loss, config.huber_c),
+        distance(config),
         *w_range(config),
         points=points_kind(config),
     )
@@ -113,7 +123,7 @@ def build_guidance(config, settings: dict, schedule: NoiseSchedule):
         schedule,
         cached_grid(settings, schedule),
         settings["prediction_type"],
-        Distance(config.loss, config.huber_c),
+        distance(config),
         w_min,
         w_max,
         points=points_kind(config),
@@ -127,7 +137,7 @@ def build_reflow(config, settings: dict, schedule: NoiseSchedule):
     exported = student_scheduler("reflow", settings["scheduler"], len(settings["timesteps"]))
     return reflow.ReflowLoss(
         flow,
-        Distance(config.loss, config.huber_c),
+        distance(config),
         config.reflow_t_schedule,
         reflow.sampler_times(exported, steps, flow.num_train_timesteps),
     )
@@ -138,7 +148,7 @@ def build_progressive(config, settings: dict, schedule: NoiseSchedule):
         schedule,
         cached_grid(settings, schedule),
         settings["prediction_type"],
-        Distance(config.loss, config.huber_c),
+        distance(config),
         num_student_steps=config.num_student_steps,
         total_train_steps=config.train_steps,
         weighting=config.weighting,
@@ -152,7 +162,7 @@ def build_blockkd(config, settings: dict, schedule: NoiseSchedule):
         [int(step) for step in settings.get("feature_steps") or []],
         list(settings.get("feature_modules") or []),
         settings["prediction_type"],
-        Distance(config.loss, config.huber_c),
+        distance(config),
         lambda_task=config.lambda_task,
         lambda_out=config.lambda_out,
         lambda_feat=config.lambda_feat,
