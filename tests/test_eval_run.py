@@ -136,6 +136,7 @@ def test_teacher_at_s_is_the_reference_when_its_sampler_made_the_cache(stores, m
         assert (set_name, f"teacher@{STEPS}") not in columns
 
 
+@pytest.mark.slow  # whole eval runs, twice each
 def test_teacher_steps_skip_the_teacher_columns_left_out_and_nothing_else(stores):
     """--teacher-steps 1 with --steps 1,4: teacher@4 is not sampled; every other column is the same
     as with teacher@4 (the student samples from the same cached noise either way)."""
@@ -206,6 +207,7 @@ def test_a_noised_points_store_is_evaluated_on_its_unseen_store_alone(stores, ca
     assert "holds no noise, final_latents: val split skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # whole eval runs, twice each
 def test_a_pruned_blockkd_student_is_sampled_as_the_teacher_and_its_cost_reported(stores):
     """A blockkd student samples with the teacher's sampler and CFG; an untrained teacher copy is then
     teacher@K exactly. A pruned one reports its parameters, 2K evaluations per image and their cost."""

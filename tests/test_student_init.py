@@ -76,6 +76,7 @@ def test_init_chains_direct_onto_the_pruned_student(feature_store, pruned_dir, t
     assert [run["method"] for run in lineage] == ["blockkd", "direct"]
 
 
+@pytest.mark.slow  # two training runs and a fused export
 def test_a_lora_student_is_fused_onto_its_base(feature_store, tmp_path):
     lora = tmp_path / "lora"
     training_loop.train(
