@@ -163,11 +163,12 @@ class TrainConfig:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def run_digest(self) -> str:
+    def identity(self) -> dict:
         """What makes two runs the same run (a checkpoint may only resume its own): everything but
         where the output goes, the resume / logging switches, how batches are read (same batches) and
         how the global batch is split into micro-batches (batch_size x grad_accum x processes: the
-        global batch itself is checked on resume, training/checkpoints.py)."""
+        global batch itself is checked on resume, training/checkpoints.py). --loss, --points and
+        --w-min / --w-max left to the method are resolved before (losses/defaults.py)."""
         ignored = {
             "out",
             "resume",
@@ -181,5 +182,7 @@ class TrainConfig:
             "cache_dir",
             "read_ahead",
         }
-        identity = {k: v for k, v in self.to_json().items() if k not in ignored}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        return {k: v for k, v in self.to_json().items() if k not in ignored}
+
+    def run_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]

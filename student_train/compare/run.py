@@ -68,12 +68,13 @@ def check_config(config: CompareConfig) -> None:
 def finished_run(student_dir: Path, train_config) -> dict | None:
     """distill.json of a finished run of exactly these settings in `student_dir`, else None."""
     from student_train.config import TrainConfig
+    from student_train.training.checkpoints import is_same_run
 
     path = student_dir / "distill.json"
     if not path.is_file():
         return None
     distill = json.loads(path.read_text())
-    if TrainConfig(**distill["settings"]).run_digest() != train_config.run_digest():
+    if not is_same_run(TrainConfig(**distill["settings"]).run_digest(), train_config):
         return None
     return distill
 

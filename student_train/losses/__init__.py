@@ -4,6 +4,7 @@ A loss is a small class: hyper-parameters in `__init__`; `__call__(student, batc
 returns the per-sample loss (B,). `step` only matters to progressive (its round).
 
     method = get_method("lcm")
+    config = resolve_defaults(config)          # --loss / --points / --w-* left to the method, concrete
     method.fields(config)                      # the store fields it reads with these settings
     loss = method.build(config, settings, schedule)
 """
@@ -15,7 +16,12 @@ from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
 from student_train.data.points import POINT_FIELDS
 from student_train.losses import blockkd, direct, guidance, lcm, progressive, reflow, tcd
-from student_train.losses.distance import Distance
+from student_train.losses.defaults import (  # noqa: F401 (resolve_defaults, w_range: re-exported)
+    distance,
+    points_kind,
+    resolve_defaults,
+    w_range,
+)
 from student_train.sampling import cached_grid, student_scheduler, student_timesteps
 from student_train.sampling.schedulers import is_flow_scheduler
 
@@ -29,41 +35,6 @@ class Method:
 
     def fields(self, config) -> tuple[str, ...]:
         return tuple(self.reads(config))
-
-
-# w ~ U[w_min, w_max] (Imagen convention) of the w-conditioned methods when --w-min / --w-max are not
-# given: the SD LCM script's 5..15 (Luo et al.), Meng et al.'s 0..4 for guidance distillation.
-DEFAULT_W_RANGE = {"lcm": (5.0, 15.0), "tcd": (5.0, 15.0), "guidance": (0.0, 4.0)}
-
-
-def w_range(config) -> tuple[float, float]:
-    """(w_min, w_max) of this run: the flags, else the method's default range."""
-    default_min, default_max = DEFAULT_W_RANGE.get(config.method, DEFAULT_W_RANGE["lcm"])
-    return (
-        default_min if config.w_min is None else config.w_min,
-        default_max if config.w_max is None else config.w_max,
-    )
-
-
-# Where the methods that read the teacher's cached outputs take their points when --points is not
-# given: lcm and tcd from noised points (docs/training.md "the lcm recipe"; tcd: docs/methods.md),
-# guidance from the cached trajectories (where its stock sampler steps; measured there).
-# The distance when --loss is not given: pseudo-Huber (the LCM-LoRA recipe) for every method but
-# blockkd, whose reference (BK-SDM) uses the squared error for its three terms.
-DEFAULT_LOSS = {"blockkd": "l2"}
-
-
-def distance(config) -> Distance:
-    """This run's distance: --loss, else the method's default, with --huber-c."""
-    return Distance(config.loss or DEFAULT_LOSS.get(config.method, "huber"), config.huber_c)
-
-
-DEFAULT_POINTS = {"lcm": "noised", "tcd": "noised", "guidance": "trajectory"}
-
-
-def points_kind(config) -> str:
-    """This run's --points: the flag, else the method's default."""
-    return config.points or DEFAULT_POINTS[config.method]
 
 
 def point_fields(config) -> tuple[str, ...]:

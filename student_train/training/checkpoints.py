@@ -13,11 +13,14 @@ grad_accum 2. Anything that changes the global batch is refused with one line.
     save_checkpoint(accelerator, config, out, step)
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 from shared.errors import DistillCacheError
+from student_train.config import TrainConfig
+from student_train.losses.defaults import resolve_defaults, same_run_digests
 
 CHECKPOINTS_KEPT = 2
 RUN_FILE = "run.json"
@@ -42,9 +45,9 @@ def resume_point(config, out: Path) -> Path | None:
     if not config.resume or not existing:
         return None
     saved = read_run(existing[-1])
-    if saved["run_digest"] != config.run_digest():
+    if not is_same_run(saved["run_digest"], config):
         raise DistillCacheError(
-            f"{existing[-1]} is a checkpoint of another run (different settings, see {out}/train_config.json); "
+            f"{existing[-1]} is a checkpoint of another run ({changed_settings(config, out)}); "
             "resume with the same flags or choose another --out"
         )
     if "global_batch" not in saved:
@@ -53,6 +56,29 @@ def resume_point(config, out: Path) -> Path | None:
             "train again into another --out"
         )
     return existing[-1]
+
+
+def is_same_run(saved_digest: str, config) -> bool:
+    """Whether a recorded run digest is this run's, however its method defaults were spelled (a
+    concrete "huber" or null, losses/defaults.py)."""
+    return saved_digest in same_run_digests(config)
+
+
+def changed_settings(config, out: Path) -> str:
+    """The settings that differ from the run recorded in OUT/train_config.json, for the refusal."""
+    path = out / "train_config.json"
+    if not path.is_file():
+        return "different settings"
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    recorded = json.loads(path.read_text())
+    before = resolve_defaults(TrainConfig(**{k: v for k, v in recorded.items() if k in known})).identity()
+    now = resolve_defaults(config).identity()
+    changed = [
+        f"--{name.replace('_', '-')} {before.get(name)} there, {value} here"
+        for name, value in now.items()
+        if before.get(name) != value
+    ]
+    return "; ".join(changed) or f"different settings, see {path}"
 
 
 def checkpoint_step(folder: Path | None) -> int:

@@ -34,7 +34,7 @@ from student_train.config import MIXED_PRECISION, OPTIMIZERS, WEIGHT_DTYPES, Tra
 from student_train.data.batches import TrainingData, check_fields, select_rows
 from student_train.data.randomness import SampleRandom
 from student_train.export import export_student
-from student_train.losses import check_family, get_method, w_range
+from student_train.losses import check_family, get_method, resolve_defaults, w_range
 from student_train.students import Origin, build_student, check_student_settings
 from student_train.students.denoiser import load_denoiser
 from student_train.students.init import check_init, load_init
@@ -129,9 +129,11 @@ def train(config: TrainConfig, data=None) -> Path:
 
     out = Path(config.out)
 
-    # 1. Validate every input before writing anything.
+    # 1. Validate every input before writing anything; the settings left to the method take its
+    # defaults here, once, so that train_config.json, distill.json and the checkpoints record them.
     validate_settings(config)
     method = get_method(config.method)
+    config = resolve_defaults(config)
     reader = open_store(config.cache, config.verify_reads, config.cache_dir)
     settings = reader.settings
     check_family(config, settings)
