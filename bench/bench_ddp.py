@@ -4,7 +4,8 @@
 
 Both runs use the same per-process micro-batch, so 2 processes train a global batch twice as large:
 updates/s shows what DDP's gradient all-reduce and the second process cost, and samples/s what the
-extra process buys. The store is bench_train.py's: the embedded teacher, 64 rows. Each run is the
+extra process buys. The store is bench_train.py's: the embedded teacher, 64 rows (one found at its path
+is checked against that, by its store.json and manifest, and built again when it differs). Each run is the
 real command line (`python -m student_train run`, or `accelerate launch --multi_gpu --num_processes 2
 -m student_train run`), with one torch thread per process. The time is the training loop's own time
 (distill.json "train.seconds"), without start-up and export. The 1- and 2-process runs alternate,
@@ -19,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.bench_train import BENCH_STORE, CACHE_VARIANT, BenchSettings, run_variant
+from bench.bench_train import BENCH_STORE, CACHE_VARIANT, BenchSettings, ensure_bench_store
 
 PROCESSES = (1, 2)
 REPEATS = 3
@@ -55,8 +56,7 @@ def one_run(processes: int, repeat: int) -> dict:
 
 
 def main() -> dict:
-    if not (BENCH_STORE / "store.json").exists():
-        run_variant(BenchSettings(variant=CACHE_VARIANT, store=str(BENCH_STORE)))
+    ensure_bench_store(BenchSettings(variant=CACHE_VARIANT, store=str(BENCH_STORE)), RUN["method"])
     runs = {processes: [] for processes in PROCESSES}
     for repeat in range(REPEATS):
         for processes in PROCESSES:

@@ -338,17 +338,10 @@ def measure(settings: BenchSettings) -> dict:
     return figures
 
 
-def time_cache(settings: BenchSettings) -> dict:
-    """`teacher-cache run` of `cache_rows` rows of the default prompts into a fresh store."""
-    import torch
-
+def capture_config(settings: BenchSettings):
+    """The `teacher-cache run` settings of the cache variant: `cache_rows` rows of the default prompts."""
     from teacher_cache.config import CaptureConfig
-    from teacher_cache.runner import run
 
-    torch.set_num_threads(settings.threads)
-    store = Path(settings.store)
-    if store.exists():
-        shutil.rmtree(store)
     overrides = {"teacher": settings.teacher} if settings.teacher else {}
     if settings.cache_steps:
         overrides["steps"] = settings.cache_steps
@@ -356,8 +349,21 @@ def time_cache(settings: BenchSettings) -> dict:
         overrides["height"] = overrides["width"] = settings.cache_size
     if settings.cache_fields:
         overrides["fields"] = tuple(settings.cache_fields.split(","))
+    return CaptureConfig(out=settings.store, limit=settings.cache_rows, progress=False, **overrides)
+
+
+def time_cache(settings: BenchSettings) -> dict:
+    """`teacher-cache run` of `cache_rows` rows of the default prompts into a fresh store."""
+    import torch
+
+    from teacher_cache.runner import run
+
+    torch.set_num_threads(settings.threads)
+    store = Path(settings.store)
+    if store.exists():
+        shutil.rmtree(store)
     started, cpu_started = time.perf_counter(), time.process_time()
-    summary = run(CaptureConfig(out=str(store), limit=settings.cache_rows, progress=False, **overrides))
+    summary = run(capture_config(settings))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     rows = max(summary.written, 1)
     return {
@@ -368,6 +374,59 @@ def time_cache(settings: BenchSettings) -> dict:
         "step_cpu_seconds_median": cpu_seconds / rows,
         "peak_rss_mib": peak_rss_mib(),
     }
+
+
+def bench_store_mismatch(settings: BenchSettings, method: str) -> str | None:
+    """Why the store at `settings.store` is not the one the cache variant builds with these settings
+    for `method` to train from, or None when it is. Read from the store's own store.json and manifest
+    (as `teacher-cache info` shows them) and checked as `student-train run` checks its store: the
+    teacher, steps, image size, field groups and number of samples, then the fields the method reads."""
+    from shared.errors import DistillCacheError
+    from shared.store import StoreReader
+    from shared.teacher import teacher_origin
+    from student_train.data.batches import check_fields
+    from student_train.losses import get_method
+
+    expected = capture_config(settings)
+    try:
+        reader = StoreReader(settings.store)
+    except DistillCacheError as error:
+        return str(error)
+    recorded = reader.settings
+    wanted = {
+        "teacher": (
+            reader.teacher.get("source"),
+            teacher_origin(expected.teacher, expected.revision)["source"],
+        ),
+        "steps": (recorded.get("num_inference_steps"), expected.steps),
+        "field groups": (recorded.get("field_groups"), list(expected.fields)),
+        "samples": (len(reader), expected.limit),
+    }
+    if expected.height:
+        wanted["image size"] = (recorded.get("image_size"), [expected.height, expected.width])
+    for what, (found, needed) in wanted.items():
+        if found != needed:
+            return f"{what} {found}, the bench needs {needed}"
+    try:
+        check_fields(reader, method, get_method(method).fields(train_config(settings, method)))
+    except DistillCacheError as error:
+        return str(error)
+    return None
+
+
+def ensure_bench_store(settings: BenchSettings, method: str) -> None:
+    """The cache variant's store at `settings.store`, for `method`: kept when it is what these settings
+    build (bench_store_mismatch), else built again (a line says why); refused when even a fresh build
+    is not (e.g. rows lost to NaN)."""
+    if Path(settings.store).exists():
+        reason = bench_store_mismatch(settings, method)
+        if reason is None:
+            return
+        print(f"bench: {settings.store} is outdated ({reason}): building it again", flush=True)
+    run_variant(settings)
+    reason = bench_store_mismatch(settings, method)
+    if reason is not None:
+        raise RuntimeError(f"bench: the store just built at {settings.store} does not fit: {reason}")
 
 
 # ---------------------------------------------------------------- orchestration (make bench)
