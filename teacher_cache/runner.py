@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from shared.errors import DistillCacheError
 from shared.processes import process_state
-from shared.store import StoreReader, StoreWriter, committed_sample_ids, sample_id_for
+from shared.store import StoreReader, StoreWriter, committed_manifest, sample_ids_for
 from shared.store.claims import WriterClaims
 from shared.store.compaction import compact_store
+from shared.store.manifest import ManifestFiles
 from shared.store.paths import StoreLocation
 from shared.store.writer import new_writer_id
 from shared.teacher import load_teacher, recommended_guidance, resolve_dtype
@@ -53,15 +54,35 @@ class CaptureSummary:
 
 @dataclass(frozen=True)
 class Sample:
-    sample_id: str  # job_sample_id(fingerprint, job): the dedupe key
+    sample_id: str  # job_samples: the dedupe key
     job: CaptureJob
 
 
-def job_sample_id(fingerprint: dict, job: CaptureJob) -> str:
-    """The row's id: teacher, prompt, negative prompt, seed, guidance and, for a row made from an
-    --images file, that file (job.image, the source key: two images with one caption are two samples)."""
-    return sample_id_for(
-        fingerprint, job.prompt, job.negative_prompt, job.seed, job.guidance_scale, source_key=job.image
+def job_samples(fingerprint: dict, jobs: list[CaptureJob]) -> list[Sample]:
+    """Each job with its row's id: teacher, prompt, negative prompt, seed, guidance and, for a row made
+    from an --images file, that file (job.image, the source key: two images with one caption are two
+    samples). One pass over the jobs (shared.store.sample_ids_for)."""
+    keys = ((job.prompt, job.negative_prompt, job.seed, job.guidance_scale, job.image) for job in jobs)
+    return [Sample(sample_id, job) for sample_id, job in zip(sample_ids_for(fingerprint, keys), jobs)]
+
+
+def pending_samples(
+    url: str, fingerprint: dict, jobs: list[CaptureJob], rank: int, world: int
+) -> tuple[list[Sample], list[Sample], list[Sample], ManifestFiles | None]:
+    """(every job's Sample, this rank's slice, the part of it not committed yet, the store's manifest as
+    read for that check: None when there is no store yet). The manifest goes on to this process's
+    StoreWriter, which then reads only the files published since: a resume reads the manifest once."""
+    samples = job_samples(fingerprint, jobs)
+    mine = slice_for_rank(samples, rank, world)
+    manifest = committed_manifest(url)
+    if manifest is None:
+        return samples, mine, list(mine), None
+    done = manifest.sample_ids().contains_many([sample.sample_id for sample in mine])  # vectorised
+    return (
+        samples,
+        mine,
+        [sample for sample, committed in zip(mine, done.tolist()) if not committed],
+        manifest,
     )
 
 
@@ -173,8 +194,9 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
         check_digit_jobs(jobs, geometry.image_size)
     jobs = jobs[: config.limit] if config.limit else jobs
     fingerprint = teacher.fingerprint
-    samples = [Sample(job_sample_id(fingerprint, job), job) for job in jobs]
-    mine = slice_for_rank(samples, state.process_index, state.num_processes)
+    samples, mine, pending, manifest = pending_samples(
+        config.out, fingerprint, jobs, state.process_index, state.num_processes
+    )
     if state.is_main_process:
         print(
             f"teacher-cache: {fingerprint['pipeline_class']} from {teacher.origin['source']} on {device} ({dtype_name(dtype)}); "
@@ -182,8 +204,6 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
             f"fields {','.join(config.fields)} -> {config.out}",
             flush=True,
         )
-    done = committed_sample_ids(config.out).contains_many([sample.sample_id for sample in mine])  # vectorised
-    pending = [sample for sample, committed in zip(mine, done.tolist()) if not committed]
     # this process's own order (other writers of the store start elsewhere), re-checked before each
     # batch against what is committed and what other writers claim to be computing
     queue = JobQueue(pending, config.batch_size, seed=int.from_bytes(os.urandom(8), "big"))
@@ -228,6 +248,7 @@ def capture_jobs(config: CaptureConfig) -> CaptureSummary:
             teacher=teacher.origin,
             settings=settings,
             fields=field_specs(first_batch.arrays),
+            manifest=manifest,  # read for the resume check above: continued, not read again
         )
         tally = Tally()
         bar = tqdm(

@@ -1,5 +1,7 @@
 """`teacher-cache run` end to end on a tiny SD teacher: field selection, NaN rejection, the summary."""
 
+import dataclasses
+
 import pytest
 
 import teacher_cache.runner as runner
@@ -78,3 +80,28 @@ def test_cli_prints_a_closing_summary_resumes_and_compacts_past_the_threshold(tm
     files.refresh()
     assert [name.split("/")[0] for name in files.live_names()] == ["compacted"]
     assert sorted(StoreReader(config.out).manifest.column("prompt").to_pylist()) == sorted(PROMPTS)
+
+
+def test_a_resumed_run_reads_each_manifest_file_once(tmp_path, teacher, monkeypatch):
+    """The resume check and the writer share one read of the (compacted) manifest: before, the writer
+    read every file again at its first look at what is committed."""
+    import collections
+
+    import shared.store.manifest as manifest
+    from shared.store.compaction import compact_store
+
+    config = tiny_capture_config(tmp_path / "store", teacher, write_prompts(tmp_path, PROMPTS))
+    run(dataclasses.replace(config, limit=2, batch_size=1))  # two commits, folded into one compacted file
+    compact_store(config.out)
+    compact_store(config.out, grace_seconds=0)
+    read = collections.Counter()
+    read_manifest_file = manifest.read_manifest_file
+
+    def counted(location, name, *args, **kwargs):
+        read[name] += 1
+        return read_manifest_file(location, name, *args, **kwargs)
+
+    monkeypatch.setattr(manifest, "read_manifest_file", counted)
+    summary = run(config)
+    assert (summary.skipped, summary.written) == (2, 2)
+    assert any(name.startswith("compacted/") for name in read) and max(read.values()) == 1, read

@@ -3,6 +3,8 @@
 .venv/bin/python -m pytest tests/test_store_roundtrip.py -q
 """
 
+import hashlib
+import json
 import uuid
 
 import numpy as np
@@ -16,6 +18,7 @@ from shared.store import (
     StoreWriter,
     example_batches,
     sample_id_for,
+    sample_ids_for,
     split_for,
     verify_store,
 )
@@ -115,6 +118,26 @@ def test_sample_id_depends_on_every_input_and_on_nothing_else():
         sample_id_for(FINGERPRINT, "a red seven", "", 3, 4.5),
     ]
     assert base not in variants and len(set(variants)) == len(variants)
+
+
+def test_sample_ids_are_the_documented_hash_one_job_or_many():
+    """sha256 of the canonical JSON of [fingerprint digest, prompt, negative, seed, guidance, source key],
+    by hand; the literals are the ids student-train's stores hold (computed before sample_ids_for)."""
+
+    def by_hand(prompt, negative, seed, guidance, source_key):
+        canonical = dict(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest = hashlib.sha256(json.dumps(FINGERPRINT, **canonical).encode()).hexdigest()
+        key = [digest, prompt, negative or "", int(seed), float(guidance), str(source_key)]
+        return hashlib.sha256(json.dumps(key, **canonical).encode()).hexdigest()[:32]
+
+    jobs = [
+        ("a red seven", "", 3, 4.0, ""),
+        ('é "quoted" \\ back\nslash ✓', None, 2**40, 7, "image:0001"),
+        ("", "blurry", np.int64(5), np.float32(1.5), ""),
+    ]
+    ids = sample_ids_for(FINGERPRINT, jobs)
+    assert ids == [by_hand(*job) for job in jobs] == [sample_id_for(FINGERPRINT, *job) for job in jobs]
+    assert ids[:2] == ["cacacbb90e997525808be0ba1cbf0a3b", "8713e3bb7c4d7d2908fe40a116dacd5d"]
 
 
 def test_split_is_a_stable_hash_with_the_requested_share():

@@ -3,7 +3,7 @@
     schema.py       FieldSpec, safe names          dtypes.py     storage dtypes (bfloat16 as uint16 bits)
     paths.py        local folder or fsspec URL     format.py     store.json: version, fingerprint, settings, fields
     arrays.py       Zarr layout, codecs, reads     manifest.py   Parquet manifest files (the commit record)
-    checksum.py     CRC-32C per row and field      ids.py        sample_id_for, split_for
+    checksum.py     CRC-32C per row and field      ids.py        sample_id(s)_for, split_for
     fingerprint.py  teacher digests                writer.py     StoreWriter
     reader.py       StoreReader                    verify.py     verify_store
     batches.py      random (sample, step) training examples from whole chunks
@@ -16,11 +16,11 @@ does not import torch (its tools start in a second); `example_batches` is import
 from shared.store.committed_ids import CommittedIds
 from shared.store.fingerprint import fingerprint_digest, state_dict_digest
 from shared.store.format import FORMAT_VERSION
-from shared.store.ids import sample_id_for, split_for
+from shared.store.ids import sample_id_for, sample_ids_for, split_for
 from shared.store.reader import StoreReader
 from shared.store.schema import FieldSpec
 from shared.store.verify import verify_store
-from shared.store.writer import StoreWriter, committed_sample_ids
+from shared.store.writer import StoreWriter, committed_manifest, committed_sample_ids
 
 
 def __getattr__(name: str):
@@ -40,8 +40,10 @@ __all__ = [
     "example_batches",
     "fingerprint_digest",
     "sample_id_for",
+    "sample_ids_for",
     "split_for",
     "state_dict_digest",
+    "committed_manifest",
     "committed_sample_ids",
     "verify_store",
 ]

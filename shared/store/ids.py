@@ -2,6 +2,7 @@
 
     sample_id_for(fingerprint, "a red seven on blue", "", seed=3, guidance_scale=4.0)  # 32 hex chars
     sample_id_for(fingerprint, prompt, "", seed, 4.0, source_key="image:0042")         # a row made from an image
+    sample_ids_for(fingerprint, [(prompt, "", seed, 4.0, ""), ...])                    # many: the same ids, faster
     split_for(sample_id, val_fraction=0.1)                                              # "train" | "val"
 
 The id depends on the teacher fingerprint (its identity, not where it was loaded from), prompt,
@@ -12,6 +13,7 @@ split is a hash of the id, so it never changes as the store grows.
 """
 
 import hashlib
+from collections.abc import Iterable
 
 from shared.store.fingerprint import canonical_json, fingerprint_digest
 
@@ -24,15 +26,25 @@ def sample_id_for(
     guidance_scale: float,
     source_key: str = "",
 ) -> str:
-    key = [
-        fingerprint_digest(fingerprint),
-        prompt,
-        negative_prompt or "",
-        int(seed),
-        float(guidance_scale),
-        str(source_key),
-    ]
-    return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:32]
+    """The id of one row (see the module docstring)."""
+    return sample_ids_for(fingerprint, [(prompt, negative_prompt, seed, guidance_scale, source_key)])[0]
+
+
+def sample_ids_for(fingerprint: dict, jobs: Iterable[tuple]) -> list[str]:
+    """sample_id_for of many jobs, each (prompt, negative_prompt, seed, guidance_scale, source_key): the
+    fingerprint's digest is computed once (a run's job list: ~5 us per job instead of ~15).
+
+    An id is sha256(canonical_json([fingerprint digest, prompt, negative prompt or "", int(seed),
+    float(guidance), str(source key)])), first 32 hex characters; the list's opening and first item
+    are the same for every job, so each job encodes only the rest."""
+    opening = canonical_json([fingerprint_digest(fingerprint)])[:-1] + ","  # '["<digest>",'
+    ids = []
+    for prompt, negative_prompt, seed, guidance_scale, source_key in jobs:
+        rest = canonical_json(
+            [prompt, negative_prompt or "", int(seed), float(guidance_scale), str(source_key)]
+        )
+        ids.append(hashlib.sha256((opening + rest[1:]).encode()).hexdigest()[:32])
+    return ids
 
 
 def split_for(sample_id: str, val_fraction: float) -> str:

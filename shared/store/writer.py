@@ -3,6 +3,7 @@
     writer = StoreWriter("runs/cache", fingerprint=fp, teacher={"source": ..., "revision": None}, settings=settings,
                          fields={"trajectory": FieldSpec("float16", (51, 4, 64, 64)), ...})
     done = writer.committed_ids.contains_many([job.sample_id for job in jobs])    # resume, vectorised
+    (or read the manifest first, committed_manifest(url), and pass it: StoreWriter(..., manifest=it))
     todo = [job for job, committed in zip(jobs, done) if not committed]
     writer.commit(rows, {"trajectory": tensor_of_shape_(B, 51, 4, 64, 64), ...})
 
@@ -55,15 +56,29 @@ def new_writer_id() -> str:
 
 
 def committed_sample_ids(url: str | os.PathLike) -> CommittedIds:
-    """sample_ids already committed to the store at `url` (empty when there is no store yet): what a
-    writer checks before its first capture, when it does not know its fields yet. A set; check many
-    jobs at once with `.contains_many(ids)` (vectorised: shared/store/committed_ids.py)."""
+    """sample_ids already committed to the store at `url` (empty when there is no store yet). A set;
+    check many jobs at once with `.contains_many(ids)` (vectorised: shared/store/committed_ids.py).
+    A writer about to resume reads `committed_manifest` instead and hands it to its StoreWriter."""
     location = StoreLocation.open(url)
     if read_metadata(location) is None:
         return CommittedIds()
     files = ManifestFiles(location, [], all_columns=False)
     files.refresh()
     return files.sample_ids()
+
+
+def committed_manifest(url: str | os.PathLike) -> ManifestFiles | None:
+    """The manifest of the store at `url` read as a StoreWriter of it reads it (its fields' checksum
+    columns, not every column), or None when there is no store yet. `.sample_ids()` is what a resume
+    checks its jobs against; `StoreWriter(..., manifest=it)` then continues from it, reading only the
+    files published since, so a resume reads the manifest once."""
+    location = StoreLocation.open(url)
+    metadata = read_metadata(location)
+    if metadata is None:
+        return None
+    files = ManifestFiles(location, list(metadata.fields), all_columns=False)
+    files.refresh()
+    return files
 
 
 class StoreWriter:
@@ -78,7 +93,9 @@ class StoreWriter:
         writer_id: str | None = None,
         compressor: str = "zstd",
         clevel: int = 3,
+        manifest: ManifestFiles | None = None,
     ):
+        """`manifest`: this store's manifest as `committed_manifest(url)` read it (None: read it anew)."""
         self.location = StoreLocation.open(url)
         self.location.check_writable()
         self.metadata = StoreMetadata.create(fingerprint, teacher, settings, fields)
@@ -94,8 +111,22 @@ class StoreWriter:
         self._next_row = 0
         self._committed_here: set[str] = set()
         self._committed_here_lock = threading.Lock()  # commits may run on another thread than committed_ids
-        self._manifest_files = ManifestFiles(self.location, list(self.fields), all_columns=False)
+        self._manifest_files = self._continued(manifest) or ManifestFiles(
+            self.location, list(self.fields), all_columns=False
+        )
         self._array_digests: dict[str, str] = {}
+
+    def _continued(self, manifest: ManifestFiles | None) -> ManifestFiles | None:
+        """A manifest read earlier, if it is this store's and read as this writer reads it."""
+        if manifest is None:
+            return None
+        if (
+            manifest.location.url != self.location.url
+            or set(manifest.fields) != set(self.fields)
+            or manifest.all_columns
+        ):
+            raise ValueError(f"StoreWriter(manifest=...) takes committed_manifest({self.location.url!r})")
+        return manifest
 
     @property
     def committed_ids(self) -> CommittedIds:
