@@ -63,7 +63,7 @@ def concrete_values(config) -> dict:
     if config.method in DEFAULT_POINTS:
         values["points"] = points_kind(config)
     if config.method in DEFAULT_W_RANGE:
-        values["w_min"], values["w_max"] = w_range(config)
+        values["w_min"], values["w_max"] = (float(end) for end in w_range(config))  # 5 and 5.0: one run
     return values
 
 
