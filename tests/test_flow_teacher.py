@@ -31,7 +31,10 @@ from teacher_cache.embedded.train_teacher import (
 from teacher_cache.embedded.word_tokenizer import build_word_tokenizer
 from tests.student_store_fixture import one_torch_thread  # noqa: F401 (autouse)
 
-TINY_FLOW = FlowTeacherArchitecture(text_dim=16, text_layers=2, text_heads=2, layers=2, heads=2, head_dim=8)
+# shift 3 (SD3's, not the committed teacher's 1.0) so that the tests see the timestep shift at work
+TINY_FLOW = FlowTeacherArchitecture(
+    text_dim=16, text_layers=2, text_heads=2, layers=2, heads=2, head_dim=8, shift=3.0
+)
 PROMPTS = ["a red seven on blue", "", "a white zero on black"]
 
 
@@ -183,7 +186,11 @@ def test_committed_flow_teacher_is_small_and_loads_in_the_stock_pipeline():
     assert weights and all(name.endswith(".safetensors") for name in weights)
     pipe = StableDiffusion3Pipeline.from_pretrained(FLOW_TEACHER_DIR, text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
-    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.shift != 1.0
+    trained_shift = json.loads((FLOW_TEACHER_DIR / "teacher_training.json").read_text())["settings"][
+        "architecture"
+    ]["shift"]
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert pipe.scheduler.config.shift == trained_shift  # sampled with the shift it was trained with
     recommended = json.loads((FLOW_TEACHER_DIR / "teacher_eval.json").read_text())[
         "recommended_guidance_scale"
     ]
