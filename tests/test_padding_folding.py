@@ -117,25 +117,21 @@ def test_folding_survives_gradient_checkpointing(transformer):
         torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("padding", [0, 1])
-def test_a_batch_without_two_shared_zero_tokens_takes_the_stock_path(transformer, padding):
-    student = make_student("full", transformer)
+@pytest.mark.parametrize(
+    "kind, padding, non_zero_row",
+    [("full", 0, None), ("full", 1, None), ("lora", PADDING, 1)],  # row 1's last token is not padding
+)
+def test_a_batch_without_two_shared_zero_tokens_takes_the_stock_path(
+    transformer, kind, padding, non_zero_row
+):
+    student = make_student(kind, transformer)
     x_t, timesteps, cond = inputs(padding=padding)
+    if non_zero_row is not None:
+        cond["encoder_hidden_states"][non_zero_row, -1, 3] = 0.25
     reference = stock(student.model)
     seen = context_lengths(student.model)
     output = student.denoise(x_t, timesteps, cond)
-    assert seen == [CLIP_TOKENS + padding]
-    assert torch.equal(output, reference(hidden_states=x_t, timestep=timesteps, **cond, return_dict=False)[0])
-
-
-def test_one_row_with_non_zero_padding_keeps_the_whole_batch_stock(transformer):
-    student = make_student("lora", transformer)
-    x_t, timesteps, cond = inputs()
-    cond["encoder_hidden_states"][1, -1, 3] = 0.25  # row 1's last token is not padding
-    reference = stock(student.model)
-    seen = context_lengths(student.model)
-    output = student.denoise(x_t, timesteps, cond)
-    assert seen == [CLIP_TOKENS + PADDING]
+    assert seen == [CLIP_TOKENS + padding]  # the whole context
     assert torch.equal(output, reference(hidden_states=x_t, timestep=timesteps, **cond, return_dict=False)[0])
 
 
