@@ -17,11 +17,11 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from safetensors.torch import load_file
 
 from shared.digits import make_images
+from shared.padding_attention import SD3_PADDING_TOKENS
 from shared.teacher import REPO_ROOT, portable_path
 from teacher_cache.embedded import DEFAULT_TEACHER_DIR, FLOW_TEACHER_DIR
 from teacher_cache.embedded.architecture import FlowTeacherArchitecture, TeacherArchitecture, build_vae
 from teacher_cache.embedded.flow_recipe import FlowRecipe
-from teacher_cache.embedded.padding_attention import SD3_PADDING_TOKENS
 from teacher_cache.embedded.train_teacher import (
     PATH_SETTINGS,
     run,

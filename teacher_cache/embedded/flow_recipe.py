@@ -8,7 +8,7 @@ loss weights. Saved as a `StableDiffusion3Pipeline` (FlowMatchEulerDiscreteSched
 The prompt is encoded exactly as `StableDiffusion3Pipeline.encode_prompt` encodes it (penultimate
 CLIP states of both encoders side by side, pooled projections concatenated), except that the 256 zero
 tokens the pipeline appends without T5 are one token that counts 256 times in attention
-(padding_attention.py): the same function at a quarter of the cost.
+(shared/padding_attention.py): the same function at a quarter of the cost.
 
     recipe = FlowRecipe(FlowTeacherArchitecture(), vocab_size=len(tokenizer))
     loss = recipe.loss(latents, input_ids, generator)      # [B]: draws the noise, then u
@@ -18,13 +18,13 @@ tokens the pipeline appends without T5 are one token that counts 256 times in at
 import torch
 from diffusers import StableDiffusion3Pipeline
 
+from shared.padding_attention import SD3_PADDING_TOKENS, RepeatedPaddingJointAttnProcessor
 from teacher_cache.embedded.architecture import (
     FlowTeacherArchitecture,
     build_flow_scheduler,
     build_projected_text_encoder,
     build_transformer,
 )
-from teacher_cache.embedded.padding_attention import SD3_PADDING_TOKENS, RepeatedPaddingJointAttnProcessor
 
 LOGIT_MEAN, LOGIT_STD = 0.0, 1.0  # timestep density: sigmoid(N(mean, std)), as the SD3 paper and script
 
