@@ -7,7 +7,8 @@ tiny random pipelines (tests/tiny_models.py), once per test session:
 Families: "sd" (StableDiffusionPipeline, epsilon, DDIM), "sdxl" (StableDiffusionXLPipeline: two text
 encoders, added_cond_kwargs), "sd3" (StableDiffusion3Pipeline without T5: SD3Transformer2DModel,
 FlowMatchEulerDiscreteScheduler with shift 3, flow_prediction). 6 prompts x 1 seed, 6 steps, CFG 4,
-every field but features.
+every field; features (the block outputs blockkd reads, at 4 of the 6 steps) only where a family's
+students can be block-pruned UNets (FEATURES: SDXL; SD's blockkd tests use tests/conftest.py's store).
 """
 
 import functools
@@ -39,6 +40,8 @@ PROMPTS = [
 ]
 STEPS = 6
 GUIDANCE = 4.0
+# phase one's --features per family (blockkd on SD3 is refused: no UNet blocks to prune)
+FEATURES = {"sdxl": ("down_blocks.*", "mid_block", "up_blocks.*")}
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,10 @@ def family_capture(family: str) -> FamilyCapture:
     teacher = FAMILY_BUILDERS[family](folder / "teacher")
     prompts = write_prompts(folder, PROMPTS)
     fields = ("noise", "trajectory", "final_latents", "out", "cond", "noised", "preview")
+    features = FEATURES.get(family, ())
     config = tiny_capture_config(
-        folder / "store", teacher, prompts, steps=STEPS, guidance=GUIDANCE, batch_size=6, fields=fields,
-        val_fraction=0.0,
+        folder / "store", teacher, prompts, steps=STEPS, guidance=GUIDANCE, batch_size=6,
+        fields=fields + (("features",) if features else ()), features=features, val_fraction=0.0,
     )  # fmt: skip
     run(config)
     return FamilyCapture(Path(teacher), config.out)

@@ -26,11 +26,13 @@ from student_train.data.batches import TrainingData
 from student_train.data.randomness import SampleRandom
 from student_train.eval.generation import student_latents
 from student_train.eval.models import Models
+from student_train.eval.teacher_baseline import read_conditioning
 from student_train.export import LORA_WEIGHT_NAME, load_exported_student
 from student_train.losses import get_method
 from student_train.sampling import load_student_scheduler, trained_schedule_kwargs
 from student_train.students import LORA_TARGET_MODULES, Student, build_student
 from student_train.students.denoiser import load_denoiser, nest_conditioning
+from student_train.students.student import Origin
 from tests.family_stores import GUIDANCE, PIPELINE_CLASSES, family_capture
 from tests.phase_two_watch import watch_phase_two
 from tests.student_store_fixture import one_torch_thread, tiny_train_config  # noqa: F401 (autouse)
@@ -72,7 +74,7 @@ def stock_pipeline(family: str, student_dir, distill: dict):
     teacher_dir = family_capture(family).teacher_dir
     extra = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}
     denoiser_name = distill["denoiser"]
-    if distill["student"] == "full":
+    if distill["student"] != "lora":  # full or pruned: the folder's own denoiser
         denoiser_class = getattr(
             diffusers, "SD3Transformer2DModel" if family == "sd3" else "UNet2DConditionModel"
         )
@@ -103,10 +105,15 @@ def stock_latents(family: str, student_dir, distill: dict, num_steps: int, rows:
     """The stock pipeline from the cached noise and conditioning at the trained timesteps (tcd: its eta)."""
     noise, cond, ids = cached(family, rows)
     pipe = stock_pipeline(family, student_dir, distill)
+    negative = {}  # a cfg student (blockkd): the cached uncond half (the capture encoded the empty prompt)
+    if distill["sampling"]["sampler"] == "cfg":
+        uncond = read_conditioning(StoreReader(family_capture(family).store), rows, "uncond")
+        negative = {f"negative_{name}": value for name, value in embeds_kwargs(family, uncond).items()}
     trained = distill["sampling"]["timesteps"][str(num_steps)]  # None: the scheduler's own (reflow)
     eta = {"eta": distill["recommended"]["eta"]} if "eta" in distill["recommended"] else {}
     return pipe(
         **embeds_kwargs(family, cond),
+        **negative,
         latents=noise,
         num_inference_steps=num_steps,
         guidance_scale=distill["recommended"]["guidance_scale"],
@@ -123,9 +130,11 @@ def our_latents(family: str, student_dir, distill: dict, num_steps: int, rows: l
     noise, cond, ids = cached(family, rows)
     model, _ = load_exported_student(student_dir)
     models = Models(None, None, model, load_student_scheduler(student_dir), distill, None)
-    settings = StoreReader(family_capture(family).store).settings
+    reader = StoreReader(family_capture(family).store)
+    uncond = read_conditioning(reader, rows, "uncond")  # a cfg student's (blockkd) other half
+    guidance = torch.tensor([reader.manifest.column("guidance_scale")[r].as_py() for r in rows])
     with torch.no_grad():
-        return student_latents(models, settings, noise, cond, ids, num_steps)
+        return student_latents(models, reader.settings, noise, cond, ids, num_steps, uncond, guidance)
 
 
 def check_stock_pipeline_matches_ours(family: str, student_dir, distill: dict) -> None:
@@ -271,9 +280,10 @@ def test_sd3_student_never_loads_a_text_encoder_or_runs_the_teacher(tmp_path, mo
     assert "time_text_embed.timestep_embedder.linear_1.weight" in exported  # a stock SD3 transformer
 
 
-def fixed_loss(family: str, config, model) -> float:
+def fixed_loss(family: str, config, model, pruning: dict | None = None) -> float:
     """The method's loss of `model` on every row of the store, averaged over 8 fixed sets of draws
-    (progressive: its last round); the consistency target is the model itself."""
+    (progressive: its last round); the consistency target is the model itself; `pruning` (a pruned
+    student's record) maps its blocks to the teacher's cached features (blockkd)."""
     reader = StoreReader(family_capture(family).store)
     settings = reader.settings
     method = get_method(config.method)
@@ -283,7 +293,7 @@ def fixed_loss(family: str, config, model) -> float:
     loss = method.build(config, settings, schedule)
     data = TrainingData(reader, method.fields(config), split="all", loader="memory")
     batch = data.batch(torch.arange(len(data)), "cpu")
-    student = Student("eval", model.eval(), None, 0.0)
+    student = Student("eval", model.eval(), None, 0.0, Origin(pruning=pruning))
     with torch.no_grad():
         draws = [
             loss(student, batch, SampleRandom(123, r, batch.sample_ids), config.train_steps - 1)
@@ -310,6 +320,48 @@ MATRIX_LR = {
 }
 
 
+def kill_after_step(monkeypatch, step: int) -> None:
+    """Until undone (monkeypatch.undo), training raises KeyboardInterrupt once update `step` is logged."""
+    write = training_loop.TrainLog.write
+
+    def die(self, accelerator, logged_step, *args):
+        logged = write(self, accelerator, logged_step, *args)
+        if logged_step == step:
+            raise KeyboardInterrupt
+        return logged
+
+    monkeypatch.setattr(training_loop.TrainLog, "write", die)
+
+
+def check_loss_falls_export_and_resume(
+    tmp_path, monkeypatch, family: str, settings: dict, pruning=None
+) -> None:
+    """The family test of one method x student: the method's loss on the whole store with fixed draws
+    falls by 10 % from the student as built from the teacher to the student exported after 16 updates;
+    the export samples in the stock pipeline as ours; killed after update 6 (last checkpoint at 4) and
+    resumed, the run ends bit-identical to the uninterrupted one."""
+    whole = tmp_path / "whole"
+    settings = dict(loss="l2", batch_size=6, train_steps=16, checkpoint_every=4) | settings
+    config = tiny_train_config(family_capture(family).store, whole, **settings)
+    teacher = load_denoiser(
+        str(family_capture(family).teacher_dir), "transformer" if family == "sd3" else "unet"
+    )
+    built = build_student(config.student, teacher, config, get_method(config.method).w_conditioned)
+    before = fixed_loss(family, config, built.model, built.pruning)
+    distill = train(family, whole, **settings)
+    after = fixed_loss(family, config, load_exported_student(whole)[0], distill.get("pruning"))
+    assert after < 0.9 * before, (before, after)
+    check_stock_pipeline_matches_ours(family, whole, distill)
+
+    kill_after_step(monkeypatch, 6)
+    with pytest.raises(KeyboardInterrupt):
+        train(family, tmp_path / "killed", **settings)
+    monkeypatch.undo()
+    train(family, tmp_path / "killed", resume=True, **settings)
+    whole, resumed = exported_weights(whole), exported_weights(tmp_path / "killed")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "family, method, student",
@@ -318,41 +370,33 @@ MATRIX_LR = {
     [(f, m, STUDENTS[(i + j) % 2]) for j, f in enumerate(("sdxl", "sd3")) for i, m in enumerate(METHODS)],
 )
 def test_every_family_method_and_student(tmp_path, monkeypatch, family, method, student):
-    # The loss falls: the method's loss on the whole store with fixed draws, before (the student as
-    # built from the teacher) and after 16 updates (the exported student).
-    whole = tmp_path / "whole"
     lr = MATRIX_LR.get((family, method, student), 3e-3 if student == "lora" else 3e-4)
-    settings = dict(
-        method=method, student=student, loss="l2", lr=lr, batch_size=6, train_steps=16, checkpoint_every=4
-    ) | method_flags(family, method, student)
-    config = tiny_train_config(family_capture(family).store, whole, **settings)
-    teacher = load_denoiser(
-        str(family_capture(family).teacher_dir), "transformer" if family == "sd3" else "unet"
-    )
-    before = fixed_loss(
-        family, config, build_student(student, teacher, config, get_method(method).w_conditioned).model
-    )
-    train(family, whole, **settings)
-    after = fixed_loss(family, config, load_exported_student(whole)[0])
-    assert after < 0.9 * before, (before, after)
-    check_stock_pipeline_matches_ours(family, whole, json.loads((whole / "distill.json").read_text()))
+    settings = dict(method=method, student=student, lr=lr) | method_flags(family, method, student)
+    check_loss_falls_export_and_resume(tmp_path, monkeypatch, family, settings)
 
-    # Killed after update 6 (last checkpoint at 4) and resumed: bit-identical to the uninterrupted run.
-    write = training_loop.TrainLog.write
 
-    def die_after_step_6(self, accelerator, step, *args):
-        logged = write(self, accelerator, step, *args)
-        if step == 6:
-            raise KeyboardInterrupt
-        return logged
+def test_blockkd_loss_of_the_sdxl_teacher_itself_is_zero(tmp_path):
+    """The SDXL teacher's own UNet (added_cond_kwargs, both CFG halves) reproduces the store's cached
+    block features and outputs: blockkd's three terms vanish (BK-SDM's loss is 0 for the teacher), so
+    the cached features line up with the student's block hooks. Hence the family test below trains
+    pruned students only: a full or LoRA student starts at this loss, with nothing left to fall."""
+    config = tiny_train_config(family_capture("sdxl").store, tmp_path / "s", method="blockkd", loss="l2")
+    teacher = load_denoiser(str(family_capture("sdxl").teacher_dir), "unet")
+    assert fixed_loss("sdxl", config, teacher) < 1e-5
 
-    monkeypatch.setattr(training_loop.TrainLog, "write", die_after_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        train(family, tmp_path / "killed", **settings)
-    monkeypatch.setattr(training_loop.TrainLog, "write", write)
-    train(family, tmp_path / "killed", resume=True, **settings)
-    whole, resumed = exported_weights(whole), exported_weights(tmp_path / "killed")
-    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prune", ["base", "small"])  # the tiny UNet has no inner stage to remove (tiny)
+def test_blockkd_on_an_sdxl_store_with_block_features(tmp_path, monkeypatch, prune):
+    """BK-SDM on the SDXL family store (it holds features): the block-pruned students of each level the
+    tiny UNet allows; the export is a smaller stock UNet2DConditionModel sampled with CFG."""
+    settings = dict(method="blockkd", student="pruned", prune=prune, lr=3e-4)
+    check_loss_falls_export_and_resume(tmp_path, monkeypatch, "sdxl", settings)
+    distill = json.loads((tmp_path / "whole" / "distill.json").read_text())
+    assert distill["pruning"]["level"] == prune and distill["sampling"]["sampler"] == "cfg"
+    pruned = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "whole", subfolder="unet")
+    teacher = load_denoiser(str(family_capture("sdxl").teacher_dir), "unet")
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in teacher.parameters())
 
 
 def test_eval_on_an_sd3_store_runs_the_teacher_on_its_flow_schedule(tmp_path):

@@ -80,7 +80,16 @@ class GridRows:
         row = []
         for k in (*self.steps, self.full_steps):
             if k in evaluated:
-                latents = student_latents(models, self.settings, self.noise, self.cond, self.sample_ids, k)
+                latents = student_latents(
+                    models,
+                    self.settings,
+                    self.noise,
+                    self.cond,
+                    self.sample_ids,
+                    k,
+                    self.uncond,
+                    self.guidance,
+                )
                 row.append(self.cell(models.vae, latents))
             else:
                 row.append(None)

@@ -30,9 +30,20 @@ def reference_label(settings: dict, steps: tuple[int, ...]) -> str:
     return f"teacher@{full} cache" if full in steps else f"teacher@{full}"
 
 
-def student_latents(models: Models, settings: dict, noise, cond: dict, sample_ids: list[str], steps: int):
+def student_latents(
+    models: Models,
+    settings: dict,
+    noise,
+    cond: dict,
+    sample_ids: list[str],
+    steps: int,
+    uncond=None,
+    guidance=None,
+):
     """The student at `steps` steps with its method's sampler, from noise [B, C, h, w] -> [B, C, h, w]:
-    ours (ddim / lcm) or, for sampler "scheduler", the folder's own scheduler as a stock pipeline runs it."""
+    ours (ddim / lcm) or, for sampler "scheduler", the folder's own scheduler as a stock pipeline runs it;
+    sampler "cfg" (blockkd) is that scheduler with CFG from `uncond` (the cached uncond kwargs) at the
+    rows' `guidance` scales (float or [B]), as the stock pipeline runs the exported folder."""
     from functools import partial
 
     from shared.schedule import NoiseSchedule
@@ -45,6 +56,15 @@ def student_latents(models: Models, settings: dict, noise, cond: dict, sample_id
     guidance_w = None if w is None else torch.full((noise.shape[0],), float(w), device=noise.device)  # [B]
     denoise = partial(call_denoiser, models.student)
     random = SampleRandom(0, steps, sample_ids, noise.device)
+    if sampling["sampler"] == "cfg":
+        from student_train.eval.teacher_baseline import sample_with_cfg
+
+        if uncond is None or guidance is None:
+            raise ValueError("a cfg student (blockkd) samples with CFG: pass the rows' uncond and guidance")
+        return sample_with_cfg(
+            models.student, models.scheduler, noise, cond, uncond, guidance, steps,
+            pipeline_timesteps(method, steps, settings),
+        )  # fmt: skip
     if sampling["sampler"] == "scheduler":
         return sample_with_scheduler(
             denoise,

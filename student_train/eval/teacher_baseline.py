@@ -99,12 +99,14 @@ def sample_with_cfg(
     uncond: dict,
     guidance_scale,
     num_steps: int,
+    timesteps: list[float] | None = None,
 ) -> torch.Tensor:
     """K-step CFG sampling from unit-variance noise [N, C, H, W]; returns float32 latents [N, C, H, W].
 
     unet: the teacher's denoiser (UNet or transformer, called through `call_denoiser`);
     cond / uncond: the denoiser's kwargs for each half, tensors [N, ...] (nested dicts allowed);
-    guidance_scale: a float or a tensor [N] (rows may carry their own).
+    guidance_scale: a float or a tensor [N] (rows may carry their own); timesteps: custom ones, as a
+    stock pipeline passes them (None: the scheduler's own K).
     """
     dtype = next(unet.parameters()).dtype
     conditioning = map_tensors(concat_halves(uncond, cond), lambda x: x.to(noise.device, dtype))  # [2N, ...]
@@ -114,4 +116,4 @@ def sample_with_cfg(
         out_uncond, out_cond = output.float().chunk(2)
         return guided_output(out_uncond, out_cond, guidance_scale)
 
-    return sample_with_scheduler(cfg_denoise, scheduler, noise, {}, num_steps)
+    return sample_with_scheduler(cfg_denoise, scheduler, noise, {}, num_steps, timesteps)
