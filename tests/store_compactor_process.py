@@ -1,10 +1,11 @@
 """A compactor in its own process, for the tests of compaction beside readers and writers.
 
-    python -m tests.store_compactor_process URL STOP_FILE [--grace-seconds 0]
+    python -m tests.store_compactor_process URL STOP_FILE [--grace-seconds 0] [--log PATH]
 
 Compacts URL over and over (grace 0 by default: replaced files are removed at the next round, the
 hardest case for readers) until STOP_FILE exists, then once more; prints `COMPACTIONS <n>` (the
-rounds that published a compacted file) and `REMOVED <n>` (files removed).
+rounds that published a compacted file) and `REMOVED <n>` (files removed). With --log, a line is
+appended to PATH for each compacted file published (a writer's --paced-by).
 """
 
 import argparse
@@ -21,6 +22,7 @@ def main() -> int:
     parser.add_argument("stop_file")
     parser.add_argument("--grace-seconds", type=float, default=0.0)
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between rounds")
+    parser.add_argument("--log")
     args = parser.parse_args()
     compactions = removed = 0
     print("STARTED", flush=True)
@@ -35,6 +37,9 @@ def main() -> int:
                 report = None
             if report is not None:
                 compactions += report.written is not None
+                if report.written is not None and args.log:
+                    with open(args.log, "a") as log:
+                        log.write(f"{report.written}\n")
                 removed += len(report.removed)
         if stopping:
             break

@@ -1,14 +1,16 @@
 """A writer in its own process, for the store's crash and concurrency tests.
 
     python -m tests.store_writer_process URL FIRST STOP [--batch-size 4] [--writer-id ID] [--hang-at-commit K]
-        [--go-file PATH] [--log PATH] [--small]
+        [--go-file PATH] [--log PATH] [--paced-by PATH] [--small]
 
 Writes samples FIRST..STOP-1 (skipping those already committed). With --hang-at-commit K, the K-th
 commit writes its arrays, prints ARRAYS_WRITTEN and then sleeps before publishing its manifest, so
 the test can SIGKILL it in the middle of a batch; with --go-file, it publishes once PATH exists.
 With --small, the samples are those of tests/small_store.py (no torch: the process starts faster).
 With --log, the sample indices of each commit are appended to PATH (one line per commit) once the
-commit has returned: every index logged is committed.
+commit has returned: every index logged is committed. With --paced-by, each commit after the second
+waits (at most 60 s) until PATH, a compactor's --log, has gained a line since the previous commit: a
+compaction runs between any two commits, however fast the machine.
 """
 
 import argparse
@@ -47,6 +49,25 @@ def log_commits(path: str) -> None:
     StoreWriter.commit = commit_and_log
 
 
+def pace_commits(path: str) -> None:
+    commit = StoreWriter.commit
+    state = {"commits": 0, "lines": 0}
+
+    def lines() -> int:
+        return len(Path(path).read_text().splitlines()) if Path(path).exists() else 0
+
+    def paced_commit(self, rows, arrays):
+        if state["commits"] >= 2:  # a compaction folds two files or more: none before the second commit
+            deadline = time.time() + 60
+            while time.time() < deadline and lines() <= state["lines"]:
+                time.sleep(0.02)
+        commit(self, rows, arrays)
+        state["commits"] += 1
+        state["lines"] = lines()
+
+    StoreWriter.commit = paced_commit
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
@@ -57,12 +78,15 @@ def main() -> int:
     parser.add_argument("--hang-at-commit", type=int, default=0)
     parser.add_argument("--go-file")
     parser.add_argument("--log")
+    parser.add_argument("--paced-by")
     parser.add_argument("--small", action="store_true")
     args = parser.parse_args()
     if args.small:
         from tests.small_store import write_small as write_samples
     else:
         from tests.store_fixtures import write_samples
+    if args.paced_by:
+        pace_commits(args.paced_by)
     if args.log:
         log_commits(args.log)
     if args.hang_at_commit:

@@ -54,6 +54,7 @@ def test_word_tokenizer_gives_one_token_per_grammar_word(tmp_path):
     assert ids[1].tolist() == [0] + [1] * 7  # the empty (unconditional) prompt: start, then end/padding
 
 
+@pytest.mark.slow  # the recipes of `make teacher` only: kept out of make test's 3 minutes
 def test_vae_recipe_lowers_its_loss():
     images = images_to_tensor(make_images(32, seed=0)[0])  # [32, 3, 32, 32]
     torch.manual_seed(0)
@@ -69,6 +70,7 @@ def test_vae_recipe_lowers_its_loss():
     assert after < 0.9 * before
 
 
+@pytest.mark.slow  # the recipes of `make teacher` only: kept out of make test's 3 minutes
 def test_denoiser_recipe_lowers_its_loss(tmp_path):
     tokenizer = build_word_tokenizer(tmp_path)
     _, prompts = make_images(16, seed=0)

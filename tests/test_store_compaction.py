@@ -205,11 +205,23 @@ def read_while_others_compact(url: str, tmp_path: Path, samples: int, batch_size
     """Start a writer of `samples` samples and two compactors; open the store over and over until the
     writer is done, checking each open: every sample at most once, every sample whose commit returned
     before the open present, nothing seen before missing. Returns (opens, compactions)."""
-    log, stop = tmp_path / "commits.log", tmp_path / "stop"
-    writer = start_writer(url, 0, samples, "--batch-size", str(batch_size), "--log", str(log), "--small")
+    log, stop, compacted = tmp_path / "commits.log", tmp_path / "stop", tmp_path / "compactions.log"
+    # a compaction between any two commits (--paced-by), so the race is exercised on any machine
+    writer = start_writer(
+        url,
+        0,
+        samples,
+        "--batch-size",
+        str(batch_size),
+        "--log",
+        str(log),
+        "--small",
+        "--paced-by",
+        str(compacted),
+    )
     compactors = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.store_compactor_process", url, str(stop)],
+            [sys.executable, "-m", "tests.store_compactor_process", url, str(stop), "--log", str(compacted)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

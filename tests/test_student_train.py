@@ -25,6 +25,7 @@ def logged_losses(out) -> list[float]:
     return [float(line.split(",")[1]) for line in lines]
 
 
+@pytest.mark.slow  # LoRA training is also run by the export and resume tests of make test
 def test_direct_lora_loss_falls(store, tmp_path):
     out = tmp_path / "direct"
     training_loop.train(
