@@ -47,6 +47,9 @@ TRAIN_ARGS ?=
 EVAL_ARGS ?=
 COMPARE_ARGS ?=
 BENCH ?=
+# The tests run one torch thread per process: pytest-xdist runs one process per core, a test file
+# per worker (module fixtures built once). TEST_WORKERS= runs them in this process.
+TEST_WORKERS ?= -n auto --dist loadfile
 
 .PHONY: venv cache train eval compare test test-slow mutate bench teacher lint format clean
 
@@ -77,10 +80,10 @@ compare: cache
 	$(PY) -m student_train compare --cache $(CACHE) --out $(COMPARE) $(COMPARE_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" $(TEST_WORKERS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow $(TEST_WORKERS)
 
 # Mutation testing of the store, schedule, losses, students, export and capture hooks ([tool.mutmut] in
 # pyproject.toml). Hours of CPU: not in CI. MUTANTS="shared.schedule*" runs a part.
