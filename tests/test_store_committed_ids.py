@@ -9,6 +9,7 @@ of 10^6 rows takes.
 
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -102,3 +103,109 @@ def test_ids_added_one_commit_at_a_time_are_folded_into_the_arrays(monkeypatch):
     assert len(committed._others) <= 8 < len(committed._high)
     assert committed.contains_many(ids).tolist() == [True] * 40 + [False] * 10
     assert len(committed) == 40
+
+
+def halves(sample_id: str) -> tuple[int, int]:
+    """The (high, low) 64-bit halves of a 32-hex-digit id, computed with Python's integers."""
+    number = int(sample_id, 16)
+    return number >> 64, number & (2**64 - 1)
+
+
+def test_ids_decode_to_their_two_64_bit_halves_from_text_lists_and_arrow():
+    rng = random.Random(3)
+    ids = [f"{rng.getrandbits(128):032x}" for _ in range(6)] + ["0" * 32, "f" * 32, "0" * 16 + "f" * 16]
+    expected = [halves(value) for value in ids]
+    high, low = committed_module.numbers_of_list(ids)
+    assert high.dtype == low.dtype == np.uint64
+    assert list(zip(high.tolist(), low.tolist())) == expected
+    high, low = committed_module.numbers_of_text("".join(ids), len(ids))
+    assert list(zip(high.tolist(), low.tolist())) == expected
+    chunked = pa.chunked_array([pa.array(ids[:4]), pa.array(ids[4:])])  # two chunks
+    high, low = committed_module.numbers_of_arrow(chunked)
+    assert list(zip(high.tolist(), low.tolist())) == expected
+    sliced = pa.array(["x" * 32, *ids, "y"]).slice(1, len(ids))  # an array that starts at an offset
+    high, low = committed_module.numbers_of_arrow(sliced)
+    assert list(zip(high.tolist(), low.tolist())) == expected
+    single = pa.chunked_array([pa.array(ids)])
+    assert committed_module.numbers_of_arrow(single)[1].tolist() == [low for _, low in expected]
+    for empty in ([], pa.array([], pa.string()), pa.chunked_array([], pa.string())):
+        found = (
+            committed_module.numbers_of_list if isinstance(empty, list) else committed_module.numbers_of_arrow
+        )(empty)
+        assert [part.tolist() for part in found] == [[], []] and all(
+            part.dtype == np.uint64 for part in found
+        )
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["0" * 32, "A" + "0" * 31],  # upper case
+        ["0" * 32, "0" * 31],  # short
+        ["0" * 32, "0" * 33],  # long
+        ["0" * 31 + "\n", "0" * 32],  # a newline inside
+        ["0" * 32, "g" + "0" * 31],  # not hex
+        ["0" * 32, "é" + "0" * 31],  # not ascii
+        ["0" * 32, " " + "0" * 31],  # a space inside
+        ["0" * 32, None],
+    ],
+)
+def test_ids_of_another_form_are_not_decoded(ids):
+    assert committed_module.numbers_of_list(ids) is None
+    assert committed_module.numbers_of_arrow(pa.array(ids, pa.string())) is None
+
+
+def test_arrow_ids_that_are_not_strings_are_not_decoded():
+    assert committed_module.numbers_of_arrow(pa.array([b"0" * 32], pa.binary())) is None
+    assert committed_module.numbers_of_text("0" * 32 + " " + "0" * 31, 2) is None
+
+
+def test_sorted_unique_sorts_by_high_then_low_and_keeps_each_pair_once():
+    pairs = [(3, 1), (1, 9), (3, 0), (1, 9), (2, 5), (0, 7), (3, 1)]
+    high = np.asarray([pair[0] for pair in pairs], dtype=np.uint64)
+    low = np.asarray([pair[1] for pair in pairs], dtype=np.uint64)
+    out_high, out_low = committed_module.sorted_unique(high, low)
+    assert list(zip(out_high.tolist(), out_low.tolist())) == sorted(set(pairs))
+    already = sorted(set(pairs))
+    out_high, out_low = committed_module.sorted_unique(
+        np.asarray([pair[0] for pair in already], np.uint64),
+        np.asarray([pair[1] for pair in already], np.uint64),
+    )
+    assert list(zip(out_high.tolist(), out_low.tolist())) == already
+    one = committed_module.sorted_unique(np.asarray([5], np.uint64), np.asarray([6], np.uint64))
+    assert [part.tolist() for part in one] == [[5], [6]]
+
+
+def test_table_ids_go_to_the_arrays_only_above_the_threshold(monkeypatch):
+    monkeypatch.setattr(committed_module, "FOLD_TABLES_ABOVE", 3)
+    ids = [f"{index:032x}" for index in range(7)]
+    few, many = CommittedIds(), CommittedIds()
+    few.add_tables([pa.table({"sample_id": ids[:3]})])
+    many.add_tables([pa.table({"sample_id": ids[:2]}), pa.table({"sample_id": ids[2:4]})])
+    assert (len(few._high), len(few._others)) == (0, 3)
+    assert (len(many._high), len(many._others)) == (4, 0)
+    many.add_tables([pa.table({"sample_id": pa.array([], pa.string())})])
+    assert len(many) == 4 and set(many) == set(ids[:4])
+
+
+def test_the_set_is_folded_into_the_arrays_only_past_fold_at(monkeypatch):
+    monkeypatch.setattr(committed_module, "FOLD_AT", 3)
+    ids = [f"{index:032x}" for index in range(5)]
+    committed = CommittedIds()
+    committed.add(ids[:3])
+    assert (len(committed._high), len(committed._others)) == (0, 3)
+    committed.add(ids[3:4])
+    assert (len(committed._high), len(committed._others)) == (4, 0)
+    committed.add(ids[:2] + ["other-form"])  # ids in the arrays already are not added again
+    assert committed._others == {"other-form"} and len(committed) == 5
+
+
+def test_membership_of_non_strings_and_iteration_spell_ids_back():
+    committed = CommittedIds()
+    ids = ["0" * 31 + "1", "00000000000000ff" + "0" * 16, "sample-7"]
+    committed.add_tables([pa.table({"sample_id": ids * 2000})])  # folded: above FOLD_TABLES_ABOVE
+    assert len(committed) == 3 and sorted(committed) == sorted(ids)
+    assert 7 not in committed and None not in committed and b"0" * 32 not in committed
+    assert ("0" * 32) not in committed and ids[0] in committed and "sample-7" in committed
+    assert committed.contains_many([]).tolist() == []
+    assert CommittedIds().contains_many(ids).tolist() == [False, False, False]

@@ -192,6 +192,52 @@ def test_compact_command_prints_what_it_did(tmp_path, capsys):
     assert "not a distillcache store" in capsys.readouterr().err
 
 
+def test_replaced_files_wait_until_their_replacement_is_exactly_as_old_as_the_grace_period(
+    tmp_path, monkeypatch
+):
+    store = tmp_path / "store"
+    write_small(store, range(6), batch_size=2)  # 3 commit files
+    commit_files = sorted(path.name for path in manifest_files(store))
+    first = compact_store(store, grace_seconds=3600)
+    published = (store / first.written).stat().st_mtime
+    monkeypatch.setattr("shared.store.compaction.time.time", lambda: published + 99.99)
+    report = compact_store(store, grace_seconds=100)
+    assert (report.removed, report.waiting, report.written) == ([], 3, None)
+    monkeypatch.setattr("shared.store.compaction.time.time", lambda: published + 100)
+    report = compact_store(store, grace_seconds=100)
+    assert (sorted(report.removed), report.waiting, report.written) == (commit_files, 0, None)
+    assert manifest_files(store) == [store / first.written]
+    assert_small_reads_back(StoreReader(store), range(6))
+
+
+def test_compaction_waits_for_min_files_live_files_and_never_folds_one(tmp_path):
+    from shared.store.compaction import live_commit_files
+
+    store = tmp_path / "store"
+    write_small(store, range(2), batch_size=2)
+    assert compact_store(store, min_files=1).written is None  # one file: nothing to fold into it
+    write_small(store, range(6), batch_size=2)  # 3 commit files now
+    files = ManifestFiles(StoreLocation.open(store), list(SMALL_FIELDS))
+    files.refresh()
+    assert live_commit_files(files) == 3
+    report = compact_store(store, min_files=4)
+    assert (report.written, report.folded, report.rows) == (None, 0, 0)
+    report = compact_store(store, min_files=3, files=files)  # a writer's files, reused and refreshed
+    assert (report.folded, report.rows) == (3, 6) and report.written.startswith("manifest/compacted/")
+    files.refresh()
+    assert live_commit_files(files) == 0  # every commit file's rows are in the compacted file
+    write_small(store, range(8), batch_size=2)
+    files.refresh()
+    assert live_commit_files(files) == 1
+    assert_small_reads_back(StoreReader(store), range(8))
+
+
+def test_compacting_a_folder_that_is_not_a_store_is_one_line(tmp_path):
+    with pytest.raises(DistillCacheError) as error:
+        compact_store(tmp_path)
+    assert str(error.value) == f"{tmp_path} is not a distillcache store (no store.json); nothing to compact"
+
+
 # --- concurrent processes: a writer and two compactors, a reader opening the store over and over ---
 
 

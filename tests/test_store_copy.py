@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+import tests.far_memory  # noqa: F401  (registers farmem://)
 from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, verify_store
 from shared.store.copy import copy_stores
@@ -230,3 +232,108 @@ def test_a_reader_of_the_merged_store_sees_each_row_once_while_the_merge_runs(tm
     assert merge.returncode == 0, err
     assert opens >= 3 and seen == set(by_id)
     assert_small_reads_back(StoreReader(merged), range(50))
+
+
+def test_copy_reports_what_it_did_and_leaves_one_manifest_file(tmp_path):
+    from shared.store.copy import MAX_BATCH_ROWS, batches, plan_copy
+    from shared.store.manifest import ManifestFiles
+    from shared.store.paths import StoreLocation
+
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    write_small(alice, range(0, 6), batch_size=2)
+    write_small(bob, range(4, 9), batch_size=2)  # 4 and 5 in both, with the same values
+    destination = tmp_path / "team"
+    write_small(destination, range(0, 3))  # an earlier, killed merge of these stores
+    plan = plan_copy([str(alice), str(bob)], str(destination))
+    row_bytes = 3 * 4 * 4 * 2 + 4  # latents float16 (3, 4, 4) and one int32 label
+    assert (plan.rows, plan.row_bytes, plan.already, plan.repeated, plan.differing) == (6, row_bytes, 3, 2, 0)
+    assert [index for index, _ in plan.todo] == [0, 1]
+    for index, rows in plan.todo:  # each source's rows in the order they are stored
+        assert plan.readers[index].in_storage_order(rows).tolist() == rows.tolist()
+
+    sizes = [
+        (reader is plan.readers[0], len(rows)) for reader, rows in batches(plan, batch_bytes=2 * row_bytes)
+    ]
+    assert sizes == [(True, 2), (True, 1), (False, 2), (False, 1)]  # never two sources in one batch
+    assert [len(rows) for _, rows in batches(plan, batch_bytes=row_bytes - 1)] == [1] * 6  # at least a row
+    assert [len(rows) for _, rows in batches(plan, batch_bytes=10**12)] == [3, 3]
+    assert MAX_BATCH_ROWS == 16384
+
+    report = copy_stores([str(alice), str(bob)], str(destination), batch_bytes=2 * row_bytes, progress=False)
+    assert (report.copied, report.bytes, report.already, report.repeated, report.differing) == (
+        6,
+        6 * row_bytes,
+        3,
+        2,
+        0,
+    )
+    assert report.seconds > 0
+    files = ManifestFiles(StoreLocation.open(destination), list(FIELDS))
+    files.refresh()
+    assert [name.split("/")[0] for name in files.live_names()] == ["compacted"]  # compacted at the end
+    assert_small_reads_back(StoreReader(destination), range(9))
+    again = copy_stores([str(alice), str(bob)], str(destination), progress=False)
+    assert (again.copied, again.bytes, again.already) == (0, 0, 9)
+
+
+def test_a_batch_read_for_a_commit_holds_the_rows_metadata_and_every_field(tmp_path):
+    from shared.store.copy import read_batch
+
+    write_samples(tmp_path / "source", range(5), batch_size=3)
+    reader = StoreReader(tmp_path / "source")
+    rows = np.asarray([4, 1, 2])
+    metadata, arrays = read_batch(reader, rows)
+    columns = [name for name in reader.manifest.column_names if name not in ("split", "writer", "row")]
+    columns = [name for name in columns if not name.startswith("checksum_")]
+    assert metadata == [{name: reader.manifest.column(name)[row].as_py() for name in columns} for row in rows]
+    assert set(arrays) == set(STORE_FIELDS)
+    for name, spec in STORE_FIELDS.items():
+        expected = reader.read(name, rows)
+        if spec.dtype == "bfloat16":  # no numpy dtype: the tensor
+            assert torch.equal(arrays[name], expected)
+        else:  # the stored values as they are
+            assert isinstance(arrays[name], np.ndarray) and np.array_equal(arrays[name], expected.numpy())
+
+
+def test_the_same_store_is_recognised_however_it_is_spelled(tmp_path):
+    from shared.store.copy import same_place
+    from shared.store.paths import StoreLocation
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "store")
+    local = StoreLocation.open(tmp_path / "store")
+    assert same_place(local, StoreLocation.open(tmp_path / "alias"))
+    assert same_place(local, StoreLocation.open(f"{tmp_path}/store/"))
+    assert not same_place(local, StoreLocation.open(tmp_path / "other"))
+    assert same_place(StoreLocation.open("memory://a/store"), StoreLocation.open("memory://a/store/"))
+    assert not same_place(StoreLocation.open("memory://a/store"), StoreLocation.open("memory://a/other"))
+    assert not same_place(StoreLocation.open("memory://a/store"), StoreLocation.open("farmem://a/store"))
+    assert not same_place(StoreLocation.open("memory:///store"), StoreLocation.open("/store"))
+
+
+def test_sources_are_refused_before_anything_is_written(tmp_path):
+    from shared.store.copy import plan_copy
+
+    write_small(tmp_path / "alice", range(2))
+    destination = str(tmp_path / "team")
+    with pytest.raises(DistillCacheError, match="^give at least one store to copy from$"):
+        plan_copy([], destination)
+    with pytest.raises(DistillCacheError) as error:
+        plan_copy([str(tmp_path / "alice"), f"{tmp_path}/alice/"], destination)
+    assert str(error.value) == f"{tmp_path}/alice/ is given twice; give each store once"
+    with pytest.raises(DistillCacheError) as error:
+        plan_copy([str(tmp_path / "alice")], str(tmp_path / "alice"))
+    assert str(error.value) == f"{tmp_path / 'alice'} is the destination itself; choose another destination"
+    StoreWriter(
+        tmp_path / "carol",
+        fingerprint={**small_writer(tmp_path / "alice").metadata.fingerprint, "weights_hash": "9" * 64},
+        teacher=TEACHER,
+        settings={**SETTINGS, "num_inference_steps": 8, "guidance_scale": 1.0, "val_fraction": 0.5},
+        fields=FIELDS,
+    ).commit([small_row(30)], {name: np.stack([small_arrays(30)[name]]) for name in FIELDS})
+    with pytest.raises(DistillCacheError) as error:
+        plan_copy([str(tmp_path / "alice"), str(tmp_path / "carol")], destination)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'carol'} cannot be combined with {tmp_path / 'alice'}: ")
+    assert message.count("; ") == 3 and " ...; only stores of one teacher (same weights digest)" in message
+    assert not (tmp_path / "team").exists()

@@ -4,13 +4,16 @@ committed row, and never a commit in flight (a writer paused between its arrays 
     .venv/bin/python -m pytest tests/test_store_gc.py -q
 """
 
+import json
 import os
 import time
+from datetime import datetime, timezone
 
 import pytest
 
 from shared.errors import DistillCacheError
 from shared.store import StoreReader, StoreWriter, verify_store
+from shared.store.paths import StoreLocation
 from teacher_cache.cli import main
 from tests.store_fixtures import assert_reads_back, batch_for, write_samples
 from tests.test_store_processes import finish, start_writer
@@ -112,3 +115,190 @@ def test_gc_beside_a_running_writer_leaves_its_commit_in_flight_alone(tmp_path):
     finish(writer)
     assert_reads_back(StoreReader(store), range(12))
     assert verify_store(store) == []
+
+
+def test_each_kind_of_garbage_is_recognised_by_its_path(tmp_path):
+    from shared.store.gc import ORPHAN_GROUP, STALE_CLAIM, TEMPORARY, UNCOMMITTED_SHARD, classify
+    from shared.store.paths import StoreLocation
+
+    location = StoreLocation.open(tmp_path / "store")
+    for array, rows in (("groups/w/latents", 4), ("groups/w/label", 2)):
+        location.write_atomic(f"{array}/zarr.json", json.dumps(shard_grid(rows)).encode())
+    location.write_atomic("groups/w/broken/zarr.json", b"{not json")
+    committed = {"w": {0, 5, 6}}  # latents shards of 4 rows: 0 and 1 hold committed rows, 2 does not
+    expected = {
+        "manifest/.w-000000000000.parquet.0123abcd.tmp": TEMPORARY,
+        "groups/w/latents/zarr.0123abcd.partial": TEMPORARY,
+        "manifest/w-000000000000.parquet.tmp": None,  # not hidden: not one of our temporary names
+        "manifest/.hidden.parquet": None,
+        "claims/dead.json": STALE_CLAIM,
+        "claims/sub/dead.json": None,
+        "store.json": None,
+        "groups/zarr.json": None,
+        "groups/w/zarr.json": None,
+        "groups/dead/zarr.json": ORPHAN_GROUP,
+        "groups/dead/latents/c/0/0/0/0": ORPHAN_GROUP,
+        "groups/w/latents/zarr.json": None,
+        "groups/w/latents/c/0/0/0/0": None,
+        "groups/w/latents/c/1/0/0/0": None,
+        "groups/w/latents/c/2/0/0/0": UNCOMMITTED_SHARD,
+        "groups/w/label/c/2": None,  # label shards of 2 rows: rows 4, 5
+        "groups/w/label/c/1": UNCOMMITTED_SHARD,  # rows 2, 3
+        "groups/w/label/c/x": None,
+        "groups/w/label/d/1": None,
+        "groups/w/label/c": None,
+        "groups/w/broken/c/9": None,  # unreadable metadata: the array is left alone
+        "groups/w/missing/c/9": None,
+    }
+    shard_rows = {}
+    assert {path: classify(location, path, committed, shard_rows) for path in expected} == expected
+    assert shard_rows == {
+        "groups/w/latents": 4,
+        "groups/w/label": 2,
+        "groups/w/broken": None,
+        "groups/w/missing": None,
+    }
+
+
+def shard_grid(rows) -> dict:
+    return {"chunk_grid": {"configuration": {"chunk_shape": [rows, 3]}}}
+
+
+@pytest.mark.parametrize(
+    "metadata, rows",
+    [
+        (shard_grid(8), 8),
+        (shard_grid(0), None),
+        (shard_grid(-1), None),
+        (shard_grid(2.0), None),
+        ({"chunk_grid": {"configuration": {"chunk_shape": []}}}, None),
+        ({"chunk_grid": {}}, None),
+        ({"chunk_grid": None}, None),
+        ([], None),
+    ],
+)
+def test_rows_per_shard_come_from_a_valid_zarr_json_only(tmp_path, metadata, rows):
+    from shared.store.gc import array_shard_rows
+    from shared.store.paths import StoreLocation
+
+    location = StoreLocation.open(tmp_path / "store")
+    location.write_atomic("groups/w/f/zarr.json", json.dumps(metadata).encode())
+    assert array_shard_rows(location, "groups/w/f") == rows
+
+
+@pytest.mark.parametrize(
+    "info, seconds",
+    [
+        ({"mtime": 1700000000.5, "LastModified": 5}, 1700000000.5),
+        ({"mtime": 1700000000}, 1700000000.0),
+        ({"LastModified": datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)}, 1704164645.0),
+        ({"last_modified": "2024-01-02T03:04:05Z"}, 1704164645.0),
+        ({"updated": "2024-01-02T03:04:05+01:00"}, 1704164645.0 - 3600),
+        ({"created": 1704164645, "size": 3}, 1704164645.0),
+        ({"mtime": None, "created": 12.0}, 12.0),
+    ],
+)
+def test_a_files_age_comes_from_whichever_time_its_filesystem_gives(info, seconds):
+    from shared.store.gc import modified_time
+
+    assert modified_time(info) == seconds
+
+
+def test_a_file_of_unknown_age_counts_as_new():
+    from shared.store.gc import modified_time
+
+    before = time.time()
+    assert before <= modified_time({"size": 3}) <= time.time()
+
+
+def test_gc_on_an_object_store_lists_and_removes_by_age(monkeypatch):
+    from shared.store.gc import ORPHAN_GROUP, TEMPORARY, find_garbage, remove_garbage
+    from tests.far_memory import new_far_url
+    from tests.small_store import assert_small_reads_back, write_small
+
+    url = new_far_url()
+    write_small(url, range(4), batch_size=2)
+    location = StoreLocation.open(url)
+    location.fs.pipe_file(location.path("manifest/.x.parquet.0123abcd.tmp"), b"12345")
+    location.fs.pipe_file(location.path("groups/dead/latents/c/0/0/0/0"), b"123")
+    committed_files = set(location.fs.find(location.root))
+
+    now = time.time()
+    assert find_garbage(url, grace_seconds=3600, now=now).files == []
+    later = now + 2 * 3600
+    garbage = find_garbage(url, grace_seconds=3600, now=later)
+    assert sorted((kind, item.relative, item.size) for kind, item in garbage.files) == [
+        (ORPHAN_GROUP, "groups/dead/latents/c/0/0/0/0", 3),
+        (TEMPORARY, "manifest/.x.parquet.0123abcd.tmp", 5),
+    ]
+    assert garbage.bytes_by_kind() == {ORPHAN_GROUP: (1, 3), TEMPORARY: (1, 5)}
+    assert garbage.too_recent == [] and garbage.symlinks == []
+
+    assert remove_garbage(garbage, now=now) == []  # checked again: not old enough at `now`
+    removed = remove_garbage(garbage, now=later)
+    assert sorted(item.relative for item in removed) == [
+        "groups/dead/latents/c/0/0/0/0",
+        "manifest/.x.parquet.0123abcd.tmp",
+    ]
+    assert set(location.fs.find(location.root)) == committed_files - {
+        location.path("manifest/.x.parquet.0123abcd.tmp"),
+        location.path("groups/dead/latents/c/0/0/0/0"),
+    }
+    assert_small_reads_back(StoreReader(url), range(4))
+
+
+def test_a_file_exactly_as_old_as_the_grace_period_is_garbage(tmp_path):
+    from shared.store.gc import find_garbage, remove_garbage
+
+    store = tmp_path / "store"
+    write_samples(store, range(2))
+    (store / "manifest" / ".x.parquet.0123abcd.tmp").write_bytes(b"12345")
+    os.utime(store / "manifest" / ".x.parquet.0123abcd.tmp", (1000.0, 1000.0))
+    assert len(find_garbage(store, grace_seconds=100, now=1099.5).too_recent) == 1
+    garbage = find_garbage(store, grace_seconds=100, now=1100.0)
+    assert [item.relative for _, item in garbage.files] == ["manifest/.x.parquet.0123abcd.tmp"]
+    assert garbage.files[0][1].size == 5 and garbage.files[0][1].mtime == 1000.0
+    assert remove_garbage(garbage, now=1099.9) == []
+    assert [item.relative for item in remove_garbage(garbage, now=1100.0)] == [
+        "manifest/.x.parquet.0123abcd.tmp"
+    ]
+
+
+def test_gc_refuses_a_folder_that_is_not_a_store(tmp_path):
+    from shared.store.gc import find_garbage
+
+    with pytest.raises(DistillCacheError) as error:
+        find_garbage(tmp_path, grace_seconds=0)
+    assert str(error.value) == f"{tmp_path} is not a distillcache store (no store.json); nothing to collect"
+
+
+def test_removal_empties_folders_up_to_groups_and_no_further(tmp_path):
+    from shared.store.gc import remove_emptied_folders
+
+    location = StoreLocation.open(tmp_path / "store")
+    for relative in ("groups/a/f/c/0/0/x", "groups/b/f/c/0/y", "groups/b/g/keep"):
+        location.write_atomic(relative, b"1")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "store" / "groups" / "c")
+    for relative in ("groups/a/f/c/0/0/x", "groups/b/f/c/0/y"):
+        os.remove(location.path(relative))
+    remove_emptied_folders(location, {"groups/a/f/c/0/0", "groups/b/f/c/0", "groups/c", "manifest"})
+    left = sorted(path.relative_to(tmp_path / "store").as_posix() for path in (tmp_path / "store").rglob("*"))
+    assert left == ["groups", "groups/b", "groups/b/g", "groups/b/g/keep", "groups/c"]
+    assert (tmp_path / "elsewhere").is_dir()
+
+
+def test_symlinks_are_listed_apart_and_never_removed(tmp_path):
+    from shared.store.gc import find_garbage, remove_garbage
+
+    store = tmp_path / "store"
+    write_samples(store, range(2))
+    (tmp_path / "outside").write_bytes(b"keep me")
+    (store / "claims").mkdir()
+    os.symlink(tmp_path / "outside", store / "claims" / "dead.json")
+    os.symlink(tmp_path / "outside", store / "manifest" / ".y.parquet.0123abcd.tmp")
+    garbage = find_garbage(store, grace_seconds=0, now=time.time() + 10)
+    assert sorted(garbage.symlinks) == ["claims/dead.json", "manifest/.y.parquet.0123abcd.tmp"]
+    assert garbage.files == []
+    remove_garbage(garbage)
+    assert (store / "claims" / "dead.json").is_symlink() and (tmp_path / "outside").read_bytes() == b"keep me"
