@@ -18,7 +18,7 @@ from shared.store import StoreReader
 from shared.store.paths import StoreLocation
 from shared.store.read_cache import ShardCache, choose_cache_dir, default_cache_root, is_shard_key
 from tests.far_memory import FarMemoryFileSystem, new_far_url
-from tests.small_store import FIELDS, assert_small_reads_back, write_small
+from tests.small_store import FIELDS, assert_small_reads_back, small_arrays, small_ids, write_small
 
 
 def remote_store(indices=range(10), batch_size: int = 4) -> str:
@@ -218,3 +218,19 @@ def test_a_cache_folder_that_is_a_file_is_refused_naming_the_flag(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DistillCacheError, match="--cache-dir"):
         ShardCache(StoreLocation.open(new_far_url()), tmp_path / "file")
+
+
+def test_a_read_of_some_steps_read_again_from_the_store_gives_those_steps(tmp_path):
+    url = remote_store(range(4), batch_size=4)
+    StoreReader(url, cache_dir=tmp_path / "cache").read_stored("latents", np.arange(4))  # copies made
+    reader = StoreReader(url, cache_dir=tmp_path / "cache")
+    (key,) = [key for key in remote_shards(url) if "/latents/" in key]
+    damaged = Path(reader.cache.local_path(key))
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    values = reader.read_stored("latents", [3, 0], steps=[2, 0])
+    by_id = small_ids(range(4))
+    ids = reader.manifest.column("sample_id").to_pylist()
+    expected = np.stack([small_arrays(by_id[ids[row]])["latents"][[2, 0]] for row in (3, 0)])
+    assert reader._cache_cleared and np.array_equal(values, expected)

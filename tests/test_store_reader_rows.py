@@ -8,6 +8,7 @@ recomputed from the manifest's columns by hand, bad rows and steps refused, dama
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -289,3 +290,12 @@ def test_a_manifest_row_beyond_its_array_is_refused(tmp_path):
     assert error.value.reason == f"array 'latents' of writer {group.name!r} holds only {array_rows} rows"
     reader._rows[1] = array_rows - 1  # the last row of the array: read
     assert reader.read("latents", [0]).shape == (1, 3, 4, 4)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_one_step_may_be_given_as_a_number(two_writer_store, verify):
+    reader = StoreReader(two_writer_store, verify=verify)
+    for step in (3, np.int64(3), torch.tensor(3)):
+        values = reader.read("trajectory", [7, 2], steps=step)
+        assert values.shape == (2, 1, 4, 8, 8)
+        assert torch.equal(values, expected_rows(reader, [7, 2], "trajectory", [3]))
