@@ -155,16 +155,31 @@ def test_the_steps_drawn_are_those_every_offset_fits(reader, step_fields, steps,
             {"batch_size": 4, "step_fields": {}},
             r"^example_batches needs at least one per-step field, e\.g\. \{'trajectory': \(0,\)\}$",
         ),
-        ({"batch_size": 4, "step_fields": {"token_count": (0,)}}, "'token_count' is not a per-step field"),
-        ({"batch_size": 4, "step_fields": {"features.x": (0,)}}, "'features.x' is not a per-step field"),
-        ({"batch_size": 4, "step_fields": {"trajectory": ()}}, "'trajectory' is not a per-step field"),
+        (
+            {"batch_size": 4, "step_fields": {"token_count": (0,)}},
+            r"^'token_count' is not a per-step field of this store \(or has no offsets\)$",
+        ),
+        (
+            {"batch_size": 4, "step_fields": {"features.x": (0,)}},
+            r"^'features.x' is not a per-step field of this store \(or has no offsets\)$",
+        ),
+        (
+            {"batch_size": 4, "step_fields": {"trajectory": ()}},
+            r"^'trajectory' is not a per-step field of this store \(or has no offsets\)$",
+        ),
         (
             {"batch_size": 4, "steps": [5], "step_fields": {"trajectory": (0, 1)}},
             r"steps must lie in \[0, 5\)",
         ),
-        ({"batch_size": 4, "steps": [-1]}, r"steps must lie in \[0, 6\)"),
-        ({"batch_size": 4, "step_fields": {"trajectory": (0, 6)}}, "no step has every requested offset"),
-        ({"batch_size": 4, "step_fields": {"trajectory": (-3, 3)}}, "no step has every requested offset"),
+        ({"batch_size": 4, "steps": [-1]}, r"^steps must lie in \[0, 6\) for these fields and offsets$"),
+        (
+            {"batch_size": 4, "step_fields": {"trajectory": (0, 6)}},
+            "^no step has every requested offset inside its field$",
+        ),
+        (
+            {"batch_size": 4, "step_fields": {"trajectory": (-3, 3)}},
+            "^no step has every requested offset inside its field$",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_before_any_read(reader, monkeypatch, options, message):

@@ -275,9 +275,10 @@ def test_rows_of_a_writer_whose_manifest_records_no_array_description_are_refuse
 
 
 def test_a_manifest_row_beyond_its_array_is_refused(tmp_path):
-    write_small(tmp_path / "store", range(3))
+    write_small(tmp_path / "store", range(5), batch_size=5)
     (group,) = writer_groups(tmp_path / "store")
     array_rows = json.loads((group / "latents" / "zarr.json").read_text())["shape"][0]
+    assert array_rows == 5  # sized to the rows committed, not to a whole shard
     reader = StoreReader(tmp_path / "store")
     reader._rows = reader._rows.copy()
     reader._rows[1] = array_rows  # as named by a manifest row one past the array's end
@@ -299,3 +300,11 @@ def test_one_step_may_be_given_as_a_number(two_writer_store, verify):
         values = reader.read("trajectory", [7, 2], steps=step)
         assert values.shape == (2, 1, 4, 8, 8)
         assert torch.equal(values, expected_rows(reader, [7, 2], "trajectory", [3]))
+
+
+def test_one_row_may_be_given_as_a_number(two_writer_store):
+    reader = StoreReader(two_writer_store)
+    for row in (5, np.int64(5), torch.tensor(5)):
+        values = reader.read("token_count", row)
+        assert values.shape == (1,) and torch.equal(values, expected_rows(reader, [5], "token_count"))
+    assert reader.in_storage_order(5).tolist() == [5]
