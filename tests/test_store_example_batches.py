@@ -214,3 +214,12 @@ def test_blocks_are_64_rows_unless_told_otherwise(tmp_path, monkeypatch):
     batches = list(example_batches(reader, reader.indices(), batch_size=50, step_fields={"latents": (0,)}))
     assert reads == [64, 6]
     assert sum(len(batch["row"]) for batch in batches) == 70 * 3
+
+
+def test_a_bfloat16_per_step_field_comes_back_as_bfloat16(reader):
+    step_fields = {"cond.encoder_hidden_states": (0, 2)}  # 7 rows of 32: steps 0..4 have both offsets
+    batches = all_batches(reader, batch_size=100, step_fields=step_fields)
+    assert sum(len(batch["row"]) for batch in batches) == 7 * 5
+    for batch in batches:
+        assert batch["cond.encoder_hidden_states"].dtype == torch.bfloat16
+        assert_values_right(reader, batch, step_fields)
