@@ -209,3 +209,33 @@ def test_membership_of_non_strings_and_iteration_spell_ids_back():
     assert ("0" * 32) not in committed and ids[0] in committed and "sample-7" in committed
     assert committed.contains_many([]).tolist() == []
     assert CommittedIds().contains_many(ids).tolist() == [False, False, False]
+
+
+def test_two_pairs_are_sorted_and_deduplicated_too():
+    for pairs in ([(2, 0), (1, 5)], [(1, 5), (1, 5)], [(1, 6), (1, 5)]):
+        high = np.asarray([pair[0] for pair in pairs], np.uint64)
+        low = np.asarray([pair[1] for pair in pairs], np.uint64)
+        out_high, out_low = committed_module.sorted_unique(high, low)
+        assert list(zip(out_high.tolist(), out_low.tolist())) == sorted(set(pairs))
+
+
+def test_queries_beyond_every_committed_id_and_ids_sharing_a_half(fold_path):
+    committed_ids = [
+        "0000000000000002" + "0" * 16,
+        "00000000000000ff" + "0" * 15 + "1",
+        "00000000000000ff" + "0" * 15 + "3",  # shares its high half with the one before
+    ]
+    queries = [
+        "0000000000000001" + "0" * 16,  # another high half, the same low half as a committed id
+        "0000000000000003" + "0" * 16,
+        "00000000000000ff" + "0" * 15 + "2",  # a committed high half, a low half between theirs
+        "00000000000000ff" + "0" * 15 + "4",  # ... beyond theirs: beyond every committed id
+        "f" * 32,  # beyond every committed id
+        *committed_ids,
+    ]
+    committed = CommittedIds()
+    committed.add_tables([pa.table({"sample_id": committed_ids})])
+    expected = [query in set(committed_ids) for query in queries]
+    assert expected == [False] * 5 + [True] * 3
+    assert committed.contains_many(queries).tolist() == expected
+    assert [query in committed for query in queries] == expected

@@ -234,3 +234,16 @@ def test_a_read_of_some_steps_read_again_from_the_store_gives_those_steps(tmp_pa
     ids = reader.manifest.column("sample_id").to_pylist()
     expected = np.stack([small_arrays(by_id[ids[row]])["latents"][[2, 0]] for row in (3, 0)])
     assert reader._cache_cleared and np.array_equal(values, expected)
+
+
+def test_a_byte_range_of_a_shard_is_served_from_its_local_copy(tmp_path):
+    from zarr.abc.store import RangeByteRequest
+
+    url = remote_store(range(4))
+    key, data = next(iter(remote_shards(url).items()))
+    cache = ShardCache(StoreLocation.open(url), tmp_path / "cache")
+    store = cache.zarr_store(StoreLocation.open(url).zarr_store(read_only=True))
+    prototype = default_buffer_prototype()
+    (part,) = asyncio.run(store.get_partial_values(prototype, [(key, RangeByteRequest(2, 9))]))
+    assert part.to_bytes() == data[2:9]
+    assert asyncio.run(store.get(key, prototype, RangeByteRequest(1, 4))).to_bytes() == data[1:4]
