@@ -216,8 +216,12 @@ def test_reads_that_ask_for_one_shard_at_once_download_it_once(tmp_path, monkeyp
 
 def test_a_cache_folder_that_is_a_file_is_refused_naming_the_flag(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DistillCacheError, match="--cache-dir"):
+    with pytest.raises(DistillCacheError) as error:
         ShardCache(StoreLocation.open(new_far_url()), tmp_path / "file")
+    assert (
+        str(error.value)
+        == f"--cache-dir {tmp_path / 'file'} is a file, not a folder; choose another --cache-dir"
+    )
 
 
 def test_a_read_of_some_steps_read_again_from_the_store_gives_those_steps(tmp_path):
@@ -247,3 +251,63 @@ def test_a_byte_range_of_a_shard_is_served_from_its_local_copy(tmp_path):
     (part,) = asyncio.run(store.get_partial_values(prototype, [(key, RangeByteRequest(2, 9))]))
     assert part.to_bytes() == data[2:9]
     assert asyncio.run(store.get(key, prototype, RangeByteRequest(1, 4))).to_bytes() == data[1:4]
+
+
+def test_stores_whose_urls_differ_only_in_trailing_letters_get_their_own_folders(tmp_path):
+    roots = {
+        ShardCache(StoreLocation.open(f"farmem://bucket/{name}"), tmp_path / "cache").root
+        for name in ("store", "storeX", "store/", "storeXX/")
+    }
+    assert len(roots) == 2 + 1  # "store" and "store/" share one
+
+
+def test_a_shard_already_copied_is_not_downloaded_again_and_clear_keeps_the_url_note(tmp_path):
+    url = remote_store(range(4))
+    key = next(iter(remote_shards(url)))
+    cache = ShardCache(StoreLocation.open(url), tmp_path / "cache")
+    cache.clear()  # nothing copied yet: nothing to do
+    assert cache.fetch(key) is True and cache.fetch(key) is True
+    assert cache.downloaded_bytes == len(remote_shards(url)[key])
+    cache.clear()
+    assert sorted(local_files(Path(cache.root))) == ["store-url.txt"]
+
+
+def test_a_failed_download_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    url = remote_store(range(4))
+    key = next(iter(remote_shards(url)))
+    cache = ShardCache(StoreLocation.open(url), tmp_path / "cache")
+
+    def broken_get_file(remote, local):
+        Path(local).write_bytes(b"half a shard")
+        raise ConnectionError("connection reset\nby peer")
+
+    monkeypatch.setattr(cache.location.fs, "get_file", broken_get_file)
+    with pytest.raises(DistillCacheError) as error:
+        cache.fetch(key)
+    assert str(error.value) == (
+        f"cannot read {key} of store {url} (connection reset); check the URL, that the endpoint is reachable "
+        "and your credentials (for s3://: AWS_* variables)"
+    )
+    assert sorted(local_files(Path(cache.root))) == ["store-url.txt"]
+
+
+def test_a_bad_key_is_refused_naming_the_store(tmp_path):
+    url = remote_store(range(2))
+    cache = ShardCache(StoreLocation.open(url), tmp_path / "cache")
+    with pytest.raises(DistillCacheError) as error:
+        cache.local_path("groups/../../x")
+    assert str(error.value) == (
+        f"store {url}: the path 'groups/../../x' is not a plain path inside the store; the store is damaged or hostile"
+    )
+
+
+def test_a_byte_range_of_a_file_that_is_not_a_shard_is_read_from_the_store(tmp_path):
+    from zarr.abc.store import RangeByteRequest
+
+    url = remote_store(range(2))
+    whole = FarMemoryFileSystem().cat_file(url.removeprefix("farmem://") + "/zarr.json")
+    cache = ShardCache(StoreLocation.open(url), tmp_path / "cache")
+    store = cache.zarr_store(StoreLocation.open(url).zarr_store(read_only=True))
+    part = asyncio.run(store.get("zarr.json", default_buffer_prototype(), RangeByteRequest(1, 6)))
+    assert part.to_bytes() == whole[1:6]
+    assert local_files(Path(cache.root)) == {"store-url.txt": (url + "\n").encode()}  # nothing copied
