@@ -141,6 +141,8 @@ def test_auto_measures_the_free_space_of_the_nearest_existing_folder(tmp_path, m
         f"1.0 GB free in {tmp_path}; every epoch reads the store (give --cache-dir DIR on a disk with room)"
     )
     assert choose_cache_dir(remote, tmp_path / "mine", store_bytes=1) == (str(tmp_path / "mine"), "")
+    for none in (None, "", "none"):
+        assert choose_cache_dir(remote, none, store_bytes=1) == (None, "")
 
 
 @pytest.mark.parametrize(
