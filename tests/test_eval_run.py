@@ -209,8 +209,10 @@ def test_a_noised_points_store_is_evaluated_on_its_unseen_store_alone(stores, ca
 
 @pytest.mark.slow  # whole eval runs, twice each
 def test_a_pruned_blockkd_student_is_sampled_as_the_teacher_and_its_cost_reported(stores):
-    """A blockkd student samples with the teacher's sampler and CFG; an untrained teacher copy is then
-    teacher@K exactly. A pruned one reports its parameters, 2K evaluations per image and their cost."""
+    """A blockkd student samples as the stock pipeline runs its folder: the teacher's own scheduler at
+    its own spacing, with CFG. An untrained teacher copy is then teacher@K exactly at
+    --teacher-spacing store, and its column is the same at the other spacing (which sets teacher@K
+    alone). A pruned one reports its parameters, 2K evaluations per image and their cost."""
     root, cache, reader = stores
     teacher = load_denoiser(str(root / "teacher"))
     teacher_parameters = sum(p.numel() for p in teacher.parameters())
@@ -218,16 +220,29 @@ def test_a_pruned_blockkd_student_is_sampled_as_the_teacher_and_its_cost_reporte
         config = TrainConfig(cache=cache, out=str(root / kind), method="blockkd", student=kind, prune="small")
         student = build_student(kind, load_denoiser(str(root / "teacher")), config)
         export_student(student, config, reader, root / kind, {"train_steps": 0})
-    copy = run(
-        EvalConfig(
-            cache=cache, student=str(root / "full"), out=str(root / "copy"), steps=(2,), timing_calls=0
+    copies = {
+        spacing: run(
+            EvalConfig(
+                cache=cache,
+                student=str(root / "full"),
+                out=str(root / f"copy_{spacing}"),
+                steps=(2,),
+                timing_calls=0,
+                teacher_spacing=spacing,
+            )
         )
+        for spacing in ("store", "trailing")
+    }
+    at_store, at_trailing = (
+        {(r["set"], r["column"]): r for r in copies[s]["records"]} for s in ("store", "trailing")
     )
-    by_column = {(r["set"], r["column"]): r for r in copy["records"]}
     for set_name in ("val", "unseen"):
-        assert by_column[(set_name, "student@2")]["sampler"] == "cfg"
-        assert by_column[(set_name, "student@2")]["psnr_db"] == by_column[(set_name, "teacher@2")]["psnr_db"]
-    assert copy["denoiser"]["parameter_ratio"] == 1.0 and "time_ratio" not in copy["denoiser"]
+        student, teacher = at_store[(set_name, "student@2")], at_store[(set_name, "teacher@2")]
+        assert student["sampler"] == "cfg" and student["psnr_db"] == teacher["psnr_db"]
+        assert at_trailing[(set_name, "student@2")]["psnr_db"] == student["psnr_db"]
+        assert at_trailing[(set_name, "teacher@2")]["psnr_db"] != teacher["psnr_db"]
+    denoiser = copies["store"]["denoiser"]
+    assert denoiser["parameter_ratio"] == 1.0 and "time_ratio" not in denoiser
 
     pruned = run(
         EvalConfig(cache=cache, student=str(root / "pruned"), out=str(root / "pruned_eval"), steps=(1,))

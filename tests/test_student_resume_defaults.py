@@ -39,6 +39,10 @@ def checkpoint_of(out, **settings):
         ({**LEFT_OPEN, "method": "guidance", "loss": "huber"}, {**GUIDANCE_DEFAULTS, "method": "guidance"}),
         ({**LEFT_OPEN, "method": "guidance"}, {**LEFT_OPEN, "method": "guidance", "w_max": 4.0}),
         ({**LEFT_OPEN, "method": "blockkd", "loss": "l2"}, {**LEFT_OPEN, "method": "blockkd"}),
+        # the noised-points round recorded --points noised --w-min 5 --w-max 15 for every method
+        ({**LCM_DEFAULTS, "method": "direct"}, {**LEFT_OPEN, "method": "direct"}),
+        ({**LCM_DEFAULTS, "method": "progressive"}, {**LEFT_OPEN, "method": "progressive", "loss": "huber"}),
+        ({**LCM_DEFAULTS, "method": "blockkd", "loss": "l2"}, {**LEFT_OPEN, "method": "blockkd"}),
     ],
 )
 def test_a_default_spelled_either_way_resumes(tmp_path, recorded, given):
@@ -53,6 +57,8 @@ def test_a_default_spelled_either_way_resumes(tmp_path, recorded, given):
         ({**LEFT_OPEN, "method": "lcm"}, {**LEFT_OPEN, "method": "lcm", "points": "trajectory"}, "--points noised there, trajectory here"),
         ({**LEFT_OPEN, "method": "guidance"}, {**LCM_DEFAULTS, "method": "guidance"}, "--points trajectory there, noised here"),
         ({**LEFT_OPEN, "method": "blockkd"}, {**LEFT_OPEN, "method": "blockkd", "loss": "huber"}, "--loss l2 there, huber here"),
+        ({**LEFT_OPEN, "method": "direct", "points": "trajectory"}, {**LEFT_OPEN, "method": "direct"}, "--points trajectory there, None here"),
+        ({**LCM_DEFAULTS, "method": "direct", "w_max": 6.0}, {**LEFT_OPEN, "method": "direct"}, "--w-max 6.0 there, None here"),
     ],
 )  # fmt: skip
 def test_another_setting_is_refused_and_named(tmp_path, recorded, given, named):

@@ -4,8 +4,10 @@
     teacher@K   the teacher's denoiser, DDIM (flow: Euler) at K steps, CFG at the row's guidance (teacher_baseline.py);
                 not sampled at K = S when that sampler is the one that made the cache (`samples_as_the_cache`:
                 flow stores, DDPM stores at --teacher-spacing store): teacher@S is then the reference itself
-    student@K   the student, its method's few-step sampler (sampling.py); a "cfg" student (blockkd)
-                exactly as teacher@K with its own denoiser in the teacher's place
+    student@K   the student as users sample it (`student_latents`): its method's few-step sampler
+                (sampling.py) or its exported scheduler at the trained timesteps; a "cfg" student
+                (blockkd) with CFG, as the stock pipeline runs the exported folder. It does not depend
+                on --teacher-spacing, which sets the teacher@K columns alone
 
 Each column's kind records its denoiser evaluations per image (`evaluations`: 2 per step under CFG).
 
@@ -22,6 +24,7 @@ import torch
 
 from student_train.eval.models import Models, decode
 from student_train.eval.sets import EvalSet
+from student_train.eval.teacher_baseline import sample_with_cfg
 
 
 def reference_label(settings: dict, steps: tuple[int, ...]) -> str:
@@ -57,8 +60,6 @@ def student_latents(
     denoise = partial(call_denoiser, models.student)
     random = SampleRandom(0, steps, sample_ids, noise.device)
     if sampling["sampler"] == "cfg":
-        from student_train.eval.teacher_baseline import sample_with_cfg
-
         if uncond is None or guidance is None:
             raise ValueError("a cfg student (blockkd) samples with CFG: pass the rows' uncond and guidance")
         return sample_with_cfg(
@@ -132,7 +133,6 @@ def generate(
     from student_train.eval.teacher_baseline import (
         map_tensors,
         read_conditioning,
-        sample_with_cfg,
         samples_as_the_cache,
         teacher_sampler_name,
         teacher_scheduler,
@@ -172,19 +172,15 @@ def generate(
             kind = {"model": model, "steps": k, "sampler": sampler, "evaluations": evaluations}
             columns.add(label, kind, decode(models.vae, latents), mse(latents, final))
 
-        def with_cfg(
-            denoiser: torch.nn.Module, k: int, inputs=(noise, cond, uncond, guidance)
-        ) -> torch.Tensor:
-            return sample_with_cfg(denoiser, teacher_scheduler(reader.settings, teacher_spacing), *inputs, k)
-
         add(reference, "teacher", full_steps, "cache", final)
         for k in steps:
             with autocast:
                 if k in sampled_teacher_steps:
-                    add(f"teacher@{k}", "teacher", k, teacher_sampler, with_cfg(models.teacher, k))
-                if student_sampler == "cfg":
-                    student = with_cfg(models.student, k)
-                else:
-                    student = student_latents(models, train_settings, noise, cond, sample_ids, k)
+                    scheduler = teacher_scheduler(reader.settings, teacher_spacing)
+                    teacher = sample_with_cfg(models.teacher, scheduler, noise, cond, uncond, guidance, k)
+                    add(f"teacher@{k}", "teacher", k, teacher_sampler, teacher)
+                student = student_latents(
+                    models, train_settings, noise, cond, sample_ids, k, uncond, guidance
+                )
             add(f"student@{k}", "student", k, student_sampler, student)
     return columns

@@ -7,7 +7,9 @@
 each checkpoint's run digest record the value the run used ("noised", "huber", 5.0), never null. A flag
 given as its method's default is then the same run as the flag omitted, and a checkpoint recorded
 either way (concrete, or null as student-train wrote between the defaults' introduction and this
-module) resumes: `same_run_digests` holds the digest of every such spelling.
+module) resumes: `same_run_digests` holds the digest of every such spelling. So does a checkpoint of a
+method that does not read --points or the w range, recorded with the values every method once
+recorded for them (EARLIER_DEFAULTS).
 """
 
 import dataclasses
@@ -30,6 +32,12 @@ DEFAULT_LOSS = {"blockkd": "l2"}
 
 # The settings whose None means "the method's default".
 LEFT_TO_THE_METHOD = ("loss", "points", "w_min", "w_max")
+
+# What student-train recorded for every method before these settings were left to the method (the
+# noised-points round: --points noised, --w-min 5, --w-max 15 whatever the method). A method that does
+# not read a setting (direct, progressive, reflow, blockkd: --points and the w range) ran the same
+# under that value as under None, so its old checkpoints resume.
+EARLIER_DEFAULTS = {"points": "noised", "w_min": 5.0, "w_max": 15.0}
 
 
 def w_range(config) -> tuple[float, float]:
@@ -72,16 +80,26 @@ def resolve_defaults(config):
     return dataclasses.replace(config, **concrete_values(config))
 
 
+def subsets(names: list[str]):
+    return itertools.chain.from_iterable(
+        itertools.combinations(names, size) for size in range(len(names) + 1)
+    )
+
+
 def same_run_spellings(config) -> list:
     """This run's settings spelled every way that means the same run: the concrete values, and None in
-    any subset of the settings whose value is the method's default (2^k configs, k <= 4)."""
+    any subset of the settings whose value is the method's default; a setting the method does not read,
+    left None, also as its earlier default (2^k configs, k <= 4)."""
     resolved = resolve_defaults(config)
     defaults = concrete_values(dataclasses.replace(config, **dict.fromkeys(LEFT_TO_THE_METHOD)))
     optional = [name for name, value in defaults.items() if getattr(resolved, name) == value]
+    unread = [name for name in EARLIER_DEFAULTS if name not in defaults and getattr(config, name) is None]
     return [
-        dataclasses.replace(resolved, **dict.fromkeys(subset))
-        for size in range(len(optional) + 1)
-        for subset in itertools.combinations(optional, size)
+        dataclasses.replace(
+            resolved, **dict.fromkeys(nulls), **{name: EARLIER_DEFAULTS[name] for name in earlier}
+        )
+        for nulls in subsets(optional)
+        for earlier in subsets(unread)
     ]
 
 
