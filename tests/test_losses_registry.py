@@ -160,8 +160,8 @@ def test_the_defaults_left_to_the_method_by_hand(method, given, concrete):
     [
         ("lcm", {}, 16),  # loss, points, w_min, w_max: each concrete or None
         ("lcm", dict(loss="l2", w_min=1.0), 4),  # only points and w_max are the defaults
-        ("direct", {}, 2),  # only --loss is left to direct
-        ("blockkd", dict(loss="huber"), 1),
+        ("direct", {}, 16),  # --loss left to direct; --points and the w range unread: None or earlier
+        ("blockkd", dict(loss="huber"), 8),  # only the unread --points, --w-min, --w-max, each 2 ways
     ],
 )
 def test_every_spelling_of_a_run_has_a_digest(method, given, spellings):
