@@ -17,7 +17,7 @@ from PIL import Image
 from shared.store import StoreReader
 from student_train.cli import main as student_train_main
 from student_train.config import TrainConfig
-from student_train.eval import teacher_baseline
+from student_train.eval import generation
 from student_train.eval.run import EvalConfig, run
 from student_train.eval.teacher_baseline import (
     read_conditioning,
@@ -124,7 +124,7 @@ def test_teacher_at_s_is_the_reference_when_its_sampler_made_the_cache(stores, m
         sampled_steps.append(args[-1])
         return sample_with_cfg(*args, **kwargs)  # the original, imported above
 
-    monkeypatch.setattr(teacher_baseline, "sample_with_cfg", counting)
+    monkeypatch.setattr(generation, "sample_with_cfg", counting)
     metrics = run(
         EvalConfig(cache=cache, student=str(root / "student"), out=str(root / "reuse"), steps=(1, STEPS),
                    teacher_spacing="store", grid_prompts=0, timing_calls=0, judge=False)

@@ -303,7 +303,6 @@ class ManifestFiles:
         self.needed = [*REQUIRED_COLUMNS, *ADDED_COLUMNS, *(checksum_column(field) for field in fields)]
         self.all_columns = all_columns
         self._tables: dict[str, pa.Table] = {}  # live files (not replaced by a file read): name -> rows
-        self._replaces: dict[str, frozenset[str]] = {}  # compacted file read -> the names it replaces
         self._replaced_by: dict[str, str] = {}  # name -> a compacted file read that replaces it
         self._listed: list[str] = []  # the names of the last listing (commit files, then compacted)
         self._sample_ids = CommittedIds()
@@ -372,7 +371,6 @@ class ManifestFiles:
                         f"{field!r} of writer {writer!r} than its other manifest files; the store is damaged"
                     )
         if read.replaces:
-            self._replaces[name] = read.replaces
             for replaced in read.replaces:
                 self._replaced_by.setdefault(replaced, name)
                 self._tables.pop(replaced, None)  # its rows are in this file
