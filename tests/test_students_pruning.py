@@ -176,3 +176,28 @@ def test_a_transformer_denoiser_is_refused():
 
     with pytest.raises(DistillCacheError, match="SD3Transformer2DModel: use --student full or lora"):
         prune_unet(tiny_sd3_pipeline().transformer, "base")
+
+
+@pytest.mark.parametrize("w_conditioned", [False, True])
+def test_a_pruned_student_is_the_pruned_unet_with_a_w_embedding_when_its_method_feeds_w(w_conditioned):
+    """build_student("pruned"): kind "pruned", the pruning record kept, a w-embedding (zero-initialised)
+    exactly when the method is w-conditioned, and so the output of prune_unet's model at any w."""
+    from student_train.students import build_student
+    from tests.student_store_fixture import tiny_train_config
+    from tests.tiny_models import LATENT_SHAPE, TEXT_DIM
+
+    pruned, record = prune_unet(tiny_unet(), "small")
+    config = tiny_train_config("unused", "unused", student="pruned", prune="small")
+    student = build_student("pruned", tiny_unet(), config, w_conditioned)
+    assert student.kind == "pruned" and student.pruning == record
+    assert student.w_conditioned == w_conditioned
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((2, *LATENT_SHAPE), generator=generator)
+    context = torch.randn((2, 5, TEXT_DIM), generator=generator)
+    t = torch.tensor([900, 100])
+    with torch.no_grad():
+        expected = pruned(x, t, encoder_hidden_states=context).sample
+        got = student.denoise(
+            x, t, {"encoder_hidden_states": context}, torch.tensor([2.0, 7.0]) if w_conditioned else None
+        )
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

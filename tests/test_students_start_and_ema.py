@@ -43,3 +43,53 @@ def test_ema_moves_by_one_minus_decay_towards_the_trained_weights():
     student.update_ema()
     for name, p in student.ema.named_parameters():
         torch.testing.assert_close(p, before[name] + 0.1, rtol=0, atol=1e-6)  # 0.9 old + 0.1 (old + 1)
+
+
+def test_a_denoiser_with_its_own_w_embedding_keeps_it():
+    """An --init student that was w-conditioned: its trained w projection is kept, not re-zeroed."""
+    import copy
+
+    from tests.tiny_models import LATENT_SHAPE, TEXT_DIM, tiny_unet
+
+    own = tiny_unet(time_cond_proj_dim=16)
+    with torch.no_grad():
+        own.time_embedding.cond_proj.weight.normal_(generator=torch.Generator().manual_seed(2))
+    reference = copy.deepcopy(own).eval()
+    student = build_student("full", own, tiny_train_config("unused", "unused", time_cond_proj_dim=16), True)
+    generator = torch.Generator().manual_seed(0)
+    x, context = (
+        torch.randn((2, *LATENT_SHAPE), generator=generator),
+        torch.randn((2, 5, TEXT_DIM), generator=generator),
+    )
+    t, w = torch.tensor([800, 50]), torch.tensor([1.5, 6.0])
+    with torch.no_grad():
+        expected = call_denoiser(reference, x, t, {"encoder_hidden_states": context}, w)
+        got = student.denoise(x, t, {"encoder_hidden_states": context}, w)
+        without_w = call_denoiser(reference, x, t, {"encoder_hidden_states": context}, torch.zeros(2))
+    assert not torch.allclose(expected, without_w, atol=1e-4)  # the w projection matters here
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_time_cond_proj_dim_zero_means_no_w_embedding_and_one_is_an_embedding(dim):
+    """--time-cond-proj-dim 0: the w-conditioned method's full student is the denoiser itself (no copy,
+    no w input); any positive size (1 too) adds the embedding."""
+    teacher = teacher_denoiser()
+    student = build_student(
+        "full", teacher, tiny_train_config("unused", "unused", time_cond_proj_dim=dim), True
+    )
+    assert student.w_conditioned == (dim > 0)
+    assert (student.model is teacher) == (dim == 0)
+    if dim:
+        assert student.model.time_embedding.cond_proj.in_features == dim
+
+
+def test_a_full_student_trains_every_weight_and_its_ema_is_a_frozen_copy():
+    teacher = teacher_denoiser()
+    student = build_student("full", teacher, tiny_train_config("unused", "unused"))
+    assert student.kind == "full" and student.model is teacher and student.model.training
+    assert student.trainable_parameters() == list(teacher.parameters())
+    assert student.ema is not teacher and not student.ema.training
+    assert not any(p.requires_grad for p in student.ema.parameters())
+    for (name, p), (ema_name, ema_p) in zip(teacher.named_parameters(), student.ema.named_parameters()):
+        assert name == ema_name and torch.equal(p, ema_p) and p.data_ptr() != ema_p.data_ptr()

@@ -1,0 +1,96 @@
+"""A LoRA student's adapter is the one the flags ask for: rank --lora-rank and scale --lora-alpha / rank
+(checked against the layer's output computed by hand, W x + alpha / r * B A x), only the adapter
+trains, the frozen base sits in --base-dtype and the adapter in float32, and the inputs (the nested
+conditioning too) reach the base in its dtype; a denoiser class without
+LoRA target modules is refused naming the supported ones."""
+
+import pytest
+import torch
+
+from shared.errors import DistillCacheError
+from student_train.students import build_student, lora_target_modules
+from student_train.students.denoiser import load_denoiser
+from student_train.students.student import cast_floating
+from tests.student_store_fixture import (  # noqa: F401 (one_torch_thread: autouse)
+    capture_batch,
+    one_torch_thread,
+    shared_capture,
+    tiny_train_config,
+)
+
+
+def denoiser():
+    return load_denoiser(str(shared_capture().teacher_dir))
+
+
+def test_the_adapter_has_the_flags_rank_and_scale_by_hand():
+    config = tiny_train_config("unused", "unused", lora_rank=2, lora_alpha=6)  # peft's defaults: r 8, alpha 8
+    student = build_student("lora", denoiser(), config)
+    layer = student.model.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert lora_a.shape == (2, layer.in_features) and lora_b.shape == (layer.out_features, 2)
+    with torch.no_grad():
+        lora_b.copy_(torch.randn(lora_b.shape, generator=torch.Generator().manual_seed(0)))  # B starts at 0
+        x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(1))
+        base = torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
+        expected = base + 3.0 * (x @ lora_a.T @ lora_b.T)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)  # alpha / r = 6 / 2
+
+
+@pytest.mark.parametrize("base_dtype, base_torch_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_only_the_adapter_trains_in_float32_over_a_base_in_the_base_dtype(base_dtype, base_torch_dtype):
+    student = build_student("lora", denoiser(), tiny_train_config("unused", "unused", base_dtype=base_dtype))
+    trainable = {name for name, p in student.model.named_parameters() if p.requires_grad}
+    adapter = {name for name, _ in student.model.named_parameters() if ".lora_" in name}
+    assert trainable == adapter and adapter
+    assert {p for p in student.trainable_parameters()} == {
+        p for name, p in student.model.named_parameters() if name in adapter
+    }
+    for name, param in student.model.named_parameters():
+        assert param.dtype == (torch.float32 if name in adapter else base_torch_dtype), name
+    assert student.input_dtype == base_torch_dtype
+
+
+def test_a_denoiser_class_without_target_modules_is_refused_naming_the_supported_ones():
+    with pytest.raises(DistillCacheError) as refused:
+        lora_target_modules(torch.nn.Linear(2, 2))
+    message = str(refused.value)
+    assert message == (
+        "--student lora has no target modules for a Linear denoiser (supported: "
+        "UNet2DConditionModel, SD3Transformer2DModel); train --student full"
+    )
+
+
+def test_the_conditioning_reaches_a_bf16_base_cast_floating_tensors_only_nested_too():
+    cond = {
+        "encoder_hidden_states": torch.tensor([[0.1, 1.0 / 3.0]]),
+        "added_cond_kwargs": {"time_ids": torch.tensor([[512.25, 7.0]]), "ids": torch.tensor([3, 4])},
+        "flag": True,
+    }
+    cast = cast_floating(cond, torch.bfloat16)
+    assert cast.keys() == cond.keys() and cast["added_cond_kwargs"].keys() == {"time_ids", "ids"}
+    assert (
+        cast["encoder_hidden_states"].dtype == cast["added_cond_kwargs"]["time_ids"].dtype == torch.bfloat16
+    )
+    assert torch.equal(cast["encoder_hidden_states"], torch.tensor([[0.1, 1.0 / 3.0]], dtype=torch.bfloat16))
+    assert torch.equal(
+        cast["added_cond_kwargs"]["time_ids"], torch.tensor([[512.0, 7.0]], dtype=torch.bfloat16)
+    )
+    assert cast["added_cond_kwargs"]["ids"].dtype == torch.int64 and cast["flag"] is True
+    assert cond["encoder_hidden_states"].dtype == torch.float32  # the caller's tensors are not changed
+
+
+def test_a_bf16_lora_student_starts_as_the_teacher_called_in_bf16():
+    batch = capture_batch(shared_capture(), [0, 1])
+    x_t, t = batch.fields["trajectory"][:, 3], torch.tensor([700, 300])
+    teacher = denoiser().to(torch.bfloat16)
+    with torch.no_grad():
+        expected = teacher(
+            x_t.to(torch.bfloat16),
+            t,
+            encoder_hidden_states=batch.cond["encoder_hidden_states"].to(torch.bfloat16),
+        ).sample.float()
+        student = build_student("lora", denoiser(), tiny_train_config("unused", "unused", base_dtype="bf16"))
+        got = student.denoise(x_t, t, batch.cond)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
