@@ -41,14 +41,18 @@ def small_writer(url, **options) -> StoreWriter:
     )
 
 
+def commit_small(writer: StoreWriter, indices) -> None:
+    """One commit of the samples `indices`, whether or not they are in the store already."""
+    arrays = {name: np.stack([small_arrays(index)[name] for index in indices]) for name in FIELDS}
+    writer.commit([small_row(index) for index in indices], arrays)
+
+
 def write_small(url, indices, batch_size: int = 4, **writer_options) -> StoreWriter:
     """Commit the samples `indices` not yet in the store, `batch_size` per commit."""
     writer = small_writer(url, **writer_options)
     indices = [index for index in indices if small_row(index)["sample_id"] not in writer.committed_ids]
     for start in range(0, len(indices), batch_size):
-        chunk = indices[start : start + batch_size]
-        arrays = {name: np.stack([small_arrays(index)[name] for index in chunk]) for name in FIELDS}
-        writer.commit([small_row(index) for index in chunk], arrays)
+        commit_small(writer, indices[start : start + batch_size])
     return writer
 
 

@@ -200,6 +200,11 @@ def shared_capture(
     )
 
 
+def teacher_denoiser():
+    """A fresh copy of the shared capture's teacher denoiser (the tiny UNet), loaded from its folder."""
+    return load_denoiser(str(shared_capture().teacher_dir))
+
+
 def capture_batch(capture: TeacherCapture, rows: list[int] | None = None):
     """The capture as a training Batch (student_train.data.batches.Batch), float32 on the CPU."""
     from student_train.data.batches import Batch

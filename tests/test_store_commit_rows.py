@@ -23,17 +23,13 @@ from tests.small_store import (
     SETTINGS,
     TEACHER,
     assert_small_reads_back,
+    commit_small,
     small_arrays,
     small_ids,
     small_row,
     small_writer,
     write_small,
 )
-
-
-def commit(writer: StoreWriter, indices) -> None:
-    arrays = {name: np.stack([small_arrays(index)[name] for index in indices]) for name in FIELDS}
-    writer.commit([small_row(index) for index in indices], arrays)
 
 
 def rows_by_index(url) -> dict[int, int]:
@@ -51,12 +47,12 @@ def rows_by_index(url) -> dict[int, int]:
 def test_each_commit_starts_on_the_first_row_of_a_fresh_shard(tmp_path):
     url = tmp_path / "store"
     writer = small_writer(url, writer_id="rank0")
-    commit(writer, range(0, 4))  # the first commit sets the shard size: 4 rows
-    commit(writer, range(4, 7))  # rows 4-6, shard 1 not full
-    commit(writer, range(7, 8))  # shard 2: row 8
-    commit(writer, range(8, 13))  # 5 rows: shards 3 and 4, rows 12-16
+    commit_small(writer, range(0, 4))  # the first commit sets the shard size: 4 rows
+    commit_small(writer, range(4, 7))  # rows 4-6, shard 1 not full
+    commit_small(writer, range(7, 8))  # shard 2: row 8
+    commit_small(writer, range(8, 13))  # 5 rows: shards 3 and 4, rows 12-16
     again = small_writer(url, writer_id="rank0")  # the same group reopened: after every shard used
-    commit(again, range(13, 15))
+    commit_small(again, range(13, 15))
     expected = {**{i: i for i in range(7)}, 7: 8, **{i: i + 4 for i in range(8, 13)}, 13: 20, 14: 21}
     assert rows_by_index(url) == expected
     assert_small_reads_back(StoreReader(url), range(15))
@@ -66,7 +62,7 @@ def test_one_row_commits_use_one_row_shards(tmp_path):
     url = tmp_path / "store"
     writer = small_writer(url, writer_id="single")
     for index in range(3):
-        commit(writer, [index])
+        commit_small(writer, [index])
     assert rows_by_index(url) == {0: 0, 1: 1, 2: 2}
     assert_small_reads_back(StoreReader(url), range(3))
 
@@ -88,7 +84,7 @@ def test_a_store_without_val_fraction_puts_a_tenth_in_val(tmp_path):
     url = tmp_path / "store"
     settings = {key: value for key, value in SETTINGS.items() if key != "val_fraction"}
     writer = StoreWriter(url, fingerprint=FINGERPRINT, teacher=TEACHER, settings=settings, fields=FIELDS)
-    commit(writer, range(40))
+    commit_small(writer, range(40))
     manifest = StoreReader(url).manifest
     ids = manifest.column("sample_id").to_pylist()
     assert manifest.column("split").to_pylist() == [split_for(sample_id, 0.1) for sample_id in ids]
@@ -106,7 +102,7 @@ def test_a_resume_reads_the_manifest_once_and_the_writer_continues_from_it(tmp_p
     writer = small_writer(url, manifest=manifest)
     assert writer.committed_ids is manifest.sample_ids()  # the files read once, not read again
     write_small(url, range(5, 8), batch_size=3)  # another writer
-    commit(writer, [8, 9])
+    commit_small(writer, [8, 9])
     assert set(writer.committed_ids) == set(small_ids(range(10)))
     assert_small_reads_back(StoreReader(url), range(10))
 
@@ -130,7 +126,7 @@ def test_the_manifest_file_holds_the_commits_rows_in_the_order_given(tmp_path):
     url = tmp_path / "store"
     writer = small_writer(url, writer_id="w")
     order = [5, 2, 9]
-    commit(writer, order)
+    commit_small(writer, order)
     (path,) = (url / "manifest").glob("w-*.parquet")
     table = pq.read_table(path)
     assert path.name.startswith("w-000000000000-")

@@ -6,7 +6,6 @@ reaching the store raises that error unchanged (only access errors become the on
     .venv/bin/python -m pytest tests/test_store_writer_after_a_crash.py -q
 """
 
-import numpy as np
 import pytest
 import zarr
 
@@ -17,17 +16,11 @@ from shared.store.paths import StoreLocation
 from tests.small_store import (
     FIELDS,
     assert_small_reads_back,
-    small_arrays,
+    commit_small,
     small_ids,
-    small_row,
     small_writer,
     write_small,
 )
-
-
-def commit(writer: StoreWriter, indices) -> None:
-    arrays = {name: np.stack([small_arrays(index)[name] for index in indices]) for name in FIELDS}
-    writer.commit([small_row(index) for index in indices], arrays)
 
 
 def rows_of(url, writer: str) -> dict[int, int]:
@@ -52,7 +45,7 @@ def test_a_group_with_only_some_arrays_gets_the_others_at_the_next_commit(tmp_pa
     store = location.zarr_store(read_only=False)
     # killed while creating its arrays: "latents" exists, "label" does not
     zarr_arrays.create_array(store, "w", "latents", FIELDS["latents"], 2, zarr_arrays.Compression())
-    commit(small_writer(url, writer_id="w"), [3, 4])
+    commit_small(small_writer(url, writer_id="w"), [3, 4])
     assert rows_of(url, "w") == {3: 0, 4: 1}
     assert_small_reads_back(StoreReader(url), range(5))
     assert verify_store(url) == []
@@ -63,7 +56,7 @@ def test_rows_resized_for_one_field_only_are_never_written_again(tmp_path):
     write_small(url, range(3), batch_size=3, writer_id="w")  # shards of 3 rows
     # killed after resizing "label" for a commit of rows 3-5, before the other field
     zarr.open_array(str(url / "groups" / "w" / "label"), mode="r+").resize((6,))
-    commit(small_writer(url, writer_id="w"), [3, 4])
+    commit_small(small_writer(url, writer_id="w"), [3, 4])
     assert rows_of(url, "w") == {0: 0, 1: 1, 2: 2, 3: 6, 4: 7}
     assert_small_reads_back(StoreReader(url), range(5))
 
@@ -77,7 +70,7 @@ def test_a_failure_that_is_not_an_access_error_is_raised_unchanged(tmp_path, mon
 
     monkeypatch.setattr(StoreWriter, "_publish_manifest", fail)
     with pytest.raises(RuntimeError, match="a bug, not the store"):
-        commit(writer, [2, 3])
+        commit_small(writer, [2, 3])
 
     def unreachable(*args):
         raise OSError("connection reset")
@@ -86,5 +79,5 @@ def test_a_failure_that_is_not_an_access_error_is_raised_unchanged(tmp_path, mon
     with pytest.raises(
         DistillCacheError, match="cannot write to store .*connection reset.*nothing of this batch"
     ):
-        commit(writer, [4, 5])
+        commit_small(writer, [4, 5])
     assert_small_reads_back(StoreReader(url), range(2))

@@ -14,10 +14,10 @@ from student_train.config import TrainConfig
 from student_train.data.randomness import SampleRandom
 from student_train.export import load_exported_student
 from student_train.sampling import load_student_scheduler, sample
-from tests.student_store_fixture import (  # noqa: F401 (autouse)
+from tests.student_store_fixture import (
     capture_batch,
-    one_torch_thread,
     shared_capture,
+    teacher_denoiser,  # noqa: F401 (autouse)
     tiny_train_config,
 )  # noqa: F401 (autouse)
 
@@ -116,13 +116,10 @@ def test_lora_export_reloads_every_adapter_with_its_trained_values(store, tmp_pa
     from safetensors.torch import load_file
 
     from student_train.students import build_lora
-    from student_train.students.denoiser import load_denoiser
 
     out = tmp_path / "lora"
     distill = train_tiny(store, out, method="lcm", student="lora")
-    trained = build_lora(
-        load_denoiser(str(shared_capture().teacher_dir)), TrainConfig(store, str(out), lora_rank=4), False
-    )
+    trained = build_lora(teacher_denoiser(), TrainConfig(store, str(out), lora_rank=4), False)
     adapted = {without_adapter_name(name) for name, _ in trained.model.named_parameters() if "lora_B" in name}
     saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
     for model in (load_exported_student(out)[0], stock_pipeline(out, distill).unet):

@@ -22,8 +22,8 @@ from student_train.export import distill_record, export_student, load_exported_s
 from student_train.export.folder import json_timesteps, takes_eta
 from student_train.sampling import student_scheduler
 from student_train.students import build_student
-from student_train.students.denoiser import call_denoiser, load_denoiser
-from tests.student_store_fixture import one_torch_thread, shared_capture, tiny_train_config  # noqa: F401
+from student_train.students.denoiser import call_denoiser
+from tests.student_store_fixture import one_torch_thread, shared_capture, teacher_denoiser, tiny_train_config  # noqa: F401
 from tests.tiny_models import LATENT_SHAPE, TEXT_DIM
 
 SUMMARY = {"steps": 0}
@@ -39,9 +39,7 @@ def reader():
 def record_of(method, student_kind="full", fixed_w=None, **flags):
     config = tiny_train_config("store-url", "unused", method=method, student=student_kind, **flags)
     w_conditioned = method in ("lcm", "tcd", "guidance")
-    student = build_student(
-        student_kind, load_denoiser(str(shared_capture().teacher_dir)), config, w_conditioned
-    )
+    student = build_student(student_kind, teacher_denoiser(), config, w_conditioned)
     student.fixed_w = fixed_w
     settings = reader().settings
     scheduler = student_scheduler(
@@ -140,7 +138,7 @@ def test_a_full_student_is_saved_in_the_save_dtype_and_read_back_by_stock_diffus
     tmp_path, save_dtype, dtype
 ):
     config = tiny_train_config("store-url", tmp_path, method="direct", save_dtype=save_dtype)
-    student = build_student("full", load_denoiser(str(shared_capture().teacher_dir)), config)
+    student = build_student("full", teacher_denoiser(), config)
     perturb(student.model.parameters())
     trained = {name: p.detach().clone() for name, p in student.model.named_parameters()}
     export_student(student, config, reader(), tmp_path, SUMMARY)
@@ -160,12 +158,12 @@ def test_a_full_student_is_saved_in_the_save_dtype_and_read_back_by_stock_diffus
 
 def test_a_lora_student_reloads_in_a_stock_pipeline_and_fused_with_its_own_outputs(tmp_path):
     config = tiny_train_config("store-url", tmp_path, method="lcm", student="lora", lora_rank=2, lora_alpha=6)
-    student = build_student("lora", load_denoiser(str(shared_capture().teacher_dir)), config)
+    student = build_student("lora", teacher_denoiser(), config)
     perturb(p for name, p in student.model.named_parameters() if "lora_B" in name)  # B starts at 0
     x, t, cond = inputs()
     with torch.no_grad():
         expected = student.denoise(x, t, cond)
-        teacher = call_denoiser(load_denoiser(str(shared_capture().teacher_dir)), x, t, cond)
+        teacher = call_denoiser(teacher_denoiser(), x, t, cond)
     assert not torch.allclose(expected, teacher, atol=1e-4)  # the adapter changes the output
     moved = reader()  # the store names a teacher folder that has since moved: --teacher gives it
     moved.teacher = {"source": str(tmp_path / "moved-teacher"), "revision": None}

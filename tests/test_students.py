@@ -5,17 +5,12 @@ import torch
 
 from student_train.data.randomness import SampleRandom
 from student_train.students import build_student
-from student_train.students.denoiser import load_denoiser
-from tests.student_store_fixture import (  # noqa: F401 (autouse)
+from tests.student_store_fixture import (
     capture_batch,
-    one_torch_thread,
     shared_capture,
+    teacher_denoiser,  # noqa: F401 (autouse)
     tiny_train_config,
 )
-
-
-def denoiser():
-    return load_denoiser(str(shared_capture().teacher_dir))
 
 
 def lora_weights(student) -> dict[str, torch.Tensor]:
@@ -23,11 +18,15 @@ def lora_weights(student) -> dict[str, torch.Tensor]:
 
 
 def test_lora_student_adapts_the_denoiser_in_place_with_a_seeded_init():
-    base = denoiser()
+    base = teacher_denoiser()
     student = build_student("lora", base, tiny_train_config("unused", "unused", seed=3))
     assert student.model is base  # no second copy of the base weights (an SD1.5 UNet is 3.4 GB)
-    again = lora_weights(build_student("lora", denoiser(), tiny_train_config("unused", "unused", seed=3)))
-    other = lora_weights(build_student("lora", denoiser(), tiny_train_config("unused", "unused", seed=4)))
+    again = lora_weights(
+        build_student("lora", teacher_denoiser(), tiny_train_config("unused", "unused", seed=3))
+    )
+    other = lora_weights(
+        build_student("lora", teacher_denoiser(), tiny_train_config("unused", "unused", seed=4))
+    )
     ours = lora_weights(student)
     assert ours and ours.keys() == again.keys()
     assert all(torch.equal(ours[name], again[name]) for name in ours)
@@ -42,7 +41,7 @@ def test_gradient_checkpointing_keeps_the_gradients():
     grads = []
     for checkpointing in (False, True):
         config = tiny_train_config("unused", "unused", gradient_checkpointing=checkpointing)
-        student = build_student("lora", denoiser(), config)
+        student = build_student("lora", teacher_denoiser(), config)
         assert student.model.is_gradient_checkpointing == checkpointing
         calls = []  # a pre-hook: the recompute stops early, before a forward hook would fire
         student.model.down_blocks[0].resnets[0].register_forward_pre_hook(

@@ -9,23 +9,18 @@ import torch
 
 from shared.errors import DistillCacheError
 from student_train.students import build_student, lora_target_modules
-from student_train.students.denoiser import load_denoiser
 from student_train.students.student import cast_floating
-from tests.student_store_fixture import (  # noqa: F401 (one_torch_thread: autouse)
+from tests.student_store_fixture import (
     capture_batch,
-    one_torch_thread,
     shared_capture,
+    teacher_denoiser,  # noqa: F401 (one_torch_thread: autouse)
     tiny_train_config,
 )
 
 
-def denoiser():
-    return load_denoiser(str(shared_capture().teacher_dir))
-
-
 def test_the_adapter_has_the_flags_rank_and_scale_by_hand():
     config = tiny_train_config("unused", "unused", lora_rank=2, lora_alpha=6)  # peft's defaults: r 8, alpha 8
-    student = build_student("lora", denoiser(), config)
+    student = build_student("lora", teacher_denoiser(), config)
     layer = student.model.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     assert lora_a.shape == (2, layer.in_features) and lora_b.shape == (layer.out_features, 2)
@@ -39,7 +34,9 @@ def test_the_adapter_has_the_flags_rank_and_scale_by_hand():
 
 @pytest.mark.parametrize("base_dtype, base_torch_dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_only_the_adapter_trains_in_float32_over_a_base_in_the_base_dtype(base_dtype, base_torch_dtype):
-    student = build_student("lora", denoiser(), tiny_train_config("unused", "unused", base_dtype=base_dtype))
+    student = build_student(
+        "lora", teacher_denoiser(), tiny_train_config("unused", "unused", base_dtype=base_dtype)
+    )
     trainable = {name for name, p in student.model.named_parameters() if p.requires_grad}
     adapter = {name for name, _ in student.model.named_parameters() if ".lora_" in name}
     assert trainable == adapter and adapter
@@ -83,14 +80,16 @@ def test_the_conditioning_reaches_a_bf16_base_cast_floating_tensors_only_nested_
 def test_a_bf16_lora_student_starts_as_the_teacher_called_in_bf16():
     batch = capture_batch(shared_capture(), [0, 1])
     x_t, t = batch.fields["trajectory"][:, 3], torch.tensor([700, 300])
-    teacher = denoiser().to(torch.bfloat16)
+    teacher = teacher_denoiser().to(torch.bfloat16)
     with torch.no_grad():
         expected = teacher(
             x_t.to(torch.bfloat16),
             t,
             encoder_hidden_states=batch.cond["encoder_hidden_states"].to(torch.bfloat16),
         ).sample.float()
-        student = build_student("lora", denoiser(), tiny_train_config("unused", "unused", base_dtype="bf16"))
+        student = build_student(
+            "lora", teacher_denoiser(), tiny_train_config("unused", "unused", base_dtype="bf16")
+        )
         got = student.denoise(x_t, t, batch.cond)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=0, atol=0)

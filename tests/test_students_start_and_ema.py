@@ -5,17 +5,13 @@ import pytest
 import torch
 
 from student_train.students import build_student
-from student_train.students.denoiser import call_denoiser, load_denoiser
-from tests.student_store_fixture import (  # noqa: F401 (autouse)
+from student_train.students.denoiser import call_denoiser
+from tests.student_store_fixture import (
     capture_batch,
-    one_torch_thread,
     shared_capture,
+    teacher_denoiser,  # noqa: F401 (autouse)
     tiny_train_config,
 )
-
-
-def teacher_denoiser():
-    return load_denoiser(str(shared_capture().teacher_dir))
 
 
 @pytest.mark.parametrize("kind, w_conditioned", [("full", False), ("full", True), ("lora", False)])

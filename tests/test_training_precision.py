@@ -16,22 +16,17 @@ from student_train.data.batches import TrainingData
 from student_train.export import load_exported_student
 from student_train.losses import METHODS
 from student_train.students import build_student
-from student_train.students.denoiser import load_denoiser
 from student_train.training.optimizer import build_optimizer
-from tests.student_store_fixture import (  # noqa: F401 (autouse)
+from tests.student_store_fixture import (
     capture_batch,
     method_settings,
-    one_torch_thread,
     shared_capture,
+    teacher_denoiser,  # noqa: F401 (autouse)
     tiny_train_config,
 )
 
 STUDENT_KINDS = ("full", "lora")
 KIND_SETTINGS = {"full": {}, "lora": dict(base_dtype="bf16"), "pruned": dict(prune="small")}
-
-
-def teacher_denoiser():
-    return load_denoiser(str(shared_capture().teacher_dir))
 
 
 @pytest.mark.parametrize("base_dtype, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
