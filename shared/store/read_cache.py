@@ -133,7 +133,9 @@ class ShardCache:
             try:
                 found = self.location.call(f"read {key}", download)
                 if found:
-                    self.downloaded_bytes += os.path.getsize(temporary)
+                    size = os.path.getsize(temporary)
+                    with self._guard:  # downloads of other shards add to it from other threads
+                        self.downloaded_bytes += size
                     os.replace(temporary, path)
             finally:
                 if os.path.exists(temporary):
