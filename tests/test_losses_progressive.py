@@ -51,6 +51,9 @@ def test_rounds_halve_the_step_count_down_to_k():
     loss = ProgressiveLoss(schedule_of(settings), [0.0] * 51, "epsilon", Distance(), 4, total_train_steps=400)
     assert loss.jumps == [2, 4, 8, 16]
     assert [loss.jump_at(step) for step in (0, 99, 100, 250, 399)] == [2, 2, 4, 8, 16]
+    # a 5-step grid (6 points) to 2 steps: 5 -> 3 -> 2 student steps, by hand: jumps of 2, then 4
+    five = ProgressiveLoss(schedule_of(settings), [0.0] * 6, "epsilon", Distance(), 2, total_train_steps=2)
+    assert five.jumps == [2, 4]
 
 
 def test_loss_is_weighted_and_zero_for_a_perfect_student():
@@ -86,5 +89,9 @@ def test_loss_is_weighted_and_zero_for_a_perfect_student():
     z_t = batch.fields["trajectory"][torch.arange(6), start]
     z_next = batch.fields["trajectory"][torch.arange(6), start + 1]
     target = x_target(z_t, alpha_t, sigma_t, z_next, *schedule.alpha_sigma(torch.tensor(grid)[start + 1]))
-    expected = snr.clamp(min=1) * (z_t / alpha_t.view(-1, 1, 1, 1) - target).square().flatten(1).mean(1)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    distance = (z_t / alpha_t.view(-1, 1, 1, 1) - target).square().flatten(1).mean(1)
+    torch.testing.assert_close(got, snr.clamp(min=1) * distance, rtol=1e-4, atol=1e-5)
+
+    v_loss = ProgressiveLoss(schedule, grid, "epsilon", Distance("l2"), 10, 1, weighting="snr_plus_one")
+    got = v_loss(ZeroStudent(), batch, SampleRandom(0, 0, batch.sample_ids), step=0)  # the v-loss weighting
+    torch.testing.assert_close(got, (snr + 1) * distance, rtol=1e-4, atol=1e-5)
