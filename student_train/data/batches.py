@@ -5,7 +5,7 @@ block of rows), each distinct row once (held_fields.py: the conditioning of ever
 stored once). loader="stream" reads each micro-batch from the store when it is needed (one batched
 read per field, made in a reader thread while the previous batch trains): memory is a few batches
 whatever the cache's size — an SD1.5 lcm row (trajectory + cond/uncond outputs, float16) is ~5 MB,
-so a 10k-row cache would not fit in RAM — but each batch pays the store's per-read cost (~1-2.5 ms
+so a 10k-row cache would not fit in RAM — but each batch pays the store's per-read cost (~2-4 ms
 per row and field: more than a tiny denoiser's step). loader="auto" holds the fields that fit, the
 cheapest first, in the teacher's weights (settings["teacher_nbytes"]: denoiser, text encoders, VAE),
 which a training run with the teacher in its loop holds and this one never loads, and streams the
