@@ -23,7 +23,8 @@ endif
 FAMILY ?= sd
 # RECIPE=lcm: the recommended LCM-LoRA recipe (docs/training.md, "The lcm recipe"): a cache of one
 # noised point per row on the coloured digits (504 prompts x 16 seeds, 2 teacher passes per row),
-# then an lcm LoRA (r 64) trained 500 updates of 16 from it. RECIPE=direct (default): the full cache.
+# then an lcm LoRA (r 64) trained 500 updates of 16 from it, the store's 24 MiB in memory (measured no
+# bigger than the teacher-in-the-loop run: docs/benchmarks.md). RECIPE=direct (default): the full cache.
 RECIPE ?= direct
 ifeq ($(RECIPE),lcm)
 CACHE ?= $(RUNS)/cache_lcm
@@ -31,7 +32,7 @@ STUDENT ?= $(RUNS)/student_lcm
 EVAL ?= $(RUNS)/eval_lcm
 CACHE_RUN_ARGS ?= --fields noised,cond --images digits --seeds-per-prompt 16 --noised-points-per-sample 1 \
 	--batch-size 64 --threads 1
-RECIPE_TRAIN_ARGS := --method lcm --student lora --train-steps 500 --w-min 2 --w-max 6
+RECIPE_TRAIN_ARGS := --method lcm --student lora --train-steps 500 --w-min 2 --w-max 6 --loader memory
 else ifneq ($(RECIPE),direct)
 $(error RECIPE=$(RECIPE): choose direct or lcm)
 endif

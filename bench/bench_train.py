@@ -157,7 +157,7 @@ def store_batches(settings: BenchSettings, config, reader, device, loader: str):
     data = TrainingData(reader, get_method(config.method).fields(config), split="all", loader=loader)
     steps = range(settings.warmup_steps + settings.timed_steps)
     schedule = (rows_for_micro_step(len(data), settings.batch_size, settings.seed, step) for step in steps)
-    return data.batches(schedule, device), [data.preloaded or {}]
+    return data.batches(schedule, device), [{name: held.values for name, held in data.held.items()}]
 
 
 def online_prompts(step: int, batch_size: int, seed: int) -> list[str]:

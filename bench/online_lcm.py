@@ -31,7 +31,7 @@ class OnlineNoisedPoints:
     Positions index the digits' training prompts (504); the k-th batch's samples get the ids
     "online-{seed}-{k}-{j}", which seed their image, timestep, noise and VAE sample: fresh every step."""
 
-    in_memory = False
+    placement = "made by the teacher in the loop"
     nbytes = 0
 
     def __init__(self, pipe, settings: dict, seed: int = 0):

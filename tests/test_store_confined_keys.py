@@ -113,3 +113,21 @@ def test_a_store_whose_root_is_reached_through_a_link_reads_its_own_files(tmp_pa
     (tmp_path / "alias").symlink_to(tmp_path / "real")  # the root itself may be a link: only keys are checked
     store = ConfinedLocalStore(tmp_path / "alias", read_only=True)
     assert asyncio.run(store.get("zarr.json", PROTOTYPE)).to_bytes() == b"{}"
+
+
+def test_a_file_is_checked_at_every_read_and_its_folders_once(tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    (root / "groups" / "w").mkdir(parents=True)
+    for name in ("a", "b", "target"):
+        (root / "groups" / "w" / name).write_bytes(name.encode())
+    store = ConfinedLocalStore(root, read_only=True)
+    resolved = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda path: resolved.append(path) or realpath(path))
+    for key in ("groups/w/a", "groups/w/b", "groups/w/a"):
+        assert asyncio.run(store.get(key, PROTOTYPE)).to_bytes() == key[-1].encode()
+    assert resolved == [str(root / "groups" / "w" / "a")]  # the folder chain once, for the first file
+    (root / "groups" / "w" / "b").unlink()
+    (root / "groups" / "w" / "b").symlink_to(root / "groups" / "w" / "target")  # a link where a file was
+    with pytest.raises(DistillCacheError, match="'groups/w/b' is a symbolic link"):
+        asyncio.run(store.get("groups/w/b", PROTOTYPE))

@@ -5,12 +5,12 @@ import dataclasses
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from shared.errors import DistillCacheError
 from shared.store import StoreReader
-from student_train.data import batches
 from student_train.data.batches import TrainingData, rows_for_micro_step
 from tests.student_store_fixture import one_torch_thread, shared_capture, write_capture_store  # noqa: F401
 
@@ -46,7 +46,7 @@ def test_streamed_batches_read_only_their_rows_ahead_of_use_in_a_reader_thread(s
 def test_streamed_and_preloaded_batches_are_equal(store):
     streamed = TrainingData(StoreReader(store), FIELDS, split="all", loader="stream")
     preloaded = TrainingData(StoreReader(store), FIELDS, split="all", loader="memory")
-    assert set(preloaded.preloaded) == {*FIELDS, "cond.encoder_hidden_states"}
+    assert set(preloaded.held) == {*FIELDS, "cond.encoder_hidden_states"} and not preloaded.streamed
     positions = schedule(streamed, range(6))  # 6 x 4 samples of 6 rows: epoch boundaries inside batches
     for ours, theirs in zip(
         streamed.batches(positions, "cpu"), preloaded.batches(positions, "cpu"), strict=True
@@ -67,27 +67,27 @@ def test_batches_hold_the_rows_of_the_manifest(store):
     assert torch.equal(batch.fields["out_cond"], capture.arrays["out_cond"][positions].float())
 
 
-def test_auto_loader_keeps_small_splits_in_memory_and_streams_big_ones(store, monkeypatch):
-    reader = StoreReader(store)
-    small = TrainingData(reader, FIELDS, split="all", loader="auto")
-    assert small.in_memory and small.nbytes == sum(
-        len(small) * reader.fields[n].sample_nbytes for n in small.names
+def test_auto_loader_holds_a_split_that_fits_in_the_teachers_weights_and_streams_a_bigger_one(tmp_path):
+    """auto: every field held while their bytes held (distinct rows x row bytes + an int64 index per
+    row, computed here from the capture's arrays) fit in the teacher's weights (settings teacher_nbytes,
+    what a run with the teacher in its loop holds); a byte less and a field is streamed."""
+    capture = shared_capture()
+    names = (*FIELDS, "cond.encoder_hidden_states")
+    rows = len(capture.rows)
+    held_bytes = sum(
+        len(np.unique(capture.arrays[name].numpy().reshape(rows, -1), axis=0))
+        * capture.arrays[name][0].numel() * 4  # float32 as written
+        + 8 * rows
+        for name in names
     )
-    monkeypatch.setattr(batches, "MEMORY_LOADER_LIMIT", small.nbytes - 1)
-    assert not TrainingData(reader, FIELDS, split="all", loader="auto").in_memory
+    for budget, in_memory in ((held_bytes, True), (held_bytes - 1, False)):
+        reader = StoreReader(store_with(capture, tmp_path / f"budget{budget}", budget))
+        data = TrainingData(reader, FIELDS, split="all", loader="auto")
+        assert data.in_memory is in_memory and len(data.held) == len(names) - (not in_memory)
     assert TrainingData(reader, FIELDS, split="all", loader="memory").in_memory
+    assert not TrainingData(reader, FIELDS, split="all", loader="stream").held
     with pytest.raises(DistillCacheError, match="unknown --loader 'ram'; valid: auto, memory, stream"):
         TrainingData(reader, FIELDS, split="all", loader="ram")
-
-
-def test_auto_loader_keeps_a_split_in_memory_only_up_to_the_teachers_weights(tmp_path):
-    """auto: in memory while the split is no bigger than the teacher's weights (settings teacher_nbytes,
-    what a run with the teacher in its loop holds), streamed above."""
-    capture = shared_capture()
-    split_bytes = TrainingData(StoreReader(store_with(capture, tmp_path / "probe", 0)), FIELDS, "all").nbytes
-    for budget, in_memory in ((split_bytes, True), (split_bytes - 1, False)):
-        reader = StoreReader(store_with(capture, tmp_path / f"budget{budget}", budget))
-        assert TrainingData(reader, FIELDS, split="all", loader="auto").in_memory is in_memory
 
 
 def store_with(capture, url, teacher_nbytes: int) -> str:

@@ -79,7 +79,7 @@ def test_cached_fields_are_read_in_their_stored_dtype(tmp_path):
     preloaded = TrainingData(reader, ("noise",), loader="memory")
     streamed = TrainingData(reader, ("noise",), loader="stream")
     positions = torch.tensor([4, 1])
-    assert all(values.dtype == torch.float16 for values in preloaded.preloaded.values())  # kept as stored
+    assert all(held.values.dtype == torch.float16 for held in preloaded.held.values())  # kept as stored
     assert all(values.dtype == torch.float16 for values in streamed.read(positions).values())
     for data in (preloaded, streamed):
         batch = data.batch(positions, "cpu")  # cast to float32 once, on the device

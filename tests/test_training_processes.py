@@ -91,6 +91,10 @@ class RecordingReader:
         self.rows_read.update(int(r) for r in rows)
         return self.reader.read(field, rows, steps)
 
+    def read_stored(self, field, rows, steps=None):
+        self.rows_read.update(int(r) for r in rows)
+        return self.reader.read_stored(field, rows, steps)
+
 
 @pytest.mark.parametrize("loader", ["memory", "stream"])
 def test_each_process_reads_only_its_own_rows(store, loader):

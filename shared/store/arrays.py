@@ -227,6 +227,19 @@ def gather(awaitables: Sequence[Awaitable]) -> list:
     return sync(run_all())
 
 
+def chunk_runs(sorted_rows: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
+    """[(start, stop), ...] covering sorted unique row numbers, each chunk of `chunk_rows` rows in one
+    slice: a run that starts in the chunk where the previous one ends is read with it (Zarr's cost is
+    per read, ~2-3 ms, and the rows between them are decoded anyway)."""
+    runs: list[tuple[int, int]] = []
+    for start, stop in contiguous_runs(sorted_rows):
+        if runs and start // chunk_rows == (runs[-1][1] - 1) // chunk_rows:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((start, stop))
+    return runs
+
+
 def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
     """[(start, stop), ...] covering sorted unique row numbers with as few slices as possible."""
     if len(sorted_rows) == 0:

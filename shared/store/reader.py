@@ -125,6 +125,11 @@ class StoreReader:
         rows = self._check_rows(rows)
         return rows[np.lexsort((self._rows[rows], self._writer_codes[rows]))]
 
+    def distinct_rows(self, field: str, rows: Sequence[int]) -> int:
+        """How many distinct values `field` takes over `rows`, counted by the manifest's checksums (rows
+        with equal bytes have equal checksums), without reading the arrays."""
+        return len(np.unique(self._checksums(field)[self._check_rows(rows)]))
+
     def read(self, field: str, rows: Sequence[int], steps: Sequence[int] | None = None) -> torch.Tensor:
         """(len(rows), *shape), or with `steps` (len(rows), len(steps), *shape[1:]); the field's real dtype."""
         return from_storage(self.read_stored(field, rows, steps), self.fields[field].dtype)
@@ -155,7 +160,7 @@ class StoreReader:
             physical = self._rows[rows[positions]]
             order = np.argsort(physical, kind="stable")
             array = self._array(self._writers[code], field)
-            for start, stop in zarr_arrays.contiguous_runs(np.unique(physical)):
+            for start, stop in zarr_arrays.chunk_runs(np.unique(physical), array.chunks[0]):
                 requests.append(array.getitem((slice(start, stop), *step_slice)))
                 taken = order[
                     np.searchsorted(physical[order], start) : np.searchsorted(physical[order], stop)
@@ -195,7 +200,7 @@ class StoreReader:
     ):
         """Refuse a run of rows read whose CRC-32C differs from its manifest row's."""
         unique_offsets, first = np.unique(offsets, return_index=True)
-        whole_run = len(unique_offsets) == len(values)  # every row read is wanted: no copy to check them
+        whole_run = len(unique_offsets) == len(values)  # else the run holds rows between those asked for
         actual = np.asarray(row_checksums(values if whole_run else values[unique_offsets]), dtype=np.int64)
         expected = self._checksums(field)[manifest_rows[first]]
         bad = manifest_rows[first][actual != expected]

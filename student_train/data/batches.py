@@ -1,16 +1,18 @@
 """Store -> batches of tensors on the training device, from memory or streamed from the store.
 
-loader="memory" reads the split's fields into host memory once (in their stored dtypes; one batched
-read per field). loader="stream" reads each micro-batch from the store when it is needed (one batched
+loader="memory" holds the split's fields in host memory, read once (one batched read per field and
+block of rows), each distinct row once (held_fields.py: the conditioning of every seed of a prompt is
+stored once). loader="stream" reads each micro-batch from the store when it is needed (one batched
 read per field, made in a reader thread while the previous batch trains): memory is a few batches
 whatever the cache's size — an SD1.5 lcm row (trajectory + cond/uncond outputs, float16) is ~5 MB,
-so a 10k-row cache would not fit in RAM — but each batch pays the store's per-read cost (~1 ms per
-row and field: more than a tiny denoiser's step). loader="auto" keeps the split in memory when it
-takes no more bytes than the teacher's weights (settings["teacher_nbytes"]: denoiser, text encoders,
-VAE), which a training run with the teacher in its loop holds and this one never loads, so the
-cached run is never the bigger process for its data; it streams a bigger split (stores written
-before the size was recorded: MEMORY_LOADER_LIMIT). Either way values stay in their stored dtype
-(float16 stays float16) until they are on the device, where they are cast to float32 once.
+so a 10k-row cache would not fit in RAM — but each batch pays the store's per-read cost (~2-4 ms
+per row and field: more than a tiny denoiser's step). loader="auto" holds the fields that fit, the
+cheapest first, in the teacher's weights (settings["teacher_nbytes"]: denoiser, text encoders, VAE),
+which a training run with the teacher in its loop holds and this one never loads, and streams the
+others: the cached run is never the bigger process for its data, and each field held is one read
+less per batch (stores written before the size was recorded: MEMORY_LOADER_LIMIT). Either way values
+stay in their stored dtype (float16 stays float16) until they are on the device, where they are cast
+to float32 once.
 
 The order of samples is a function of (seed, position) only — stream position p goes to epoch
 p // N, slot p % N of that epoch's permutation (`rows_at_positions`; which positions each process
@@ -33,6 +35,7 @@ import torch
 
 from shared.errors import DistillCacheError
 from student_train.config import LOADERS
+from student_train.data.held_fields import held_nbytes, hold_field
 from student_train.students.denoiser import nest_conditioning
 
 # Store field -> the `teacher-cache run --fields` group that writes it ("name.*": every field named so).
@@ -85,17 +88,18 @@ class TrainingData:
         self.guidance_scale = torch.tensor([float(guidance[r]) for r in self.rows])  # (N,)
         # The positions (indices into the split) this process will read; None: all of them.
         self.needed = None if needed is None or len(needed) == len(self.rows) else sorted(needed)
-        self.in_memory = uses_memory(loader, self.nbytes, memory_budget(reader.settings))
-        self.preloaded, self.slot_of = None, None
-        if self.in_memory:
-            kept = self.rows if self.needed is None else [self.rows[i] for i in self.needed]
-            self.preloaded = {name: reader.read(name, kept) for name in self.names}
-            if self.needed is not None:
-                self.slot_of = torch.full((len(self.rows),), -1, dtype=torch.long)
-                self.slot_of[self.needed] = torch.arange(len(self.needed))
+        positions = list(range(len(self.rows))) if self.needed is None else self.needed
+        kept_rows = [self.rows[i] for i in positions]
+        held = fields_to_hold(loader, reader, self.names, kept_rows, len(self.rows))
+        self.held = {name: hold_field(reader, name, kept_rows, positions, len(self.rows)) for name in held}
+        self.streamed = tuple(name for name in self.names if name not in self.held)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def in_memory(self) -> bool:
+        return not self.streamed
 
     @property
     def nbytes(self) -> int:
@@ -103,14 +107,23 @@ class TrainingData:
         count = len(self.rows) if self.needed is None else len(self.needed)
         return sum(count * self.reader.fields[name].sample_nbytes for name in self.names)
 
+    @property
+    def placement(self) -> str:
+        """Where the batches come from, for the run's first line."""
+        if not self.held:
+            return "streamed"
+        mib = sum(held.nbytes for held in self.held.values()) / 2**20
+        if not self.streamed:
+            return f"in memory: {mib:.1f} MiB"
+        return f"{', '.join(self.held)} in memory ({mib:.1f} MiB), {', '.join(self.streamed)} streamed"
+
     def read(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
         """{field: (B, ...)} of the split's rows at `positions`, in the stored dtypes, on the host."""
-        if self.preloaded is not None:
-            slots = positions if self.slot_of is None else self.slot_of[positions]
-            assert bool((slots >= 0).all()), "a position outside `needed` was read"
-            return {name: values[slots] for name, values in self.preloaded.items()}
-        rows = [self.rows[i] for i in positions.tolist()]
-        return {name: self.reader.read(name, rows) for name in self.names}
+        rows = [self.rows[i] for i in positions.tolist()] if self.streamed else []
+        return {
+            name: self.held[name].take(positions) if name in self.held else self.reader.read(name, rows)
+            for name in self.names
+        }
 
     def batch(self, positions: torch.Tensor, device: torch.device | str) -> Batch:
         return self.on_device(positions, self.read(positions), device)
@@ -140,14 +153,27 @@ class TrainingData:
 
 
 def memory_budget(settings: dict) -> int:
-    """Bytes of a split that loader="auto" keeps in memory: the teacher's weights, as phase one recorded them."""
+    """Bytes of a split that loader="auto" holds in memory: the teacher's weights, as phase one recorded them."""
     return int(settings.get("teacher_nbytes", MEMORY_LOADER_LIMIT))
 
 
-def uses_memory(loader: str, nbytes: int, budget: int) -> bool:
+def fields_to_hold(
+    loader: str, reader, names: tuple[str, ...], rows: list[int], count: int
+) -> tuple[str, ...]:
+    """The fields held in memory: all (memory), none (stream), or (auto) the cheapest to hold, in
+    that order, while their total stays within the budget; each one held is a read less per batch."""
     if loader not in LOADERS:
         raise DistillCacheError(f"unknown --loader {loader!r}; valid: {', '.join(LOADERS)}")
-    return loader == "memory" or (loader == "auto" and nbytes <= budget)
+    if loader != "auto":
+        return names if loader == "memory" else ()
+    costs = {name: held_nbytes(reader, name, rows, count) for name in names}
+    budget, held = memory_budget(reader.settings), []
+    for name in sorted(names, key=costs.__getitem__):
+        if costs[name] > budget:
+            break
+        budget -= costs[name]
+        held.append(name)
+    return tuple(held)
 
 
 def check_fields(reader, method_name: str, needed: tuple[str, ...]) -> None:

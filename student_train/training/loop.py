@@ -123,7 +123,7 @@ class TrainLog:
 
 def train(config: TrainConfig, data=None) -> Path:
     """Train and export; `data` replaces the store's batches with another source of the same shape
-    (len, batches(schedule, device), in_memory, nbytes), e.g. bench/online_lcm.py's teacher in the loop."""
+    (len, batches(schedule, device), placement, nbytes), e.g. bench/online_lcm.py's teacher in the loop."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -216,12 +216,11 @@ def train(config: TrainConfig, data=None) -> Path:
         accelerator.load_state(str(resume_from))
     log = TrainLog(out / "logs" / "train_log.csv", accelerator.is_main_process, start_step)
     if accelerator.is_main_process:
-        where = "in memory" if data.in_memory else "streamed"
         kind = config.student + (f" {config.prune}" if config.student == "pruned" else "")
         start = f"--init {config.init}" if config.init else f"denoiser of {source}"
         print(
             f"student-train: {config.method}/{kind} from {config.cache}: {len(data)} {config.split} rows "
-            f"({data.nbytes / 2**20:.0f} MiB read by each process, {where}), {start}; "
+            f"({data.nbytes / 2**20:.0f} MiB read by each process; {data.placement}), {start}; "
             f"{config.train_steps} updates of {config.batch_size} x {config.grad_accum} x "
             f"{accelerator.num_processes} processes on {accelerator.device}"
             + (f", resumed at {start_step}" if start_step else "")
