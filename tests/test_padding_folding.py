@@ -169,3 +169,43 @@ def test_a_direct_loss_on_the_sd3_store_is_the_stock_loss():
         value.mean().backward()
     for ours, theirs in zip(folded.model.parameters(), plain.model.parameters()):
         torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_two_shared_zero_tokens_are_the_fewest_that_fold(transformer):
+    student = make_student("full", transformer)
+    reference = stock(student.model)
+    seen = context_lengths(student.model)
+    x_t, timesteps, cond = inputs(padding=2)
+    output = student.denoise(x_t, timesteps, cond)
+    assert seen == [CLIP_TOKENS + 1]  # 16 CLIP tokens + 1 padding token counted twice
+    expected = reference(hidden_states=x_t, timestep=timesteps, **cond, return_dict=False)[0]
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_unet_student_never_folds_its_context():
+    """UNets keep their stock cross-attention: a context ending in zero tokens reaches them whole,
+    whether the student comes from build_student or from build_full alone."""
+    from student_train.students.denoiser import call_denoiser
+    from student_train.students.student import build_full
+    from tests.tiny_models import TEXT_DIM, tiny_unet
+
+    generator = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, 4, 8, 8, generator=generator)
+    context = torch.cat(
+        [torch.randn(2, 3, TEXT_DIM, generator=generator), torch.zeros(2, 4, TEXT_DIM)], dim=1
+    )
+    cond, timesteps = {"encoder_hidden_states": context}, torch.tensor([900, 300])
+    with torch.no_grad():
+        expected = call_denoiser(tiny_unet(), x_t, timesteps, cond)
+        for student in (
+            build_student("full", tiny_unet(), SETTINGS),
+            build_full(tiny_unet(), SETTINGS, False),
+        ):
+            assert not student.folds_padding
+            seen = []
+            student.model.down_blocks[0].attentions[0].transformer_blocks[0].attn2.register_forward_pre_hook(
+                lambda module, args, kwargs, seen=seen: seen.append(kwargs["encoder_hidden_states"].shape[1]),
+                with_kwargs=True,
+            )
+            torch.testing.assert_close(student.denoise(x_t, timesteps, cond), expected, rtol=0, atol=0)
+            assert seen == [7]

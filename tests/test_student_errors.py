@@ -1,8 +1,13 @@
-"""Bad input to `student-train run`: one clear line, exit status 2, nothing written."""
+"""Bad input to `student-train run`: one clear line, exit status 2, nothing written; and
+`check_student_settings` by hand: which --student / --lora-rank / --base-dtype combinations are refused
+(word for word) and which pass (rank 1 is a LoRA rank; only LoRA reads the rank; only LoRA's frozen
+base takes a low-precision dtype)."""
 
 import pytest
 
+from shared.errors import DistillCacheError
 from student_train.cli import main
+from student_train.students import check_student_settings
 from tests.student_store_fixture import one_torch_thread, shared_capture, write_capture_store  # noqa: F401 (autouse)
 
 
@@ -95,3 +100,50 @@ def test_resume_from_a_checkpoint_of_another_run(stores, tmp_path, capsys):
         capsys, *common, "--train-steps", "1", "--batch-size", "2", "--num-student-steps", "1"
     )
     assert status == 2 and "pass --resume to continue it" in error
+
+
+@pytest.mark.parametrize(
+    "kind, rank, base_dtype",
+    [
+        ("lora", 1, "fp32"),
+        ("lora", 64, "bf16"),
+        ("lora", 2, "fp16"),
+        ("full", 0, "fp32"),
+        ("pruned", -1, "fp32"),
+    ],
+)
+def test_valid_settings_pass(kind, rank, base_dtype):
+    assert check_student_settings(kind, rank, base_dtype) is None
+
+
+def test_the_base_dtype_defaults_to_fp32():
+    check_student_settings("full", 0)  # would be refused for a full student if the default were not fp32
+
+
+@pytest.mark.parametrize(
+    "kind, rank, base_dtype, message",
+    [
+        ("half", 4, "fp32", "unknown --student 'half'; valid: full, lora, pruned"),
+        ("lora", 0, "fp32", "--lora-rank must be > 0, got 0"),
+        ("lora", -3, "bf16", "--lora-rank must be > 0, got -3"),
+        ("lora", 4, "fp8", "unknown --base-dtype 'fp8'; valid: fp32, bf16, fp16"),
+        (
+            "full",
+            4,
+            "bf16",
+            "--base-dtype bf16 casts frozen weights, and a full student trains all of its weights (kept in "
+            "float32); use --mixed-precision bf16 to compute in bf16, or --student lora",
+        ),
+        (
+            "pruned",
+            4,
+            "fp16",
+            "--base-dtype fp16 casts frozen weights, and a pruned student trains all of its weights (kept in "
+            "float32); use --mixed-precision bf16 to compute in bf16, or --student lora",
+        ),
+    ],
+)
+def test_refusals_word_for_word(kind, rank, base_dtype, message):
+    with pytest.raises(DistillCacheError) as refused:
+        check_student_settings(kind, rank, base_dtype)
+    assert str(refused.value) == message

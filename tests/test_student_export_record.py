@@ -7,6 +7,7 @@ load_exported_student / load_fused_student give the student's own outputs (also 
 folder given anew, when the recorded one has moved)."""
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -110,6 +111,40 @@ def test_reflow_records_the_schedulers_own_steps_and_a_flow_prediction():
     assert record["sampling"]["prediction_type"] == "flow_prediction"
 
 
+@pytest.mark.parametrize("method", ["lcm", "direct", "guidance", "tcd", "progressive", "blockkd"])
+def test_the_schedule_kwargs_make_a_stock_pipeline_step_at_the_trained_timesteps(method):
+    """diffusers' own retrieve_timesteps (what StableDiffusionPipeline calls), given the exported
+    scheduler, num_inference_steps and schedule_kwargs, gives the recommended (trained) timesteps."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+    record, config = record_of(method)
+    recommended, settings = record["recommended"], reader().settings
+    scheduler = student_scheduler(
+        method, settings["scheduler"], len(settings["timesteps"]), config.timestep_scaling
+    )
+    timesteps, count = retrieve_timesteps(
+        scheduler, recommended["num_inference_steps"], None, **recommended["schedule_kwargs"]
+    )
+    assert [int(t) for t in timesteps] == recommended["timesteps"] and count == len(recommended["timesteps"])
+
+
+def test_an_eight_step_teacher_exports_eight_steps_too():
+    """The exported step counts are 1, 2, 4, 8 up to the teacher's own S, S included."""
+    from diffusers import DDIMScheduler
+
+    settings = reader().settings
+    ddim = DDIMScheduler.from_config(settings["scheduler"]["config"])
+    ddim.set_timesteps(8)
+    eight = reader()
+    eight.settings = {**settings, "timesteps": [float(t) for t in ddim.timesteps], "num_inference_steps": 8}
+    config = tiny_train_config("store-url", "unused", method="direct")
+    scheduler = student_scheduler("direct", settings["scheduler"], 8, config.timestep_scaling)
+    record = distill_record(
+        build_student("full", teacher_denoiser(), config), config, eight, SUMMARY, scheduler
+    )
+    assert sorted(record["sampling"]["timesteps"], key=int) == ["1", "2", "4", "8"]
+
+
 def test_json_timesteps_are_ints_where_integral():
     assert json_timesteps(None) is None
     converted = json_timesteps([999.0, 499.5, 3, 0.0])
@@ -178,3 +213,106 @@ def test_a_lora_student_reloads_in_a_stock_pipeline_and_fused_with_its_own_outpu
     with torch.no_grad():
         for model in (pipe.unet, exported, fused):
             torch.testing.assert_close(call_denoiser(model, x, t, cond), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_lora_student_of_an_init_chain_loads_on_its_fused_predecessor(tmp_path):
+    """--init chain: LoRA A on the teacher, then LoRA B on A fused. B's folder holds only B's adapter;
+    load_exported_student puts it on lineage[-1] (A, fused) and gives B's own outputs, from the recorded
+    teacher or from one given anew."""
+    from student_train.students.init import load_init
+
+    config = tiny_train_config("store-url", tmp_path, method="direct", student="lora", lora_rank=2)
+    first = build_student("lora", teacher_denoiser(), config)
+    perturb(p for name, p in first.model.named_parameters() if "lora_B" in name)
+    export_student(first, config, reader(), tmp_path / "a", SUMMARY)
+    base, origin = load_init(str(tmp_path / "a"), None, False)
+    second = build_student("lora", base, replace(config, seed=1), origin=origin)
+    perturb(p for name, p in second.model.named_parameters() if "lora_B" in name)
+    x, t, cond = inputs()
+    with torch.no_grad():
+        expected = second.denoise(x, t, cond)
+        on_teacher = call_denoiser(teacher_denoiser(), x, t, cond)
+        first_alone = first.denoise(x, t, cond)
+    assert not torch.allclose(expected, first_alone, atol=1e-4)  # B's adapter changes A's output
+    export_student(second, config, reader(), tmp_path / "b", SUMMARY)
+    recorded = json.loads((tmp_path / "b" / "distill.json").read_text())["lineage"]
+    assert [entry["dir"] for entry in recorded] == [str((tmp_path / "a").resolve())]
+    teacher_dir = str(shared_capture().teacher_dir)
+    for teacher in (None, teacher_dir):
+        exported, _ = load_exported_student(tmp_path / "b", teacher)
+        fused, _ = load_fused_student(tmp_path / "b", teacher)
+        assert not any("lora" in name for name, _ in fused.named_parameters())
+        with torch.no_grad():
+            for model in (exported, fused):
+                got = call_denoiser(model, x, t, cond)
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+                assert not torch.allclose(got, on_teacher, atol=1e-4)
+    # the teacher A recorded has moved: only the one given anew reaches the base of the chain
+    from shared.errors import DistillCacheError
+
+    first_record = json.loads((tmp_path / "a" / "distill.json").read_text())
+    first_record["teacher"]["source"] = str(tmp_path / "moved-teacher")
+    (tmp_path / "a" / "distill.json").write_text(json.dumps(first_record))
+    with pytest.raises(DistillCacheError, match="moved-teacher"):
+        load_exported_student(tmp_path / "b")
+    exported, _ = load_exported_student(tmp_path / "b", teacher_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(call_denoiser(exported, x, t, cond), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_a_folder_without_a_recorded_denoiser_is_a_unet_folder(tmp_path, kind):
+    """A store and a distill.json from before the "denoiser" field: the denoiser is `unet` (its folder,
+    its LoRA prefix). The store's pipeline class is one diffusers lacks (a custom pipeline): the adapter
+    is saved as StableDiffusionPipeline saves one. The folder is made with its parents."""
+    config = tiny_train_config("store-url", tmp_path, method="direct", student=kind, lora_rank=2)
+    student = build_student(kind, teacher_denoiser(), config)
+    perturb(p for name, p in student.model.named_parameters() if kind == "full" or "lora_B" in name)
+    x, t, cond = inputs()
+    with torch.no_grad():
+        expected = student.denoise(x, t, cond)
+    old = reader()
+    old.settings = {name: value for name, value in old.settings.items() if name != "denoiser"}
+    old.fingerprint = {**old.fingerprint, "pipeline_class": "SomeCustomPipeline"}
+    out = tmp_path / "runs" / "student"
+    export_student(student, config, old, out, SUMMARY)
+    assert (out / "unet").is_dir() == (kind == "full")
+    distill = json.loads((out / "distill.json").read_text())
+    assert distill["denoiser"] == "unet" and distill["train"] == SUMMARY
+    del distill["denoiser"]
+    (out / "distill.json").write_text(json.dumps(distill))
+    model, _ = load_exported_student(out)
+    with torch.no_grad():
+        torch.testing.assert_close(call_denoiser(model, x, t, cond), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_lora_student_refuses_another_teacher_and_names_a_damaged_adapter(tmp_path):
+    """The adapter only fits the teacher the store was made with (its digest is checked), and a damaged
+    adapter file is one line naming the file."""
+    from shared.errors import DistillCacheError
+    from tests.tiny_models import tiny_unet
+
+    config = tiny_train_config("store-url", tmp_path, method="direct", student="lora", lora_rank=2)
+    export_student(
+        build_student("lora", teacher_denoiser(), config), config, reader(), tmp_path / "s", SUMMARY
+    )
+    tiny_unet(seed=1).save_pretrained(tmp_path / "other" / "unet")  # same architecture, other weights
+    with pytest.raises(DistillCacheError, match="it is another model; pass --teacher with the store's own"):
+        load_exported_student(tmp_path / "s", str(tmp_path / "other"))
+    adapter = tmp_path / "s" / "pytorch_lora_weights.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:100])
+    with pytest.raises(DistillCacheError) as refused:
+        load_exported_student(tmp_path / "s")
+    assert str(refused.value).startswith(f"cannot load the student's LoRA adapter {adapter} (")
+    assert "\n" not in str(refused.value)
+
+
+def test_a_damaged_full_student_is_named(tmp_path):
+    from shared.errors import DistillCacheError
+
+    config = tiny_train_config("store-url", tmp_path, method="direct")
+    export_student(build_student("full", teacher_denoiser(), config), config, reader(), tmp_path, SUMMARY)
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(DistillCacheError, match=f"^cannot load the student's denoiser from '{tmp_path}' "):
+        load_exported_student(tmp_path)

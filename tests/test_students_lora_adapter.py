@@ -6,6 +6,7 @@ LoRA target modules is refused naming the supported ones."""
 
 import pytest
 import torch
+from diffusers import SD3Transformer2DModel
 
 from shared.errors import DistillCacheError
 from student_train.students import build_student, lora_target_modules
@@ -16,6 +17,7 @@ from tests.student_store_fixture import (
     teacher_denoiser,  # noqa: F401 (one_torch_thread: autouse)
     tiny_train_config,
 )
+from tests.tiny_models import TEXT_DIM
 
 
 def test_the_adapter_has_the_flags_rank_and_scale_by_hand():
@@ -93,3 +95,68 @@ def test_a_bf16_lora_student_starts_as_the_teacher_called_in_bf16():
         got = student.denoise(x_t, t, batch.cond)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+LCM_LORA_SD_SCRIPT = [
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+]  # fmt: skip
+DREAMBOOTH_LORA_SD3_SCRIPT = [
+    "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+    "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v",
+]  # fmt: skip
+
+
+def tiny_sd3_transformer() -> SD3Transformer2DModel:
+    torch.manual_seed(0)
+    return SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=2 * TEXT_DIM,
+        caption_projection_dim=16,
+        pooled_projection_dim=2 * TEXT_DIM,
+        pos_embed_max_size=16,
+    )
+
+
+def named_by(model: torch.nn.Module, suffixes: list[str]) -> dict[str, set[str]]:
+    """suffix -> the module names of `model` that are it or end in "." + it."""
+    return {
+        suffix: {name for name, _ in model.named_modules() if name == suffix or name.endswith("." + suffix)}
+        for suffix in suffixes
+    }
+
+
+def adapted(model: torch.nn.Module) -> set[str]:
+    """The modules peft wrapped (they hold a `lora_A` ModuleDict)."""
+    return {
+        name
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict)
+    }
+
+
+def check_targets(denoiser, fresh, suffixes):
+    expected = named_by(fresh, suffixes)
+    assert all(expected.values()), {s: n for s, n in expected.items() if not n}  # each name is in the model
+    student = build_student(
+        "lora", denoiser, tiny_train_config("unused", "unused", lora_rank=1, lora_alpha=1)
+    )
+    assert adapted(student.model) == set().union(*expected.values())
+    assert student.model.training  # built for training
+    return student
+
+
+def test_a_unet_gets_the_lcm_lora_scripts_modules_at_rank_one():
+    student = check_targets(teacher_denoiser(), teacher_denoiser(), LCM_LORA_SD_SCRIPT)
+    layer = student.model.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    assert layer.lora_A["default"].weight.shape == (1, layer.in_features)  # rank 1 is a valid rank
+
+
+def test_an_sd3_transformer_gets_the_dreambooth_sd3_scripts_modules():
+    check_targets(tiny_sd3_transformer(), tiny_sd3_transformer(), DREAMBOOTH_LORA_SD3_SCRIPT)

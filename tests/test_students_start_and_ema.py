@@ -89,3 +89,32 @@ def test_a_full_student_trains_every_weight_and_its_ema_is_a_frozen_copy():
     assert not any(p.requires_grad for p in student.ema.parameters())
     for (name, p), (ema_name, ema_p) in zip(teacher.named_parameters(), student.ema.named_parameters()):
         assert name == ema_name and torch.equal(p, ema_p) and p.data_ptr() != ema_p.data_ptr()
+
+
+def test_a_w_conditioned_init_is_called_at_its_fixed_w_when_the_loss_gives_none():
+    """origin.fixed_w (a w-conditioned --init under a method without w): every row gets that w; a w the
+    loss passes wins. Checked against the w-embedded model called with the w by hand."""
+    import copy
+
+    from student_train.students.student import Origin
+    from tests.tiny_models import LATENT_SHAPE, TEXT_DIM, tiny_unet
+
+    own = tiny_unet(time_cond_proj_dim=16)
+    with torch.no_grad():
+        own.time_embedding.cond_proj.weight.normal_(generator=torch.Generator().manual_seed(2))
+    reference = copy.deepcopy(own).eval()
+    config = tiny_train_config("unused", "unused", time_cond_proj_dim=16)
+    student = build_student("full", own, config, False, origin=Origin(fixed_w=3.0))
+    assert student.fixed_w == 3.0
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((3, *LATENT_SHAPE), generator=generator)
+    cond = {"encoder_hidden_states": torch.randn((3, 5, TEXT_DIM), generator=generator)}
+    t = torch.tensor([800, 400, 50])
+    with torch.no_grad():
+        at_fixed = call_denoiser(reference, x, t, cond, torch.full((3,), 3.0))
+        at_given = call_denoiser(reference, x, t, cond, torch.tensor([0.5, 1.0, 7.0]))
+        torch.testing.assert_close(student.denoise(x, t, cond), at_fixed, rtol=0, atol=1e-6)
+        torch.testing.assert_close(student.target_denoise(x, t, cond), at_fixed, rtol=0, atol=1e-6)
+        given = student.denoise(x, t, cond, torch.tensor([0.5, 1.0, 7.0]))
+    torch.testing.assert_close(given, at_given, rtol=0, atol=1e-6)
+    assert not torch.allclose(at_fixed, at_given, atol=1e-4)
