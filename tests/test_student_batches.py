@@ -76,7 +76,8 @@ def test_auto_loader_holds_a_split_that_fits_in_the_teachers_weights_and_streams
     rows = len(capture.rows)
     held_bytes = sum(
         len(np.unique(capture.arrays[name].numpy().reshape(rows, -1), axis=0))
-        * capture.arrays[name][0].numel() * 4  # float32 as written
+        * capture.arrays[name][0].numel()
+        * 4  # float32 as written
         + 8 * rows
         for name in names
     )
