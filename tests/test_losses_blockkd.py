@@ -9,7 +9,7 @@ import torch
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
 from student_train.data.randomness import SampleRandom
-from student_train.losses.blockkd import BlockKdLoss, task_target
+from student_train.losses.blockkd import BlockKdLoss, slice_conditioning, task_target
 from student_train.losses.distance import Distance
 from student_train.sampling import cached_grid
 from student_train.students import build_student
@@ -171,24 +171,84 @@ def test_features_are_aligned_by_name():
 
 def test_block_shapes_that_differ_are_refused():
     capture = shared_capture(features=True)
-    wider = tiny_unet(0, block_out_channels=(16, 48))  # up_blocks.0 puts out 48 channels, the teacher's 32
+    wider = tiny_unet(0, block_out_channels=(16, 48))  # 48 channels where the teacher (16, 32) has 32
     student = build_student("full", wider, tiny_train_config("u", "u"))
-    with pytest.raises(DistillCacheError, match=r"up_blocks.0 \(48, 8, 8\) vs up_blocks.0 \(32, 8, 8\)"):
-        blockkd_loss(capture).check_student(student, capture_batch(capture, [0]))
+    with pytest.raises(DistillCacheError) as refused:
+        blockkd_loss(capture).check_student(student, capture_batch(capture, [0, 1]))
+    # down_blocks.0 (16 channels, halved to 4 x 4) and up_blocks.1 (16, 8 x 8) are the teacher's shapes
+    assert str(refused.value) == (
+        "student block outputs differ in shape from the cached teacher features: "
+        "down_blocks.1 (48, 4, 4) vs down_blocks.1 (32, 4, 4); up_blocks.0 (48, 8, 8) vs up_blocks.0 (32, 8, 8); "
+        "mid_block (48, 4, 4) vs mid_block (32, 4, 4); blockkd needs the same block layout "
+        "(use --lambda-feat 0 for output distillation only)"
+    )
+
+
+def test_the_shape_check_passes_the_teachers_layout_and_runs_one_row():
+    capture = shared_capture(features=True)
+    student, calls = student_of(capture), []
+    denoise = student.denoise
+    student.denoise = lambda x_t, t, cond, *rest: calls.append((x_t, t, cond)) or denoise(x_t, t, cond, *rest)
+    batch = capture_batch(capture, [0, 1, 2])
+    blockkd_loss(capture).check_student(student, batch)  # the teacher itself: every block's shape matches
+    ((x_t, t, cond),) = calls
+    assert x_t.shape == (1, *capture.arrays["trajectory"].shape[2:]) and t.shape == (1,)
+    assert cond["encoder_hidden_states"].shape[0] == 1
+
+
+def test_slice_conditioning_keeps_the_first_rows_of_nested_kwargs():
+    cond = {
+        "encoder_hidden_states": torch.arange(12.0).view(3, 4),
+        "added_cond_kwargs": {"time_ids": torch.arange(6.0).view(3, 2)},
+    }
+    sliced = slice_conditioning(cond, 2)
+    assert sliced["encoder_hidden_states"].tolist() == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+    assert sliced["added_cond_kwargs"]["time_ids"].tolist() == [[0.0, 1.0], [2.0, 3.0]]
 
 
 def test_a_student_without_any_cached_block_is_refused():
     capture = shared_capture(features=True)
+    grid = [float(t) for t in capture.settings["timesteps"]]
     loss = BlockKdLoss(
-        schedule_of(capture),
-        capture.settings["timesteps"],
-        [0],
-        ["conv_norm_out.missing"],
-        "epsilon",
-        Distance(),
+        schedule_of(capture), grid, [0], ["conv_norm_out.missing", "mid_block.missing"], "epsilon", Distance()
     )
-    with pytest.raises(DistillCacheError, match="none of the store's features"):
+    with pytest.raises(DistillCacheError) as refused:
         loss.block_pairs(student_of(capture))
+    assert str(refused.value) == (
+        "none of the store's features (conv_norm_out.missing, mid_block.missing) has a counterpart in the student; "
+        "cache block outputs (--features 'down_blocks.*,mid_block,up_blocks.*') or pass --lambda-feat 0"
+    )
+    without_features = BlockKdLoss(
+        schedule_of(capture), grid, [0], ["conv_norm_out.missing"], "epsilon", Distance(), lambda_feat=0.0
+    )
+    assert without_features.block_pairs(student_of(capture)) == {}  # --lambda-feat 0: nothing to refuse
+
+
+def test_a_pruned_students_blocks_pair_with_the_teachers_they_came_from():
+    three_stage = tiny_unet(
+        1,
+        block_out_channels=(16, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    teacher_blocks = [
+        "down_blocks.0",
+        "down_blocks.1",
+        "down_blocks.2",
+        "mid_block",
+        "up_blocks.1",
+        "up_blocks.2",
+    ]
+    loss = BlockKdLoss(
+        schedule_of(shared_capture()), [999.0, 0.0], [0], teacher_blocks, "epsilon", Distance()
+    )
+    tiny = build_student("pruned", three_stage, tiny_train_config("u", "u", prune="tiny"))
+    # BK-SDM tiny drops the mid block and one stage: the student's up_blocks.0 is the teacher's up_blocks.1
+    assert loss.block_pairs(tiny) == {
+        "down_blocks.0": "down_blocks.0",
+        "up_blocks.0": "up_blocks.1",
+        "up_blocks.1": "up_blocks.2",
+    }
 
 
 @pytest.mark.parametrize(

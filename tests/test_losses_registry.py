@@ -9,8 +9,11 @@ import torch
 from shared.errors import DistillCacheError
 from shared.schedule import NoiseSchedule
 from student_train.data.points import NOISED_FIELDS, TRAJECTORY_FIELDS
+from student_train.data.randomness import SampleRandom
 from student_train.losses import METHODS, check_family, get_method, has_w_input, resolve_defaults
-from tests.student_store_fixture import shared_capture, tiny_train_config
+from student_train.students import build_student
+from student_train.students.denoiser import load_denoiser
+from tests.student_store_fixture import capture_batch, shared_capture, tiny_train_config
 
 FLOW_SCHEDULER = {"class": "FlowMatchEulerDiscreteScheduler", "config": {"num_train_timesteps": 1000}}
 
@@ -19,13 +22,16 @@ def config(**flags):
     return tiny_train_config("unused", "unused", **flags)
 
 
-def built(method, **flags):
-    settings = shared_capture().settings  # DDIM, 10 steps at guidance 2.0
-    schedule = NoiseSchedule.from_scheduler_config(
+def schedule_of(settings) -> NoiseSchedule:
+    return NoiseSchedule.from_scheduler_config(
         settings["scheduler"]["config"], settings["scheduler"]["class"]
     )
+
+
+def built(method, settings=None, **flags):
+    settings = settings or shared_capture().settings  # DDIM, 10 steps at guidance 2.0
     run = resolve_defaults(config(method=method, **flags))
-    return get_method(method).build(run, settings, schedule)
+    return get_method(method).build(run, settings, schedule_of(settings))
 
 
 def test_the_methods_their_w_input_and_an_unknown_one():
@@ -79,6 +85,36 @@ def test_a_lora_guidance_student_needs_one_w_said_in_one_line():
     assert built("guidance", student="lora", w_min=1.0, w_max=1.0).w_min == 1.0
 
 
+def test_a_transformer_guidance_student_needs_one_w_said_in_one_line():
+    transformer = {**shared_capture().settings, "denoiser": "transformer"}
+    with pytest.raises(DistillCacheError) as refused:
+        built("guidance", transformer, student="full", w_min=0.5, w_max=2.0)
+    assert str(refused.value) == (
+        "this store's transformer has no w input, so it learns one w: give --w-min = --w-max (e.g. 1, the "
+        "store's guidance - 1)"
+    )
+    assert built("guidance", transformer, student="full", w_min=2.0, w_max=2.0).w_max == 2.0
+
+
+def test_blockkd_is_built_on_the_stores_feature_steps_blocks_schedule_and_prediction():
+    capture = shared_capture(features=True)  # features of 5 blocks cached at steps 0, 5 and 9
+    loss = built("blockkd", capture.settings, lambda_task=1.0, lambda_out=0.0, lambda_feat=0.5)
+    assert loss.feature_steps.tolist() == [0, 5, 9] and loss.prediction_type == "epsilon"
+    assert loss.feature_modules == [
+        "down_blocks.0",
+        "down_blocks.1",
+        "mid_block",
+        "up_blocks.0",
+        "up_blocks.1",
+    ]
+    assert torch.equal(loss.schedule.alphas_cumprod, schedule_of(capture.settings).alphas_cumprod)
+    # the task term of the teacher itself on its own DDIM trajectory is zero (test_losses_blockkd)
+    task_only = built("blockkd", capture.settings, lambda_task=1.0, lambda_out=0.0, lambda_feat=0.0)
+    teacher = build_student("full", load_denoiser(str(capture.teacher_dir)), config())
+    batch = capture_batch(capture)
+    assert task_only(teacher, batch, SampleRandom(0, 0, batch.sample_ids), step=0).max() < 1e-8
+
+
 def test_the_flags_reach_each_loss():
     lcm = built("lcm", w_min=1.5, w_max=7.0, timestep_scaling=3.0, points="mix", loss="l2")
     assert (lcm.w_min, lcm.w_max, lcm.timestep_scaling, lcm.points, lcm.distance.kind) == (
@@ -118,15 +154,22 @@ def test_reflow_trains_a_flow_student_on_the_teachers_count(t_schedule, steps):
 
 def test_a_method_a_store_family_cannot_serve_is_refused():
     ddim = shared_capture().settings["scheduler"]
-    with pytest.raises(DistillCacheError, match="--method blockkd distils a UNet's blocks .* a transformer"):
+    with pytest.raises(DistillCacheError) as refused:
         check_family(config(method="blockkd"), {"denoiser": "transformer", "scheduler": FLOW_SCHEDULER})
+    assert str(refused.value) == (
+        "--method blockkd distils a UNet's blocks (BK-SDM); this store's denoiser is a transformer: "
+        "use another --method (direct, lcm, progressive, guidance, tcd, reflow)"
+    )
     check_family(config(method="blockkd"), {"scheduler": ddim})  # a UNet store (the default denoiser)
     check_family(config(method="lcm"), {"denoiser": "transformer", "scheduler": FLOW_SCHEDULER})
     with pytest.raises(DistillCacheError) as refused:
         check_family(
             config(method="tcd", tcd_gamma=0.3), {"denoiser": "transformer", "scheduler": FLOW_SCHEDULER}
         )
-    assert str(refused.value).startswith("--tcd-gamma 0.3 on a flow-matching store")
+    assert str(refused.value) == (
+        "--tcd-gamma 0.3 on a flow-matching store: diffusers has no flow TCD scheduler, and "
+        "FlowMatchEulerDiscreteScheduler samples TCD at gamma 0 only: pass --tcd-gamma 0 (or --method lcm: gamma 1)"
+    )
     check_family(
         config(method="tcd", tcd_gamma=0.0), {"denoiser": "transformer", "scheduler": FLOW_SCHEDULER}
     )
@@ -172,3 +215,18 @@ def test_every_spelling_of_a_run_has_a_digest(method, given, spellings):
     assert len(found) == spellings and found[0] == resolve_defaults(run)
     assert len({spelling.run_digest() for spelling in found}) == spellings == len(same_run_digests(run))
     assert run.run_digest() in same_run_digests(run)
+
+
+@pytest.mark.parametrize(
+    "method, given, w",
+    [
+        ("direct", {}, (5.0, 15.0)),  # outside DEFAULT_W_RANGE: lcm's range (the SD LCM script's 5..15)
+        ("blockkd", dict(w_min=2.0), (2.0, 15.0)),  # a given end is kept, the other from lcm's range
+        ("progressive", dict(w_max=7.0), (5.0, 7.0)),
+        ("guidance", {}, (0.0, 4.0)),  # a method of its own: Meng et al.'s 0..4
+    ],
+)
+def test_the_w_range_of_a_method_without_one_is_lcms(method, given, w):
+    from student_train.losses import w_range
+
+    assert w_range(config(method=method, **{"w_min": None, "w_max": None, **given})) == w

@@ -37,9 +37,10 @@ def reader():
     )
 
 
-def record_of(method, student_kind="full", fixed_w=None, **flags):
+def record_of(method, student_kind="full", fixed_w=None, w_conditioned=None, **flags):
     config = tiny_train_config("store-url", "unused", method=method, student=student_kind, **flags)
-    w_conditioned = method in ("lcm", "tcd", "guidance")
+    if w_conditioned is None:
+        w_conditioned = method in ("lcm", "tcd", "guidance")
     student = build_student(student_kind, teacher_denoiser(), config, w_conditioned)
     student.fixed_w = fixed_w
     settings = reader().settings
@@ -96,6 +97,15 @@ def test_recommended_sampling_by_hand(method, kind, fixed_w, flags, steps, scale
     )
     assert record["pruning"] is None and record["lineage"] == [] and record["train"] == SUMMARY
     assert record["settings"] == config.to_json()
+
+
+def test_a_w_conditioned_student_of_a_method_without_a_w_range_samples_in_lcms_range():
+    """A direct student of a teacher that has a w embedding (an LCM teacher) and no fixed --init w: the
+    store's guidance - 1 = 1, clamped to lcm's default [5, 15] (w_range's fallback) -> w 5, scale 6."""
+    record, _ = record_of("direct", w_conditioned=True, w_min=None, w_max=None)
+    assert (record["recommended"]["guidance_scale"], record["sampling"]["guidance_w"]) == (6.0, 5.0)
+    record, _ = record_of("direct", w_conditioned=True, w_min=None, w_max=0.5)  # a given end wins
+    assert (record["recommended"]["guidance_scale"], record["sampling"]["guidance_w"]) == (1.5, 0.5)
 
 
 def test_a_given_teacher_is_recorded_without_the_stores_revision_and_tcd_records_its_eta():
