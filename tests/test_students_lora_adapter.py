@@ -6,7 +6,6 @@ LoRA target modules is refused naming the supported ones."""
 
 import pytest
 import torch
-from diffusers import SD3Transformer2DModel
 
 from shared.errors import DistillCacheError
 from student_train.students import build_student, lora_target_modules
@@ -17,7 +16,7 @@ from tests.student_store_fixture import (
     teacher_denoiser,  # noqa: F401 (one_torch_thread: autouse)
     tiny_train_config,
 )
-from tests.tiny_models import TEXT_DIM
+from tests.tiny_models import tiny_sd3_transformer
 
 
 def test_the_adapter_has_the_flags_rank_and_scale_by_hand():
@@ -105,23 +104,6 @@ DREAMBOOTH_LORA_SD3_SCRIPT = [
     "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
     "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v",
 ]  # fmt: skip
-
-
-def tiny_sd3_transformer() -> SD3Transformer2DModel:
-    torch.manual_seed(0)
-    return SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=1,
-        in_channels=4,
-        out_channels=4,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=2 * TEXT_DIM,
-        caption_projection_dim=16,
-        pooled_projection_dim=2 * TEXT_DIM,
-        pos_embed_max_size=16,
-    )
 
 
 def named_by(model: torch.nn.Module, suffixes: list[str]) -> dict[str, set[str]]:

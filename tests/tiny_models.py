@@ -179,17 +179,10 @@ def tiny_sdxl_pipeline(tokenizer_dir: Path | None = None) -> StableDiffusionXLPi
     return pipe
 
 
-def tiny_sd3_pipeline(tokenizer_dir: Path | None = None) -> StableDiffusion3Pipeline:
-    """A StableDiffusion3Pipeline (flow matching, MMDiT) on random tiny weights, without T5.
-
-    16x16 images, 4x8x8 latents; the transformer gets encoder_hidden_states (B, 16 + 256, 64) (CLIP
-    tokens, then T5's zeros) and pooled_projections (B, 64).
-    """
-    import tempfile
-
-    tokenizer = tiny_tokenizer(Path(tokenizer_dir or tempfile.mkdtemp(prefix="tiny_tok_")))
+def tiny_sd3_transformer() -> SD3Transformer2DModel:
+    """The tiny SD3 pipeline's transformer (seed 0): 8x8 latents, 2 layers, joint attention over 2 x TEXT_DIM."""
     torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(
+    return SD3Transformer2DModel(
         sample_size=8,
         patch_size=1,
         in_channels=4,
@@ -201,7 +194,19 @@ def tiny_sd3_pipeline(tokenizer_dir: Path | None = None) -> StableDiffusion3Pipe
         caption_projection_dim=16,
         pooled_projection_dim=2 * TEXT_DIM,
         pos_embed_max_size=16,
-    ).eval()
+    )
+
+
+def tiny_sd3_pipeline(tokenizer_dir: Path | None = None) -> StableDiffusion3Pipeline:
+    """A StableDiffusion3Pipeline (flow matching, MMDiT) on random tiny weights, without T5.
+
+    16x16 images, 4x8x8 latents; the transformer gets encoder_hidden_states (B, 16 + 256, 64) (CLIP
+    tokens, then T5's zeros) and pooled_projections (B, 64).
+    """
+    import tempfile
+
+    tokenizer = tiny_tokenizer(Path(tokenizer_dir or tempfile.mkdtemp(prefix="tiny_tok_")))
+    transformer = tiny_sd3_transformer().eval()
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
