@@ -230,7 +230,7 @@ def gather(awaitables: Sequence[Awaitable]) -> list:
 def chunk_runs(sorted_rows: np.ndarray, chunk_rows: int) -> list[tuple[int, int]]:
     """[(start, stop), ...] covering sorted unique row numbers, each chunk of `chunk_rows` rows in one
     slice: a run that starts in the chunk where the previous one ends is read with it (Zarr's cost is
-    per read, ~2-3 ms, and the rows between them are decoded anyway)."""
+    per read, ~2-4 ms here, and the rows between them are decoded anyway)."""
     runs: list[tuple[int, int]] = []
     for start, stop in contiguous_runs(sorted_rows):
         if runs and start // chunk_rows == (runs[-1][1] - 1) // chunk_rows:

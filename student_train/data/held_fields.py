@@ -25,9 +25,8 @@ BLOCK_BYTES = 2**20  # rows read at once while holding a field: the transient me
 @dataclass
 class HeldField:
     values: torch.Tensor  # (U, ...) the distinct rows, stored dtype
-    slot: (
-        torch.Tensor
-    )  # (N,) int64: split position -> row of `values`; -1: a position this process never reads
+    # (N,) int64: split position -> row of `values`; -1: a position this process never reads
+    slot: torch.Tensor
 
     def take(self, positions: torch.Tensor) -> torch.Tensor:
         slots = self.slot[positions]
@@ -53,7 +52,7 @@ def hold_field(reader, name: str, rows: list[int], positions: list[int], count: 
     position_of = dict(zip(rows, positions))
     in_order = [int(row) for row in reader.in_storage_order(rows)]
     block_rows = max(1, BLOCK_BYTES // max(1, spec.sample_nbytes))
-    slot = torch.full((count,), -1, dtype=torch.long)
+    slot = np.full(count, -1, dtype=np.int64)
     index_of: dict[bytes, int] = {}  # row digest -> row of `kept`
     kept: list[np.ndarray] = []
     for start in range(0, len(in_order), block_rows):
@@ -65,4 +64,4 @@ def hold_field(reader, name: str, rows: list[int], positions: list[int], count: 
                 kept.append(values.copy())  # a copy: the block is freed once its new rows are kept
             slot[position_of[row]] = index_of[digest]
     stacked = np.stack(kept) if kept else np.empty((0, *spec.shape), dtype=storage_dtype(spec.dtype))
-    return HeldField(from_storage(stacked, spec.dtype), slot)
+    return HeldField(from_storage(stacked, spec.dtype), torch.from_numpy(slot))
