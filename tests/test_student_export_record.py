@@ -11,6 +11,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+import safetensors.torch
 import torch
 from diffusers import (
     FlowMatchEulerDiscreteScheduler,
@@ -313,8 +314,48 @@ def test_a_lora_student_refuses_another_teacher_and_names_a_damaged_adapter(tmp_
     adapter.write_bytes(adapter.read_bytes()[:100])
     with pytest.raises(DistillCacheError) as refused:
         load_exported_student(tmp_path / "s")
-    assert str(refused.value).startswith(f"cannot load the student's LoRA adapter {adapter} (")
-    assert "\n" not in str(refused.value)
+    try:  # the reason is what safetensors itself says of the file
+        safetensors.torch.load_file(adapter)
+    except Exception as error:  # noqa: BLE001
+        reason = str(error).strip().splitlines()[0]
+    assert str(refused.value) == f"cannot load the student's LoRA adapter {adapter} ({reason})"
+
+
+def test_a_lora_student_of_a_hub_teacher_loads_it_at_the_recorded_revision(tmp_path, monkeypatch):
+    """Without --teacher, the recorded Hub teacher is loaded at the revision the store was made with (a
+    later revision may hold other weights); a teacher given anew is loaded as given, at no revision."""
+    import diffusers
+
+    config = tiny_train_config("store-url", tmp_path, method="direct", student="lora", lora_rank=2)
+    student = build_student("lora", teacher_denoiser(), config)
+    export_student(student, config, reader(), tmp_path / "s", SUMMARY)
+    distill = json.loads((tmp_path / "s" / "distill.json").read_text())
+    local = distill["teacher"]["source"]
+    distill["teacher"].update(source="org/teacher", revision="abc123")  # as recorded from a Hub capture
+    (tmp_path / "s" / "distill.json").write_text(json.dumps(distill))
+    loads = []
+    from_folder = UNet2DConditionModel.from_pretrained
+
+    def from_hub(source, subfolder, revision):  # the Hub: the local teacher's weights
+        loads.append((source, subfolder, revision))
+        return from_folder(local, subfolder=subfolder)
+
+    monkeypatch.setattr(diffusers.AutoModel, "from_pretrained", from_hub)
+    monkeypatch.setattr(
+        UNet2DConditionModel,
+        "from_pretrained",
+        lambda source, subfolder, revision: loads.append((source, subfolder, revision))
+        or from_folder(source, subfolder=subfolder),
+    )
+    x, t = torch.randn(1, *LATENT_SHAPE), torch.tensor([500])
+    cond = {"encoder_hidden_states": torch.randn(1, 4, TEXT_DIM)}
+    with torch.no_grad():
+        expected = call_denoiser(student.model, x, t, cond)
+        for teacher, load in ((None, ("org/teacher", "unet", "abc123")), (local, (local, "unet", None))):
+            loads.clear()
+            model, _ = load_exported_student(tmp_path / "s", teacher)
+            assert loads == [load]
+            torch.testing.assert_close(call_denoiser(model, x, t, cond), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_damaged_full_student_is_named(tmp_path):
