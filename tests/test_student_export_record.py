@@ -336,17 +336,15 @@ def test_a_lora_student_of_a_hub_teacher_loads_it_at_the_recorded_revision(tmp_p
     loads = []
     from_folder = UNet2DConditionModel.from_pretrained
 
-    def from_hub(source, subfolder, revision):  # the Hub: the local teacher's weights
-        loads.append((source, subfolder, revision))
-        return from_folder(local, subfolder=subfolder)
+    def recorded(stored_at=None):  # from_pretrained noting what it was asked; the Hub serves `stored_at`
+        def from_pretrained(source, subfolder, revision):
+            loads.append((source, subfolder, revision))
+            return from_folder(stored_at or source, subfolder=subfolder)
 
-    monkeypatch.setattr(diffusers.AutoModel, "from_pretrained", from_hub)
-    monkeypatch.setattr(
-        UNet2DConditionModel,
-        "from_pretrained",
-        lambda source, subfolder, revision: loads.append((source, subfolder, revision))
-        or from_folder(source, subfolder=subfolder),
-    )
+        return from_pretrained
+
+    monkeypatch.setattr(diffusers.AutoModel, "from_pretrained", recorded(stored_at=local))
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", recorded())
     x, t = torch.randn(1, *LATENT_SHAPE), torch.tensor([500])
     cond = {"encoder_hidden_states": torch.randn(1, 4, TEXT_DIM)}
     with torch.no_grad():
