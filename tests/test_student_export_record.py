@@ -139,8 +139,8 @@ def test_the_schedule_kwargs_make_a_stock_pipeline_step_at_the_trained_timesteps
     assert [int(t) for t in timesteps] == recommended["timesteps"] and count == len(recommended["timesteps"])
 
 
-def test_an_eight_step_teacher_exports_eight_steps_too():
-    """The exported step counts are 1, 2, 4, 8 up to the teacher's own S, S included."""
+def eight_step_reader():
+    """The shared capture's reader as if its teacher had run 8 DDIM steps."""
     from diffusers import DDIMScheduler
 
     settings = reader().settings
@@ -148,12 +148,33 @@ def test_an_eight_step_teacher_exports_eight_steps_too():
     ddim.set_timesteps(8)
     eight = reader()
     eight.settings = {**settings, "timesteps": [float(t) for t in ddim.timesteps], "num_inference_steps": 8}
+    return eight
+
+
+def test_an_eight_step_teacher_exports_eight_steps_too():
+    """The exported step counts are 1, 2, 4, 8 up to the teacher's own S, S included."""
+    eight = eight_step_reader()
     config = tiny_train_config("store-url", "unused", method="direct")
-    scheduler = student_scheduler("direct", settings["scheduler"], 8, config.timestep_scaling)
+    scheduler = student_scheduler("direct", eight.settings["scheduler"], 8, config.timestep_scaling)
     record = distill_record(
         build_student("full", teacher_denoiser(), config), config, eight, SUMMARY, scheduler
     )
     assert sorted(record["sampling"]["timesteps"], key=int) == ["1", "2", "4", "8"]
+
+
+def test_an_lcm_students_scheduler_has_the_teachers_step_count_and_the_trained_timestep_scaling(tmp_path):
+    """LCMScheduler's original_inference_steps is the cached grid's S (8 here) and its timestep_scaling
+    the one the boundary conditions were trained with (5 here, not the default 10)."""
+    config = tiny_train_config("store-url", tmp_path, method="lcm", timestep_scaling=5.0)
+    export_student(
+        build_student("full", teacher_denoiser(), config), config, eight_step_reader(), tmp_path, SUMMARY
+    )
+    saved = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert (saved["_class_name"], saved["original_inference_steps"], saved["timestep_scaling"]) == (
+        "LCMScheduler",
+        8,
+        5.0,
+    )
 
 
 def test_json_timesteps_are_ints_where_integral():
@@ -200,6 +221,22 @@ def test_a_full_student_is_saved_in_the_save_dtype_and_read_back_by_stock_diffus
     model, distill = load_exported_student(tmp_path)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert distill["student"] == "full"
+
+
+@pytest.mark.parametrize("save_dtype, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_a_lora_adapter_is_saved_in_the_save_dtype(tmp_path, save_dtype, dtype):
+    from safetensors.torch import load_file
+
+    config = tiny_train_config("store-url", tmp_path, method="direct", student="lora", save_dtype=save_dtype)
+    student = build_student("lora", teacher_denoiser(), config)
+    perturb(p for name, p in student.model.named_parameters() if "lora_B" in name)
+    trained = sorted(
+        float(p.to(dtype).sum()) for name, p in student.model.named_parameters() if "lora_" in name
+    )
+    export_student(student, config, reader(), tmp_path, SUMMARY)
+    saved = load_file(str(tmp_path / "pytorch_lora_weights.safetensors"))
+    assert {value.dtype for value in saved.values()} == {dtype}
+    assert sorted(float(value.sum()) for value in saved.values()) == trained  # each layer, cast once
 
 
 def test_a_lora_student_reloads_in_a_stock_pipeline_and_fused_with_its_own_outputs(tmp_path):
