@@ -54,6 +54,18 @@ def test_rows_of_one_chunk_come_from_one_read(store, monkeypatch):
     assert np.array_equal(values, expected)
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_row_asked_for_twice_beside_a_gap_gets_its_own_values(store, verify):
+    """Rows 3, 3, 5 of one chunk: the read run 3-5 holds as many rows as were asked for, but row 4 is
+    not one of them, so the run cannot be taken as the answer whole."""
+    reader = StoreReader(store, verify=verify)
+    rows = manifest_rows_at(reader, [3, 3, 5])
+    index_of = small_ids(range(24))
+    ids = reader.manifest.column("sample_id").to_pylist()
+    expected = np.stack([small_arrays(index_of[ids[row]])["latents"] for row in rows])
+    assert np.array_equal(reader.read_stored("latents", rows), expected)
+
+
 def test_rows_read_between_those_asked_for_are_not_checked_and_those_asked_for_are(store):
     group = writer_groups(store)[0]
     latents = zarr.open_array(str(group / "latents"), mode="r+")
