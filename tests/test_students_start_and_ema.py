@@ -117,4 +117,6 @@ def test_a_w_conditioned_init_is_called_at_its_fixed_w_when_the_loss_gives_none(
         torch.testing.assert_close(student.target_denoise(x, t, cond), at_fixed, rtol=0, atol=1e-6)
         given = student.denoise(x, t, cond, torch.tensor([0.5, 1.0, 7.0]))
     torch.testing.assert_close(given, at_given, rtol=0, atol=1e-6)
+    on_meta = student.guidance(torch.empty((2, *LATENT_SHAPE), device="meta"), None)  # a device not the CPU
+    assert on_meta.device.type == "meta" and on_meta.shape == (2,)  # the fixed w lives where x_t does
     assert not torch.allclose(at_fixed, at_given, atol=1e-4)
