@@ -96,6 +96,28 @@ def test_a_bf16_lora_student_starts_as_the_teacher_called_in_bf16():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+def test_a_bf16_lora_sd3_student_gets_its_pooled_projections_in_bf16():
+    """SD3's pooled projections feed a layer no adapter wraps (time_text_embed): float32 there would
+    meet bf16 weights. The student equals the bf16 transformer called with bf16 inputs by hand."""
+    generator = torch.Generator().manual_seed(0)
+    x_t, t = torch.randn((2, 4, 8, 8), generator=generator), torch.tensor([700.0, 300.0])
+    cond = {
+        "encoder_hidden_states": torch.randn((2, 5, 64), generator=generator),
+        "pooled_projections": torch.randn((2, 64), generator=generator),
+    }
+    with torch.no_grad():
+        bf16 = {name: value.to(torch.bfloat16) for name, value in cond.items()}
+        expected = (
+            tiny_sd3_transformer()
+            .to(torch.bfloat16)(hidden_states=x_t.to(torch.bfloat16), timestep=t, **bf16)
+            .sample.float()
+        )
+        config = tiny_train_config("unused", "unused", base_dtype="bf16")
+        got = build_student("lora", tiny_sd3_transformer(), config).denoise(x_t, t, cond)
+    assert got.dtype == torch.float32 and expected.abs().max() < 8
+    torch.testing.assert_close(got, expected, rtol=0, atol=2**-5)  # 1 bf16 ulp below 8: rounding order
+
+
 LCM_LORA_SD_SCRIPT = [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
