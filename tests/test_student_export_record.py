@@ -116,6 +116,23 @@ def test_a_given_teacher_is_recorded_without_the_stores_revision_and_tcd_records
     assert takes_eta(TCDScheduler()) and not takes_eta(FlowMatchEulerDiscreteScheduler())
 
 
+@pytest.mark.parametrize(
+    "given, recorded",
+    [
+        (None, {"source": "org/teacher", "revision": "abc123"}),
+        ("/elsewhere", {"source": "/elsewhere", "revision": None}),
+    ],
+)
+def test_a_hub_teachers_revision_is_recorded_unless_a_teacher_is_given(given, recorded):
+    hub = reader()
+    hub.teacher = {"source": "org/teacher", "revision": "abc123"}  # a store captured from the Hub
+    config = tiny_train_config("store-url", "unused", method="direct", teacher=given)
+    scheduler = student_scheduler("direct", hub.settings["scheduler"], 10, config.timestep_scaling)
+    student = build_student("full", teacher_denoiser(), config)
+    record = distill_record(student, config, hub, SUMMARY, scheduler)
+    assert record["teacher"] == {**recorded, "fingerprint": hub.fingerprint}
+
+
 def test_reflow_records_the_schedulers_own_steps_and_a_flow_prediction():
     record, _ = record_of("reflow")
     assert record["recommended"]["timesteps"] is None and record["recommended"]["schedule_kwargs"] == {}
