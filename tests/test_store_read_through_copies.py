@@ -115,6 +115,17 @@ def test_auto_keeps_copies_in_the_user_cache_folder_and_none_keeps_none(tmp_path
         assert StoreReader(url, cache_dir=none).cache is None
 
 
+def test_auto_weighs_the_stores_rows_at_their_uncompressed_bytes(monkeypatch):
+    """6 rows of float16 latents (3, 4, 4) and an int32 label: 6 x (96 + 4) bytes."""
+    weighed = []
+    monkeypatch.setattr(
+        "shared.store.reader.choose_cache_dir",
+        lambda location, cache_dir, store_bytes: weighed.append(store_bytes) or (None, ""),
+    )
+    StoreReader(remote_store(range(6), batch_size=3), cache_dir="auto")
+    assert weighed == [6 * sum(value.nbytes for value in small_arrays(0).values())] == [600]
+
+
 def test_the_default_cache_root_without_xdg_is_under_the_home_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
