@@ -147,3 +147,15 @@ def test_refusals_word_for_word(kind, rank, base_dtype, message):
     with pytest.raises(DistillCacheError) as refused:
         check_student_settings(kind, rank, base_dtype)
     assert str(refused.value) == message
+
+
+def test_build_student_checks_the_settings_it_is_given():
+    from student_train.students import build_student
+    from tests.student_store_fixture import teacher_denoiser, tiny_train_config
+
+    with pytest.raises(
+        DistillCacheError, match="^--base-dtype bf16 casts frozen weights, and a full student"
+    ):
+        build_student("full", teacher_denoiser(), tiny_train_config("unused", "unused", base_dtype="bf16"))
+    with pytest.raises(DistillCacheError, match="^--lora-rank must be > 0, got 0$"):
+        build_student("lora", teacher_denoiser(), tiny_train_config("unused", "unused", lora_rank=0))
