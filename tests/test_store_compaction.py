@@ -210,6 +210,18 @@ def test_replaced_files_wait_until_their_replacement_is_exactly_as_old_as_the_gr
     assert_small_reads_back(StoreReader(store), range(6))
 
 
+def test_replaced_files_wait_while_their_replacement_cannot_be_dated(tmp_path, monkeypatch):
+    """A replacement whose time cannot be read (removed by another compaction since the listing) is
+    not known to be old enough: the files it replaces stay, counted as waiting."""
+    store = tmp_path / "store"
+    write_small(store, range(6), batch_size=2)  # 3 commit files
+    compact_store(store, grace_seconds=0)
+    monkeypatch.setattr("shared.store.compaction.current_mtime", lambda location, key: None)
+    report = compact_store(store, grace_seconds=0)
+    assert (report.removed, report.waiting, report.written) == ([], 3, None)
+    assert len(manifest_files(store)) == 4
+
+
 def test_compaction_waits_for_min_files_live_files_and_never_folds_one(tmp_path):
     from shared.store.compaction import live_commit_files
 
