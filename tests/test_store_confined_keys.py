@@ -131,3 +131,52 @@ def test_a_file_is_checked_at_every_read_and_its_folders_once(tmp_path, monkeypa
     (root / "groups" / "w" / "b").symlink_to(root / "groups" / "w" / "target")  # a link where a file was
     with pytest.raises(DistillCacheError, match="'groups/w/b' is a symbolic link"):
         asyncio.run(store.get("groups/w/b", PROTOTYPE))
+
+
+def test_a_linked_folder_beside_a_checked_one_is_refused_naming_the_store(tmp_path):
+    """Folders are checked once each, by their whole path: groups/w1 being checked says nothing of
+    groups/w2 (a link), nor of groups/w3, which did not exist when a key in it was first asked for."""
+    root = tmp_path / "store"
+    (root / "groups" / "w1").mkdir(parents=True)
+    (root / "groups" / "w1" / "a").write_bytes(b"a")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "a").write_bytes(b"secret")
+    (root / "groups" / "w2").symlink_to(tmp_path / "outside")
+    store = ConfinedLocalStore(root, read_only=True)
+    assert asyncio.run(store.get("groups/w1/a", PROTOTYPE)).to_bytes() == b"a"
+    assert not asyncio.run(store.exists("groups/w3/a"))  # its folder is not there yet
+    (root / "groups" / "w3").symlink_to(tmp_path / "outside")
+    for writer in ("w2", "w3"):
+        with pytest.raises(DistillCacheError) as error:
+            asyncio.run(store.get(f"groups/{writer}/a", PROTOTYPE))
+        assert str(error.value) == (
+            f"store {root}: 'groups/{writer}/a' is a symbolic link or lies in a linked folder (it leads to "
+            f"{tmp_path / 'outside' / 'a'}); a store must hold its own files: copy the data in instead of linking it"
+        )
+
+
+@pytest.mark.parametrize("kind", ["local", "remote"])
+def test_a_bad_key_names_the_store_it_was_asked_of(tmp_path, kind):
+    if kind == "local":
+        store, where = ConfinedLocalStore(tmp_path / "store"), str(tmp_path / "store")
+    else:
+        store = ConfinedFsspecStore.from_url(new_far_url(), read_only=False)
+        where = store.path
+    with pytest.raises(DistillCacheError) as error:
+        asyncio.run(store.get("../x", PROTOTYPE))
+    assert str(error.value) == (
+        f"store {where}: the path '../x' is not a plain path inside the store; the store is damaged or hostile"
+    )
+
+
+def test_the_local_store_is_writable_by_default_keeps_set_if_not_exists_and_reads_byte_ranges(tmp_path):
+    """As zarr's LocalStore: writable unless read_only, set_if_not_exists never overwrites, and
+    get_sync honours a byte range."""
+    from zarr.abc.store import RangeByteRequest
+
+    store = ConfinedLocalStore(tmp_path / "store")
+    store.set_sync("groups/x", buffer(b"first"))
+    asyncio.run(store.set_if_not_exists("groups/x", buffer(b"second")))
+    assert store.get_sync("groups/x", prototype=PROTOTYPE).to_bytes() == b"first"
+    part = store.get_sync("groups/x", prototype=PROTOTYPE, byte_range=RangeByteRequest(1, 3))
+    assert part.to_bytes() == b"ir"
