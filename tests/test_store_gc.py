@@ -254,7 +254,8 @@ def test_a_file_exactly_as_old_as_the_grace_period_is_garbage(tmp_path):
     write_samples(store, range(2))
     (store / "manifest" / ".x.parquet.0123abcd.tmp").write_bytes(b"12345")
     os.utime(store / "manifest" / ".x.parquet.0123abcd.tmp", (1000.0, 1000.0))
-    assert len(find_garbage(store, grace_seconds=100, now=1099.5).too_recent) == 1
+    too_recent = find_garbage(store, grace_seconds=100, now=1099.5).too_recent
+    assert [item.relative for item in too_recent] == ["manifest/.x.parquet.0123abcd.tmp"]
     garbage = find_garbage(store, grace_seconds=100, now=1100.0)
     assert [item.relative for _, item in garbage.files] == ["manifest/.x.parquet.0123abcd.tmp"]
     assert garbage.files[0][1].size == 5 and garbage.files[0][1].mtime == 1000.0
@@ -302,3 +303,41 @@ def test_symlinks_are_listed_apart_and_never_removed(tmp_path):
     assert garbage.files == []
     remove_garbage(garbage)
     assert (store / "claims" / "dead.json").is_symlink() and (tmp_path / "outside").read_bytes() == b"keep me"
+
+
+def test_a_file_made_young_again_is_kept_and_the_others_still_go_zarr_json_last(tmp_path):
+    """remove_garbage checks each file's age again right before removing it: one touched since the
+    listing is skipped, the rest removed, and zarr.json files after every other file."""
+    from shared.store.gc import find_garbage, remove_garbage
+
+    store = tmp_path / "store"
+    write_samples(store, range(2))
+    names = [
+        "groups/orphan/zarr.json",
+        "manifest/.a.parquet.0123abcd.tmp",
+        "manifest/.b.parquet.0123abcd.tmp",
+    ]
+    (store / "groups" / "orphan").mkdir()
+    for name in names:
+        (store / name).write_bytes(b"{}")
+        os.utime(store / name, (1000.0, 1000.0))
+    garbage = find_garbage(store, grace_seconds=100, now=2000.0)
+    assert sorted(item.relative for _, item in garbage.files) == names
+    first = next(item.relative for _, item in garbage.files if not item.relative.endswith("zarr.json"))
+    os.utime(store / first, (1990.0, 1990.0))  # written again since the listing
+    garbage.files.sort(key=lambda entry: not entry[1].relative.endswith("zarr.json"))  # listed first
+    removed = [item.relative for item in remove_garbage(garbage, now=2000.0)]  # in the order removed
+    expected = [name for name in names[1:] if name != first] + ["groups/orphan/zarr.json"]
+    assert removed == expected and (store / first).exists()
+
+
+def test_files_behind_a_linked_folder_are_never_listed(tmp_path):
+    from shared.store.gc import find_garbage
+
+    store = tmp_path / "store"
+    write_samples(store, range(2))
+    (tmp_path / "outside" / "claims").mkdir(parents=True)
+    (tmp_path / "outside" / "claims" / "dead.json").write_bytes(b"keep me")
+    os.symlink(tmp_path / "outside", store / "groups" / "linked")
+    garbage = find_garbage(store, grace_seconds=0, now=time.time() + 10)
+    assert garbage.symlinks == ["groups/linked"] and garbage.files == []
