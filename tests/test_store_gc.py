@@ -125,10 +125,11 @@ def test_each_kind_of_garbage_is_recognised_by_its_path(tmp_path):
     for array, rows in (("groups/w/latents", 4), ("groups/w/label", 2)):
         location.write_atomic(f"{array}/zarr.json", json.dumps(shard_grid(rows)).encode())
     location.write_atomic("groups/w/broken/zarr.json", b"{not json")
-    committed = {"w": {0, 5, 6}}  # latents shards of 4 rows: 0 and 1 hold committed rows, 2 does not
+    committed = {"w": {0, 5, 6, 12}}  # latents shards of 4 rows: 0, 1 and 3 hold committed rows, 2 does not
     expected = {
         "manifest/.w-000000000000.parquet.0123abcd.tmp": TEMPORARY,
         "groups/w/latents/zarr.0123abcd.partial": TEMPORARY,
+        "groups/w/latents/c/0/.0.0123abcd.tmp": TEMPORARY,  # by its own name, wherever it lies
         "manifest/w-000000000000.parquet.tmp": None,  # not hidden: not one of our temporary names
         "manifest/.hidden.parquet": None,
         "claims/dead.json": STALE_CLAIM,
@@ -141,7 +142,7 @@ def test_each_kind_of_garbage_is_recognised_by_its_path(tmp_path):
         "groups/w/latents/zarr.json": None,
         "groups/w/latents/c/0/0/0/0": None,
         "groups/w/latents/c/1/0/0/0": None,
-        "groups/w/latents/c/2/0/0/0": UNCOMMITTED_SHARD,
+        "groups/w/latents/c/2/0/0/0": UNCOMMITTED_SHARD,  # rows 8-11: row 12 is the next shard's
         "groups/w/label/c/2": None,  # label shards of 2 rows: rows 4, 5
         "groups/w/label/c/1": UNCOMMITTED_SHARD,  # rows 2, 3
         "groups/w/label/c/x": None,
@@ -168,6 +169,7 @@ def shard_grid(rows) -> dict:
     "metadata, rows",
     [
         (shard_grid(8), 8),
+        (shard_grid(1), 1),
         (shard_grid(0), None),
         (shard_grid(-1), None),
         (shard_grid(2.0), None),
