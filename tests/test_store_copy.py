@@ -93,20 +93,28 @@ def test_copy_refuses_to_write_over_another_store_or_other_files(tmp_path, capsy
     write_small(other, range(10, 12))  # same teacher and settings, samples the source lacks
     before = sorted(path.relative_to(other) for path in other.rglob("*"))
     assert main(["copy", str(source), str(other), "--no-progress"]) == 2
-    assert "another store" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "another store" in error and str(other) in error  # the destination named
     assert sorted(path.relative_to(other) for path in other.rglob("*")) == before
 
     foreign = tmp_path / "foreign"
     write_samples(foreign, range(2))  # another teacher and fields
     assert main(["copy", str(source), str(foreign), "--no-progress"]) == 2
-    assert "another teacher" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(
+        f"teacher-cache: error: {foreign} was made with another teacher"
+    )
 
     cluttered = tmp_path / "cluttered"
     cluttered.mkdir()
-    (cluttered / "notes.txt").write_text("mine")
+    (cluttered / "notes.txt").write_text("m")  # one byte is a file too
     assert main(["copy", str(source), str(cluttered), "--no-progress"]) == 2
     assert "holds files but no store" in capsys.readouterr().err
     assert [path.name for path in cluttered.iterdir()] == ["notes.txt"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is a new place
+    assert main(["copy", str(source), str(empty), "--no-progress"]) == 0
+    assert_small_reads_back(StoreReader(empty), range(4))
 
     assert main(["copy", str(source), str(source), "--no-progress"]) == 2
     assert "the destination itself" in capsys.readouterr().err
