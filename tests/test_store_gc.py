@@ -343,3 +343,19 @@ def test_files_behind_a_linked_folder_are_never_listed(tmp_path):
     os.symlink(tmp_path / "outside", store / "groups" / "linked")
     garbage = find_garbage(store, grace_seconds=0, now=time.time() + 10)
     assert garbage.symlinks == ["groups/linked"] and garbage.files == []
+
+
+@pytest.mark.parametrize("kind", ["local", "remote"])
+def test_a_files_current_time_is_its_own_and_none_when_it_is_gone_or_a_link(tmp_path, kind):
+    from shared.store.gc import current_mtime
+    from tests.far_memory import new_far_url
+
+    location = StoreLocation.open(tmp_path / "store" if kind == "local" else new_far_url())
+    before = time.time()
+    location.write_atomic("manifest/x", b"1")
+    assert before - 1 <= current_mtime(location, "manifest/x") <= time.time() + 1
+    assert current_mtime(location, "manifest/gone") is None
+    if kind == "local":
+        (tmp_path / "target").write_bytes(b"1")
+        os.symlink(tmp_path / "target", tmp_path / "store" / "manifest" / "link")
+        assert current_mtime(location, "manifest/link") is None  # a link is never garbage to remove
