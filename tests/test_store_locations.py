@@ -13,7 +13,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from shared.errors import DistillCacheError
 from shared.store.confined import ConfinedFsspecStore, ConfinedLocalStore
-from shared.store.paths import StoreLocation, is_access_error
+from shared.store.paths import REMOTE_HINT, StoreLocation, is_access_error
 from tests.far_memory import new_far_url
 
 
@@ -183,6 +183,31 @@ def test_errors_of_the_filesystem_are_one_line_naming_the_store(tmp_path, monkey
     with pytest.raises(DistillCacheError) as error:
         remote.call("do it", lambda: (_ for _ in ()).throw(original))
     assert error.value is original
+
+
+def test_every_operation_on_an_unreachable_object_store_is_one_line_naming_it(monkeypatch):
+    from shared.store.gc import list_store_files
+
+    location = StoreLocation.open(new_far_url())
+    for method in ("cat", "ls", "exists", "find", "rm_file"):
+        monkeypatch.setattr(
+            location.fs, method, lambda *args, **kwargs: (_ for _ in ()).throw(TimeoutError("slow"))
+        )
+    folder = location.path("manifest")
+
+    def refused(operation, what: str) -> None:
+        with pytest.raises(DistillCacheError) as error:
+            operation()
+        assert str(error.value) == f"cannot {what} of store {location.url} (slow); {REMOTE_HINT}"
+
+    refused(lambda: location.read_many_if_exist(["manifest/a", "manifest/b"]), "read 2 files")
+    refused(lambda: location.remove("manifest/a"), "remove manifest/a")
+    refused(lambda: location.exists_absolute(folder), f"look for {folder}")
+    refused(lambda: location.exists(), "look for the folder")
+    refused(lambda: list_store_files(location), "list the files")
+    monkeypatch.setattr(location.fs, "exists", lambda path: True)  # found, then unreachable
+    refused(lambda: location.list_names("manifest", ".parquet"), "list manifest")
+    refused(lambda: location.total_bytes(), "measure the size")
 
 
 def test_a_missing_bucket_is_refused_and_never_created(monkeypatch):
