@@ -224,8 +224,9 @@ def test_a_missing_bucket_is_refused_and_never_created(monkeypatch):
 
 def test_a_local_store_must_be_a_folder_we_may_write(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DistillCacheError):
+    with pytest.raises(DistillCacheError) as error:
         StoreLocation.open(tmp_path / "file").check_writable()
+    assert str(error.value) == f"store {tmp_path / 'file'} is a file, not a folder; choose another store"
     StoreLocation.open(tmp_path / "new").check_writable()
 
 
