@@ -84,8 +84,8 @@ def test_auto_loader_holds_a_split_that_fits_in_the_teachers_weights_and_streams
     for budget, in_memory in ((held_bytes, True), (held_bytes - 1, False)):
         reader = StoreReader(store_with(capture, tmp_path / f"budget{budget}", budget))
         data = TrainingData(reader, FIELDS, split="all", loader="auto")
-        assert data.in_memory is in_memory and len(data.held) == len(names) - (not in_memory)
-    assert TrainingData(reader, FIELDS, split="all", loader="memory").in_memory
+        assert (not data.streamed) is in_memory and len(data.held) == len(names) - (not in_memory)
+    assert not TrainingData(reader, FIELDS, split="all", loader="memory").streamed
     assert not TrainingData(reader, FIELDS, split="all", loader="stream").held
     with pytest.raises(DistillCacheError, match="unknown --loader 'ram'; valid: auto, memory, stream"):
         TrainingData(reader, FIELDS, split="all", loader="ram")

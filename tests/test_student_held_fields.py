@@ -51,7 +51,7 @@ def in_split_order(reader: StoreReader, data: TrainingData, name: str) -> np.nda
 def test_memory_holds_each_distinct_row_once_and_gives_the_written_values(tmp_path):
     reader = write_store(tmp_path / "store", teacher_nbytes=0)
     data = TrainingData(reader, ("x", "noise"), split="all", loader="memory")
-    assert data.in_memory and data.names == ("x", "noise", "cond.encoder_hidden_states")
+    assert not data.streamed and data.names == ("x", "noise", "cond.encoder_hidden_states")
     assert [len(data.held[name].values) for name in data.names] == [12, 1, 3]
     assert {name: data.held[name].nbytes for name in data.names} == HELD_BYTES
     assert data.held["x"].values.dtype == torch.float16  # as stored

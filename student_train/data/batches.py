@@ -98,10 +98,6 @@ class TrainingData:
         return len(self.rows)
 
     @property
-    def in_memory(self) -> bool:
-        return not self.streamed
-
-    @property
     def nbytes(self) -> int:
         """Bytes, as stored, of the fields of the rows this process reads."""
         count = len(self.rows) if self.needed is None else len(self.needed)
