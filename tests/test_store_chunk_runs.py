@@ -38,6 +38,13 @@ def manifest_rows_at(reader: StoreReader, physical: list[int]) -> list[int]:
     return [row_of.index(p) for p in physical]
 
 
+def written_latents(reader: StoreReader, rows: list[int]) -> np.ndarray:
+    """The latents each manifest row's sample was written with."""
+    index_of = small_ids(range(24))
+    ids = reader.manifest.column("sample_id").to_pylist()
+    return np.stack([small_arrays(index_of[ids[row]])["latents"] for row in rows])
+
+
 def test_rows_of_one_chunk_come_from_one_read(store, monkeypatch):
     reader = StoreReader(store)
     requests = []
@@ -48,10 +55,7 @@ def test_rows_of_one_chunk_come_from_one_read(store, monkeypatch):
     rows = manifest_rows_at(reader, [11, 0, 5, 20, 13])  # chunks 0, 0, 0, 1, 1
     values = reader.read_stored("latents", rows)
     assert requests == [2]
-    index_of = small_ids(range(24))
-    ids = reader.manifest.column("sample_id").to_pylist()
-    expected = np.stack([small_arrays(index_of[ids[row]])["latents"] for row in rows])
-    assert np.array_equal(values, expected)
+    assert np.array_equal(values, written_latents(reader, rows))
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -60,10 +64,7 @@ def test_a_row_asked_for_twice_beside_a_gap_gets_its_own_values(store, verify):
     not one of them, so the run cannot be taken as the answer whole."""
     reader = StoreReader(store, verify=verify)
     rows = manifest_rows_at(reader, [3, 3, 5])
-    index_of = small_ids(range(24))
-    ids = reader.manifest.column("sample_id").to_pylist()
-    expected = np.stack([small_arrays(index_of[ids[row]])["latents"] for row in rows])
-    assert np.array_equal(reader.read_stored("latents", rows), expected)
+    assert np.array_equal(reader.read_stored("latents", rows), written_latents(reader, rows))
 
 
 def test_rows_read_between_those_asked_for_are_not_checked_and_those_asked_for_are(store):
